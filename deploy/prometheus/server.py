@@ -1,0 +1,164 @@
+"""Run a local Prometheus server that scrapes the emopipe stages.
+
+Used by `emopipe run --prometheus` and by the integration tests. The scrape
+configuration is always deploy/prometheus/prometheus.yml; when the stages' metrics
+ports differ from its defaults, a copy with the targets rewritten is written next to
+the TSDB, so the shipped file stays the single description of the scrape jobs.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import yaml
+
+SHIPPED_CONFIG = Path(__file__).with_name("prometheus.yml")
+JOB_PREFIX = "emopipe-"
+DEFAULT_LISTEN = "127.0.0.1:9090"
+INSTALL_HINT = (
+    "the `prometheus` binary is not installed; on Debian/Ubuntu run "
+    "`apt-get install --no-install-recommends prometheus`"
+)
+
+
+def find_binary() -> str | None:
+    """Path of the `prometheus` executable on PATH, or None when it is not installed."""
+    return shutil.which("prometheus")
+
+
+def load_config(path: Path = SHIPPED_CONFIG) -> dict[str, Any]:
+    """The scrape configuration as a dict."""
+    config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(config, dict) or "scrape_configs" not in config:
+        raise ValueError(f"{path}: not a Prometheus configuration (no scrape_configs)")
+    return config
+
+
+def stage_targets(config: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Scrape targets per stage, from the `emopipe-<stage>` jobs."""
+    targets: dict[str, list[str]] = {}
+    for job in config["scrape_configs"]:
+        name = job["job_name"]
+        if not name.startswith(JOB_PREFIX):
+            continue
+        stage = name.removeprefix(JOB_PREFIX)
+        targets[stage] = [t for sc in job.get("static_configs", []) for t in sc["targets"]]
+    return targets
+
+
+def with_targets(
+    config: Mapping[str, Any],
+    targets: Mapping[str, str],
+    scrape_interval: str | None = None,
+) -> dict[str, Any]:
+    """A copy of `config` scraping `targets` ({stage: "host:port"}) instead.
+
+    Raises ValueError naming the stage when the config has no job for it.
+    """
+    rewritten: dict[str, Any] = yaml.safe_load(yaml.safe_dump(dict(config)))
+    jobs = {job["job_name"]: job for job in rewritten["scrape_configs"]}
+    for stage, target in targets.items():
+        job = jobs.get(JOB_PREFIX + stage)
+        if job is None:
+            raise ValueError(f"no scrape job {JOB_PREFIX}{stage} in the Prometheus config")
+        job["static_configs"] = [{"targets": [target], "labels": {"stage": stage}}]
+    if scrape_interval is not None:
+        rewritten.setdefault("global", {})
+        rewritten["global"]["scrape_interval"] = scrape_interval
+        rewritten["global"]["evaluation_interval"] = scrape_interval
+    return rewritten
+
+
+def write_config(config: Mapping[str, Any], path: Path) -> Path:
+    """Write `config` as YAML to `path` and return the path."""
+    path.write_text(yaml.safe_dump(dict(config), sort_keys=False), encoding="utf-8")
+    return path
+
+
+@dataclass
+class PrometheusServer:
+    """A running Prometheus process; stop() it (or use it as a context manager)."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    config_file: Path
+    log_file: Path
+
+    def is_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Block until /-/ready answers 200; raise RuntimeError with the log tail if not."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"prometheus exited with status {self.process.returncode}:\n{self.log_tail()}"
+                )
+            if self.is_ready():
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"prometheus not ready at {self.url} after {timeout} s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 20) -> str:
+        if not self.log_file.exists():
+            return "(no log)"
+        return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL after `timeout` seconds."""
+        if self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=timeout)
+
+    def __enter__(self) -> PrometheusServer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def start(
+    config_file: Path,
+    data_dir: Path,
+    listen: str = DEFAULT_LISTEN,
+    binary: str | None = None,
+    retention: str = "1d",
+) -> PrometheusServer:
+    """Start Prometheus on `listen` with its TSDB and log under `data_dir`.
+
+    Raises FileNotFoundError with the install hint when no binary is found.
+    """
+    executable = binary or find_binary()
+    if executable is None:
+        raise FileNotFoundError(INSTALL_HINT)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_file = data_dir / "prometheus.log"
+    command = [
+        executable,
+        f"--config.file={config_file}",
+        f"--storage.tsdb.path={data_dir / 'tsdb'}",
+        f"--storage.tsdb.retention.time={retention}",
+        f"--web.listen-address={listen}",
+    ]
+    log: IO[bytes]
+    with open(log_file, "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    return PrometheusServer(process, f"http://{listen}", config_file, log_file)
