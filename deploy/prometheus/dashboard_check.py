@@ -29,6 +29,30 @@ DASHBOARD_DIR = Path(__file__).resolve().parent.parent / "grafana" / "dashboards
 _LABEL_VALUES = re.compile(r"^\s*label_values\(\s*([a-zA-Z_:][a-zA-Z0-9_:]*)\s*,\s*([a-zA-Z_]\w*)\s*\)\s*$")
 
 
+_PROMQL_KEYWORDS = frozenset(
+    "sum min max avg count stddev stdvar topk bottomk quantile count_values group "
+    "by without on ignoring group_left group_right bool and or unless offset inf nan".split()
+)
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'')
+_GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
+_IDENTIFIER = re.compile(r"(?<![\w.$])[a-zA-Z_:][a-zA-Z0-9_:]*")
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression selects (functions, keywords, labels excluded)."""
+    text = _STRING.sub('""', expr)
+    text = re.sub(r"\{[^}]*\}", " ", text)  # label matchers
+    text = re.sub(r"\[[^\]]*\]", " ", text)  # range and subquery windows
+    text = _GROUPING.sub(" ", text)
+    names = set()
+    for match in _IDENTIFIER.finditer(text):
+        word = match.group()
+        is_call = text[match.end() :].lstrip().startswith("(")
+        if not is_call and word.lower() not in _PROMQL_KEYWORDS:
+            names.add(word)
+    return names
+
+
 @dataclass(frozen=True)
 class PanelQuery:
     """One Prometheus query of one dashboard panel."""

@@ -1,0 +1,57 @@
+"""deploy/compose.yml: valid for docker compose, and wired to the shipped Prometheus and Grafana files."""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+COMPOSE = DEPLOY / "compose.yml"
+
+
+@functools.lru_cache(maxsize=1)
+def resolved_compose() -> dict[str, Any]:
+    """`docker-compose config`: the file validated and with paths made absolute (needs no Docker engine)."""
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        pytest.skip("docker-compose not installed (Debian package docker-compose; .ci/run installs it)")
+    result = subprocess.run([binary, "-f", str(COMPOSE), "config"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    config: dict[str, Any] = yaml.safe_load(result.stdout)
+    return config
+
+
+def test_compose_file_is_valid_and_runs_pipeline_prometheus_and_grafana() -> None:
+    services = resolved_compose()["services"]
+    assert set(services) == {"emopipe", "prometheus", "grafana"}
+    assert {name: service["network_mode"] for name, service in services.items()} == dict.fromkeys(services, "host")
+
+
+def test_prometheus_service_uses_the_shipped_scrape_config_on_loopback() -> None:
+    prometheus = resolved_compose()["services"]["prometheus"]
+    assert f"{DEPLOY / 'prometheus' / 'prometheus.yml'}:/etc/prometheus/prometheus.yml:ro" in prometheus["volumes"]
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+    assert "--web.listen-address=127.0.0.1:9090" in prometheus["command"]
+
+
+def test_grafana_service_mounts_the_provisioning_and_dashboards_it_loads() -> None:
+    grafana = resolved_compose()["services"]["grafana"]
+    provider = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "dashboards" / "emopipe.yml").read_text())
+    dashboards_path = provider["providers"][0]["options"]["path"]
+    assert f"{DEPLOY / 'grafana' / 'provisioning'}:/etc/grafana/provisioning:ro" in grafana["volumes"]
+    assert f"{DEPLOY / 'grafana' / 'dashboards'}:{dashboards_path}:ro" in grafana["volumes"]
+    home = Path(grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"])
+    assert (DEPLOY / "grafana" / "dashboards" / home.relative_to(dashboards_path)).is_file()
+
+
+def test_grafana_datasource_url_is_where_compose_prometheus_listens() -> None:
+    datasources = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    prometheus = resolved_compose()["services"]["prometheus"]
+    listen = next(arg for arg in prometheus["command"] if arg.startswith("--web.listen-address="))
+    assert datasources["datasources"][0]["url"] == "http://" + listen.split("=", 1)[1]
