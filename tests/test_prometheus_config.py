@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -83,3 +84,34 @@ def test_substitute_replaces_both_variable_syntaxes_and_names_a_missing_one() ->
 def test_rate_interval_is_four_scrape_intervals_like_grafana() -> None:
     assert dashboard_check.macro_values(5.0)["__rate_interval"] == "20s"
     assert dashboard_check.macro_values(1.0)["__rate_interval"] == "4s"
+
+
+def test_config_for_ports_does_not_scrape_a_stage_whose_metrics_are_off() -> None:
+    config = server.config_for_ports({"capture": 19101, "detect": 0, "classify": 9103, "sink": 9104})
+    assert server.stage_targets(config) == {
+        "capture": ["127.0.0.1:19101"],
+        "classify": ["127.0.0.1:9103"],
+        "sink": ["127.0.0.1:9104"],
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.mark.skipif(server.find_binary() is None, reason=server.INSTALL_HINT)
+def test_start_for_pipeline_uses_the_shipped_file_for_default_ports_and_cleans_up_on_stop() -> None:
+    defaults = {"capture": 9101, "detect": 9102, "classify": 9103, "sink": 9104}
+    prometheus = server.start_for_pipeline(defaults, listen=f"127.0.0.1:{free_port()}")
+    try:
+        prometheus.wait_ready(timeout=30)
+        assert prometheus.config_file == server.SHIPPED_CONFIG
+        data_dir = prometheus.remove_on_stop
+        assert data_dir is not None and data_dir.is_dir()
+    finally:
+        prometheus.stop()
+    assert prometheus.process.returncode == 0
+    assert not data_dir.exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -23,6 +24,7 @@ import yaml
 SHIPPED_CONFIG = Path(__file__).with_name("prometheus.yml")
 JOB_PREFIX = "emopipe-"
 DEFAULT_LISTEN = "127.0.0.1:9090"
+GRAFANA_URL = "http://127.0.0.1:3000"
 INSTALL_HINT = (
     "the `prometheus` binary is not installed; on Debian/Ubuntu run "
     "`apt-get install --no-install-recommends prometheus`"
@@ -77,6 +79,14 @@ def with_targets(
     return rewritten
 
 
+def config_for_ports(stage_ports: Mapping[str, int], host: str = "127.0.0.1") -> dict[str, Any]:
+    """The shipped config scraping `host:port` per stage; a stage with port 0 (metrics off) is not scraped."""
+    config = with_targets(load_config(), {stage: f"{host}:{port}" for stage, port in stage_ports.items() if port})
+    off = {JOB_PREFIX + stage for stage, port in stage_ports.items() if not port}
+    config["scrape_configs"] = [job for job in config["scrape_configs"] if job["job_name"] not in off]
+    return config
+
+
 def write_config(config: Mapping[str, Any], path: Path) -> Path:
     """Write `config` as YAML to `path` and return the path."""
     path.write_text(yaml.safe_dump(dict(config), sort_keys=False), encoding="utf-8")
@@ -91,6 +101,7 @@ class PrometheusServer:
     url: str
     config_file: Path
     log_file: Path
+    remove_on_stop: Path | None = None  # a temporary data directory
 
     def is_ready(self) -> bool:
         try:
@@ -118,15 +129,16 @@ class PrometheusServer:
         return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM, then SIGKILL after `timeout` seconds."""
-        if self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=timeout)
+        """SIGTERM, then SIGKILL after `timeout` seconds; remove a temporary data directory."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=timeout)
+        if self.remove_on_stop is not None:
+            shutil.rmtree(self.remove_on_stop, ignore_errors=True)
 
     def __enter__(self) -> PrometheusServer:
         return self
@@ -162,3 +174,40 @@ def start(
     with open(log_file, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     return PrometheusServer(process, f"http://{listen}", config_file, log_file)
+
+
+def start_for_pipeline(
+    stage_ports: Mapping[str, int],
+    listen: str = DEFAULT_LISTEN,
+    binary: str | None = None,
+) -> PrometheusServer:
+    """Start Prometheus scraping the stages' metrics ports, with its TSDB in a temporary directory.
+
+    Uses deploy/prometheus/prometheus.yml itself when the ports are its defaults, else
+    a copy with the targets rewritten. The directory is removed by stop().
+    """
+    config = config_for_ports(stage_ports)
+    data_dir = Path(tempfile.mkdtemp(prefix="emopipe-prometheus-"))
+    try:
+        if config == load_config():
+            config_file = SHIPPED_CONFIG
+        else:
+            config_file = write_config(config, data_dir / "prometheus.yml")
+        prometheus = start(config_file, data_dir, listen, binary)
+    except BaseException:
+        shutil.rmtree(data_dir, ignore_errors=True)
+        raise
+    prometheus.remove_on_stop = data_dir
+    return prometheus
+
+
+def grafana_hint(prometheus_url: str) -> str:
+    """How to watch the pipeline in Grafana, for the launcher to print."""
+    hint = (
+        f"Prometheus UI: {prometheus_url}/targets. For Grafana: "
+        f"docker compose -f deploy/compose.yml up grafana, then open {GRAFANA_URL} "
+        "(dashboard 'emopipe: pipeline overview')."
+    )
+    if prometheus_url != f"http://{DEFAULT_LISTEN}":
+        hint += f" Grafana's provisioned datasource expects http://{DEFAULT_LISTEN}; point it at {prometheus_url}."
+    return hint
