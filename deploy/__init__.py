@@ -1,0 +1,1 @@
+"""Deployment: the launcher and the default config."""

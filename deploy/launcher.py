@@ -1,0 +1,256 @@
+"""``emopipe``: start the whole pipeline from one config, supervise it, stop it cleanly.
+
+    emopipe run [--source [ID=]SRC ...] [--events FILE] [--config FILE]
+                [--realtime] [--loop] [--show] [--record FILE]
+    emopipe check-config FILE
+
+``run`` resolves the config (file + command-line options), writes it to a temporary
+TOML file and starts every stage as its own process (``python -m services.<stage>
+--config that-file``, the same code as the ``emopipe-<stage>`` console scripts). A
+stage that dies is restarted with exponential backoff; SIGINT/SIGTERM stop the stages
+upstream first. When every source is a file, the sink exits after the last result
+and the launcher exits with the sink's status (0: every frame has its line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+from emopipe import config as config_mod
+from emopipe import sample_video
+from emopipe.config import Config, ConfigError, SourceConfig, resolve_path
+from emopipe.service import EXIT_CONFIG, install_stop_handlers, setup_logging
+
+log = logging.getLogger("emopipe.launcher")
+#: start order (downstream first, so subscribers are ready); stop order is the reverse
+START_ORDER = ("sink", "classify", "detect", "capture")
+SOURCE_WITH_ID = re.compile(r"^([A-Za-z0-9_-]{1,64})=(.+)$")
+STABLE_AFTER_S = 30.0  # a stage that ran this long gets its backoff reset
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def parse_sources(values: Sequence[str], loop: bool) -> list[SourceConfig]:
+    """``SRC`` or ``ID=SRC``; unnamed sources are cam0, cam1, ... by position."""
+    sources = []
+    for i, value in enumerate(values):
+        match = SOURCE_WITH_ID.match(value)
+        camera, uri = (match.group(1), match.group(2)) if match else (f"cam{i}", value)
+        sources.append(SourceConfig(id=camera, uri=uri, loop=loop))
+    return sources
+
+
+def default_sources(want_events: bool) -> list[SourceConfig]:
+    """The webcam when there is one, else the real 'carphone' face video (looped when only viewing)."""
+    if sample_video.webcam_available(0):
+        log.info("no --source: using the webcam (index 0)")
+        return [SourceConfig(id="cam0", uri="0")]
+    path = sample_video.carphone()
+    log.info("no --source and no webcam: playing the carphone test video %s", path)
+    return [SourceConfig(id="cam0", uri=str(path), loop=not want_events)]
+
+
+def resolve(args: argparse.Namespace) -> Config:
+    cfg = config_mod.load(args.config)
+    if args.source:
+        cfg = dataclasses.replace(cfg, sources=parse_sources(args.source, args.loop))
+    elif not cfg.sources:
+        cfg = dataclasses.replace(cfg, sources=default_sources(bool(args.events)))
+    if args.loop:
+        cfg = dataclasses.replace(
+            cfg, sources=[dataclasses.replace(s, loop=True) for s in cfg.sources]
+        )
+    if args.realtime:
+        cfg = config_mod.replace(cfg, "pipeline", realtime=True)
+    if args.events:
+        cfg = config_mod.replace(cfg, "sink", events=str(Path(args.events).resolve()))
+    if args.record:
+        cfg = config_mod.replace(cfg, "sink", record=str(Path(args.record).resolve()))
+    if args.show:
+        cfg = config_mod.replace(cfg, "sink", show=True)
+    cfg = dataclasses.replace(cfg, sources=[_absolute(s) for s in cfg.sources])
+    return config_mod.validate(cfg)
+
+
+def _absolute(src: SourceConfig) -> SourceConfig:
+    """File sources as absolute paths, so stages may run in any directory."""
+    if src.is_live:
+        return src
+    path = resolve_path(src.uri)
+    if not path.exists():
+        raise ConfigError(f"source {src.id}: {src.uri} does not exist")
+    return dataclasses.replace(src, uri=str(path.resolve()))
+
+
+def addresses(cfg: Config) -> list[str]:
+    lines = []
+    if cfg.viewer.port:
+        lines.append(f"viewer:  http://{cfg.viewer.host}:{cfg.viewer.port}/")
+    for stage in ("capture", "detect", "classify", "sink"):
+        port = getattr(cfg, stage).metrics_port
+        if port:
+            lines.append(f"metrics: {stage:<8} http://127.0.0.1:{port}/metrics")
+    return lines
+
+
+# ---------------------------------------------------------------- supervision
+
+
+@dataclass
+class Stage:
+    name: str
+    command: list[str]
+    process: Optional[subprocess.Popen[bytes]] = None
+    started: float = 0.0
+    restarts: int = 0
+    backoff: float = 0.0
+    restart_at: Optional[float] = None
+
+    def start(self) -> None:
+        # own process group: Ctrl-C reaches the launcher only, which stops stages in order
+        self.process = subprocess.Popen(self.command, start_new_session=True)
+        self.started = time.monotonic()
+        self.restart_at = None
+        log.info("started %s (pid %d)", self.name, self.process.pid)
+
+    def stop(self, timeout: float) -> None:
+        proc = self.process
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("%s (pid %d) did not stop in %.0fs; killing it", self.name, proc.pid, timeout)
+            proc.kill()
+            proc.wait()
+
+
+def stage_command(stage: str, config_path: Path) -> list[str]:
+    return [sys.executable, "-m", f"services.{stage}", "--config", str(config_path)]
+
+
+class Supervisor:
+    def __init__(self, cfg: Config, config_path: Path, stop: threading.Event) -> None:
+        self.cfg = cfg
+        self.stop = stop
+        self.stages = [Stage(name, stage_command(name, config_path)) for name in START_ORDER]
+
+    def run(self) -> int:
+        for stage in self.stages:
+            stage.start()
+        try:
+            while not self.stop.wait(0.2):
+                status = self._check()
+                if status is not None:
+                    return status
+            log.info("stopping")
+            return 0
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        for stage in reversed(self.stages):  # capture first, sink last: it writes what is in flight
+            stage.stop(self.cfg.pipeline.stop_timeout_s)
+
+    def _check(self) -> Optional[int]:
+        """The launcher's exit status once the run is over, else None."""
+        now = time.monotonic()
+        for stage in self.stages:
+            if stage.restart_at is not None:
+                if now >= stage.restart_at:
+                    stage.start()
+                continue
+            code = stage.process.poll() if stage.process else None
+            if code is None:
+                continue
+            if stage.name == "sink" and self.cfg.all_sources_end and code in (0, 3):
+                log.info("sink finished (exit %d): every source ended", code)
+                return code
+            if code == EXIT_CONFIG:
+                log.error("%s exited with a configuration error; not restarting", stage.name)
+                return EXIT_CONFIG
+            status = self._schedule_restart(stage, code, now)
+            if status is not None:
+                return status
+        return None
+
+    def _schedule_restart(self, stage: Stage, code: int, now: float) -> Optional[int]:
+        if stage.restarts >= self.cfg.pipeline.max_restarts:
+            log.error("%s died %d times; giving up", stage.name, stage.restarts + 1)
+            return 1
+        if now - stage.started > STABLE_AFTER_S or stage.backoff == 0:
+            stage.backoff = self.cfg.pipeline.restart_backoff_s
+        else:
+            stage.backoff = min(stage.backoff * 2, self.cfg.pipeline.restart_backoff_max_s)
+        stage.restarts += 1
+        stage.restart_at = now + stage.backoff
+        log.error("%s exited with status %d; restart %d in %.1fs", stage.name, code, stage.restarts, stage.backoff)
+        return None
+
+
+# ---------------------------------------------------------------- commands
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="emopipe", description="real-time facial emotion recognition")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="start the whole pipeline")
+    run.add_argument("--source", action="append", metavar="[ID=]SRC", help="webcam index, video file, URL or folder; repeatable")
+    run.add_argument("--events", metavar="FILE", help="write results as JSON lines to FILE")
+    run.add_argument("--config", metavar="FILE", help="TOML config (default: built-in defaults)")
+    run.add_argument("--realtime", action="store_true", help="files behave like cameras: drop stale frames")
+    run.add_argument("--loop", action="store_true", help="replay file sources forever")
+    run.add_argument("--show", action="store_true", help="also show each camera in an OpenCV window")
+    run.add_argument("--record", metavar="FILE", help="record annotated video to FILE")
+    check = commands.add_parser("check-config", help="validate a config file and print it resolved")
+    check.add_argument("file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "check-config":
+        return check_config(args.file)
+    setup_logging("launcher", "INFO")
+    stop = install_stop_handlers()
+    try:
+        cfg = resolve(args)
+    except (ConfigError, OSError, subprocess.CalledProcessError) as exc:
+        log.error("%s", exc)
+        return EXIT_CONFIG
+    setup_logging("launcher", cfg.pipeline.log_level)
+    with tempfile.TemporaryDirectory(prefix="emopipe-run-") as tmp:
+        config_path = Path(tmp) / "config.toml"
+        config_path.write_text(config_mod.to_toml(cfg))
+        for line in addresses(cfg):
+            print(line, flush=True)
+        mode = "lossless: every frame analysed" if cfg.lossless else "live: newest frame wins"
+        print(f"sources: {', '.join(f'{s.id}={s.uri}' for s in cfg.sources)} ({mode})", flush=True)
+        return Supervisor(cfg, config_path, stop).run()
+
+
+def check_config(path: str) -> int:
+    try:
+        cfg = config_mod.load(path)
+    except ConfigError as exc:
+        print(f"emopipe: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(config_mod.to_toml(cfg))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

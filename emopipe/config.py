@@ -1,0 +1,283 @@
+"""The one configuration schema of the pipeline: typed sections, defaults in one place.
+
+A TOML file overrides any subset of the defaults below. An unknown key is an error
+that names it with its full dotted path (``detect.scale_factr``); a value of the
+wrong type is an error naming the key, the expected type and the value. Every stage
+and the launcher read the same file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+from emopipe.messages import CAMERA_ID
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = PACKAGE_ROOT / "services" / "classify" / "models" / "emotion.onnx"
+WEBCAM = re.compile(r"^\d+$")
+LIVE_URL = re.compile(r"^(rtsp|rtsps|rtmp|http|https|udp|tcp)://", re.IGNORECASE)
+
+
+class ConfigError(ValueError):
+    """A configuration file or value that is not valid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    id: str = "cam0"
+    uri: str = ""  # webcam index ("0"), video file, rtsp/http URL or folder of images
+    loop: bool = False  # replay a file or folder forever (never ends)
+    fps: float = 0.0  # playback rate; 0 = the file's own rate (folders: 5)
+
+    @property
+    def is_live(self) -> bool:
+        """Webcams and network streams run at their own pace and never end."""
+        return bool(WEBCAM.match(self.uri) or LIVE_URL.match(self.uri))
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    realtime: bool = False  # files behave like cameras: drop stale frames, never slow down
+    log_level: str = "INFO"
+    restart_backoff_s: float = 1.0  # launcher: first restart delay of a crashed stage
+    restart_backoff_max_s: float = 30.0
+    max_restarts: int = 10  # launcher: a stage restarted more often is a failure
+    stop_timeout_s: float = 5.0  # launcher: SIGTERM -> wait -> SIGKILL
+
+
+@dataclass(frozen=True)
+class EndpointsConfig:
+    frames: str = "tcp://127.0.0.1:5550"  # capture binds (XPUB), detect and sink connect
+    faces: str = "tcp://127.0.0.1:5551"  # detect binds, classify connects
+    results: str = "tcp://127.0.0.1:5552"  # classify binds, sink connects
+
+
+@dataclass(frozen=True)
+class BusConfig:
+    live_hwm: int = 2  # queue bound per socket for live sources (newest wins)
+    lossless_hwm: int = 8  # queue bound per socket when files are analysed completely
+    subscribe_timeout_s: float = 120.0  # lossless: wait this long for the next stage
+    eos_repeat_s: float = 1.0  # capture repeats end-of-stream this often (live PUB may drop it)
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    metrics_port: int = 9101  # 0 = no /metrics
+    subscribers: int = 2  # lossless: frame subscribers to wait for (detect + sink)
+    pace: bool = True  # play files at their frame rate (false: as fast as downstream takes them)
+    folder_fps: float = 5.0
+    reconnect_backoff_s: float = 1.0
+    reconnect_backoff_max_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    metrics_port: int = 9102
+    subscribers: int = 1  # lossless: faces subscribers to wait for (classify)
+    cameras: list[str] = field(default_factory=list)  # empty = every camera
+    scale_factor: float = 1.1
+    min_neighbors: int = 5
+    min_size: int = 40  # pixels of the full frame
+    downscale: float = 1.0  # detect on a frame shrunk by this factor (1.0 = full frame)
+    face_size: int = 48
+
+
+@dataclass(frozen=True)
+class ClassifyConfig:
+    metrics_port: int = 9103
+    subscribers: int = 1  # lossless: results subscribers to wait for (sink)
+    cameras: list[str] = field(default_factory=list)
+    model: str = str(DEFAULT_MODEL)
+    intra_op_threads: int = 1
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    metrics_port: int = 9104
+    cameras: list[str] = field(default_factory=list)
+    events: str = ""  # JSON lines file; "" = none
+    record: str = ""  # annotated video file; "" = none (several cameras: name.<camera>.ext)
+    record_fps: float = 25.0
+    show: bool = False  # OpenCV window per camera
+    match_timeout_s: float = 2.0  # live: a frame without results after this is dropped
+    jpeg_quality: int = 80
+
+
+@dataclass(frozen=True)
+class ViewerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080  # 0 = no web viewer
+
+
+@dataclass(frozen=True)
+class Config:
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    sources: list[SourceConfig] = field(default_factory=list)
+    endpoints: EndpointsConfig = field(default_factory=EndpointsConfig)
+    bus: BusConfig = field(default_factory=BusConfig)
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
+    classify: ClassifyConfig = field(default_factory=ClassifyConfig)
+    sink: SinkConfig = field(default_factory=SinkConfig)
+    viewer: ViewerConfig = field(default_factory=ViewerConfig)
+
+    @property
+    def cameras(self) -> list[str]:
+        return [s.id for s in self.sources]
+
+    @property
+    def lossless(self) -> bool:
+        """Analyse every frame (back-pressure) unless a source is live or --realtime."""
+        return not self.pipeline.realtime and not any(s.is_live for s in self.sources)
+
+    @property
+    def all_sources_end(self) -> bool:
+        return bool(self.sources) and not any(s.is_live or s.loop for s in self.sources)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load(path: str | Path | None) -> Config:
+    """Read and validate a TOML file; ``None`` gives the defaults."""
+    if path is None:
+        return validate(Config())
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} does not exist") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    try:
+        return from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    return validate(_build(Config, data, ""))
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a table, got {data!r}")
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"unknown key '{prefix}{key}'")
+    values = {key: _convert(hints[key], value, f"{prefix}{key}") for key, value in data.items()}
+    return cls(**values)
+
+
+def _convert(hint: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key + ".")
+    if get_origin(hint) is list:
+        (item,) = get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"'{key}' must be a list, got {value!r}")
+        return [_convert(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"'{key}' must be {hint.__name__}, got {value!r}")
+    return value
+
+
+def validate(cfg: Config) -> Config:
+    ids = [s.id for s in cfg.sources]
+    for i, src in enumerate(cfg.sources):
+        if not CAMERA_ID.match(src.id):
+            raise ConfigError(f"'sources[{i}].id' {src.id!r} must match {CAMERA_ID.pattern}")
+        if not src.uri:
+            raise ConfigError(f"'sources[{i}].uri' is empty")
+        if src.fps < 0:
+            raise ConfigError(f"'sources[{i}].fps' must be >= 0, got {src.fps}")
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"duplicate source ids in {ids}")
+    _check_positive(cfg)
+    return cfg
+
+
+def _check_positive(cfg: Config) -> None:
+    checks = {
+        "detect.scale_factor": cfg.detect.scale_factor > 1.0,
+        "detect.min_neighbors": cfg.detect.min_neighbors >= 0,
+        "detect.min_size": cfg.detect.min_size >= 1,
+        "detect.downscale": cfg.detect.downscale >= 1.0,
+        "detect.face_size": cfg.detect.face_size >= 1,
+        "classify.intra_op_threads": cfg.classify.intra_op_threads >= 0,
+        "bus.live_hwm": cfg.bus.live_hwm >= 1,
+        "bus.lossless_hwm": cfg.bus.lossless_hwm >= 1,
+        "sink.jpeg_quality": 1 <= cfg.sink.jpeg_quality <= 100,
+        "pipeline.log_level": cfg.pipeline.log_level.upper()
+        in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+    }
+    for section in ("capture", "detect", "classify", "sink", "viewer"):
+        port = getattr(getattr(cfg, section), "metrics_port" if section != "viewer" else "port")
+        checks[f"{section}.{'port' if section == 'viewer' else 'metrics_port'}"] = 0 <= port <= 65535
+    for key, ok in checks.items():
+        if not ok:
+            section, name = key.split(".")
+            raise ConfigError(f"'{key}' has an invalid value {getattr(getattr(cfg, section), name)!r}")
+
+
+def replace(cfg: Config, section: str, **changes: Any) -> Config:
+    """A copy of ``cfg`` with some fields of one section changed."""
+    return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **changes)})
+
+
+# ---------------------------------------------------------------- writing
+
+
+def to_toml(cfg: Config) -> str:
+    """Serialise a config (the launcher hands its resolved config to every stage)."""
+    lines: list[str] = []
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, list):
+            for item in value:
+                lines.append(f"[[{f.name}]]")
+                lines.extend(_toml_fields(item))
+                lines.append("")
+        else:
+            lines.append(f"[{f.name}]")
+            lines.extend(_toml_fields(value))
+            lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_fields(section: Any) -> list[str]:
+    return [f"{f.name} = {_toml_value(getattr(section, f.name))}" for f in fields(section)]
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise ConfigError(f"cannot write {value!r} as TOML")
+
+
+def resolve_path(value: str) -> Path:
+    """Expand ``~`` and environment variables in a configured path."""
+    return Path(os.path.expandvars(os.path.expanduser(value)))

@@ -1,0 +1,320 @@
+"""Every message that travels on the emopipe bus, and its wire format.
+
+Schema version: 1 (``SCHEMA_VERSION``). A receiver rejects any other version.
+
+Each message is one ZeroMQ multipart message of exactly three parts::
+
+    part 0  topic    ASCII  "<kind>.<camera>."   e.g. b"frame.cam0."
+    part 1  header   msgpack map (see below)
+    part 2  payload  raw array bytes, C order, sent without copying (may be empty)
+
+The topic starts with the kind and carries the camera id, and ends with a dot so
+that a SUB socket takes one camera with the prefix ``b"frame.cam0."`` (which is not
+a prefix of ``b"frame.cam01."``) or every camera with ``b"frame."``.
+
+Header keys present in every message:
+
+    v       int    schema version (1)
+    kind    str    "frame" | "faces" | "results" | "eos"
+    camera  str    camera id, [A-Za-z0-9_-]{1,64}
+    seq     int    frame sequence number within the camera, from 0
+                   (for "eos": the number of frames the camera produced)
+    ts      float  capture time, epoch seconds
+    sent    float  when the previous stage sent this message, epoch seconds
+    shape   [int]  shape of the payload array
+    dtype   str    "uint8" | "float32", dtype of the payload array
+
+Kind-specific header keys and payloads:
+
+    frame    payload: the image, shape [H, W, 3], uint8, BGR
+    faces    boxes: [[x, y, w, h], ...] in frame pixels, one per face;
+             payload: the face crops, shape [N, 48, 48], uint8 grey (N = len(boxes))
+    results  boxes: as in "faces"; emotions: [str] one label per face;
+             confidences: [float]; labels: [str] the model's labels in output order;
+             payload: the probabilities, shape [N, len(labels)], float32
+    eos      payload: empty, shape [0], uint8 — the camera produced its last frame
+
+The header is checked against the payload (shape x dtype size == byte count,
+box count == N) before any pixel is touched. msgpack only: nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Sequence, Union
+
+import msgpack
+import numpy as np
+
+SCHEMA_VERSION = 1
+KINDS = ("frame", "faces", "results", "eos")
+MAX_HEADER_BYTES = 64 * 1024
+MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
+_DTYPES = {"uint8": np.dtype(np.uint8), "float32": np.dtype(np.float32)}
+CAMERA_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class MessageError(ValueError):
+    """A message that cannot be decoded; ``reason`` is the drop-counter reason."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Box:
+    x: int
+    y: int
+    w: int
+    h: int
+
+    def as_list(self) -> list[int]:
+        return [self.x, self.y, self.w, self.h]
+
+
+@dataclass(frozen=True)
+class Frame:
+    camera: str
+    seq: int
+    ts: float
+    image: np.ndarray  # [H, W, 3] uint8 BGR
+    sent: float = 0.0
+
+
+@dataclass(frozen=True)
+class Faces:
+    camera: str
+    seq: int
+    ts: float
+    boxes: tuple[Box, ...]
+    crops: np.ndarray  # [N, 48, 48] uint8
+    sent: float = 0.0
+
+
+@dataclass(frozen=True)
+class FaceResult:
+    box: Box
+    emotion: str
+    confidence: float
+    probabilities: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Results:
+    camera: str
+    seq: int
+    ts: float
+    faces: tuple[FaceResult, ...]
+    labels: tuple[str, ...]
+    sent: float = 0.0
+
+
+@dataclass(frozen=True)
+class EndOfStream:
+    camera: str
+    seq: int  # number of frames the camera produced
+    ts: float
+    sent: float = 0.0
+
+
+Message = Union[Frame, Faces, Results, EndOfStream]
+_KIND_OF = {Frame: "frame", Faces: "faces", Results: "results", EndOfStream: "eos"}
+
+
+def kind_of(msg: Message) -> str:
+    return _KIND_OF[type(msg)]
+
+
+def topic(kind: str, camera: str | None = None) -> bytes:
+    """Topic of a message, or with ``camera=None`` the prefix for every camera."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown message kind {kind!r}")
+    if camera is None:
+        return f"{kind}.".encode()
+    check_camera_id(camera)
+    return f"{kind}.{camera}.".encode()
+
+
+def check_camera_id(camera: str) -> None:
+    if not CAMERA_ID.match(camera):
+        raise ValueError(f"camera id {camera!r} must match {CAMERA_ID.pattern}")
+
+
+# ---------------------------------------------------------------- encoding
+
+
+def encode(msg: Message, sent: float) -> list[Any]:
+    """Return ``[topic, header, payload]``; the payload is the array's own buffer."""
+    kind = kind_of(msg)
+    header: dict[str, Any] = {
+        "v": SCHEMA_VERSION,
+        "kind": kind,
+        "camera": msg.camera,
+        "seq": msg.seq,
+        "ts": msg.ts,
+        "sent": sent,
+    }
+    payload = _payload_and_fields(msg, header)
+    payload = np.ascontiguousarray(payload)
+    header["shape"] = list(payload.shape)
+    header["dtype"] = str(payload.dtype)
+    raw = memoryview(payload).cast("B") if payload.size else b""  # zero-size views cannot be cast
+    return [topic(kind, msg.camera), msgpack.packb(header), raw]
+
+
+def _payload_and_fields(msg: Message, header: dict[str, Any]) -> np.ndarray:
+    if isinstance(msg, Frame):
+        return msg.image
+    if isinstance(msg, Faces):
+        header["boxes"] = [b.as_list() for b in msg.boxes]
+        return msg.crops
+    if isinstance(msg, Results):
+        header["boxes"] = [f.box.as_list() for f in msg.faces]
+        header["emotions"] = [f.emotion for f in msg.faces]
+        header["confidences"] = [f.confidence for f in msg.faces]
+        header["labels"] = list(msg.labels)
+        probs = np.array([f.probabilities for f in msg.faces], dtype=np.float32)
+        return probs.reshape(len(msg.faces), len(msg.labels))
+    return np.zeros((0,), dtype=np.uint8)
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def decode(parts: Sequence[Any]) -> Message:
+    """Decode ``[topic, header, payload]`` (bytes or zmq.Frame parts).
+
+    Raises MessageError with reason "malformed", "oversized" or "version".
+    """
+    if len(parts) != 3:
+        raise MessageError("malformed", f"expected 3 parts, got {len(parts)}")
+    topic_bytes, header_bytes, payload = (_buffer(p) for p in parts)
+    if len(header_bytes) > MAX_HEADER_BYTES:
+        raise MessageError("oversized", f"header of {len(header_bytes)} bytes")
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise MessageError("oversized", f"payload of {len(payload)} bytes")
+    header = _unpack_header(bytes(header_bytes))
+    kind = _field(header, "kind", str)
+    if kind not in KINDS:
+        raise MessageError("malformed", f"unknown kind {kind!r}")
+    camera = _field(header, "camera", str)
+    if not CAMERA_ID.match(camera):
+        raise MessageError("malformed", f"bad camera id {camera!r}")
+    if bytes(topic_bytes) != topic(kind, camera):
+        raise MessageError("malformed", f"topic {bytes(topic_bytes)!r} does not match {kind}/{camera}")
+    array = _payload_array(header, payload)
+    common = {
+        "camera": camera,
+        "seq": _field(header, "seq", int),
+        "ts": _number(header, "ts"),
+        "sent": _number(header, "sent"),
+    }
+    if kind == "frame":
+        return _decode_frame(common, array)
+    if kind == "faces":
+        return _decode_faces(common, header, array)
+    if kind == "results":
+        return _decode_results(common, header, array)
+    return EndOfStream(**common)
+
+
+def _buffer(part: Any) -> memoryview:
+    if hasattr(part, "buffer"):  # zmq.Frame received with copy=False
+        return memoryview(part.buffer)
+    return memoryview(part)
+
+
+def _unpack_header(raw: bytes) -> dict[str, Any]:
+    try:
+        header = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise MessageError("malformed", f"header is not msgpack: {exc}") from exc
+    if not isinstance(header, dict):
+        raise MessageError("malformed", f"header is a {type(header).__name__}, not a map")
+    version = header.get("v")
+    if version != SCHEMA_VERSION:
+        raise MessageError("version", f"schema version {version!r}, expected {SCHEMA_VERSION}")
+    return header
+
+
+def _field(header: dict[str, Any], key: str, kind: type) -> Any:
+    value = header.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise MessageError("malformed", f"header field {key!r} is {value!r}, expected {kind.__name__}")
+    return value
+
+
+def _number(header: dict[str, Any], key: str) -> float:
+    value = header.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise MessageError("malformed", f"header field {key!r} is {value!r}, expected a number")
+    return float(value)
+
+
+def _payload_array(header: dict[str, Any], payload: memoryview) -> np.ndarray:
+    shape = header.get("shape")
+    dtype_name = header.get("dtype")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise MessageError("malformed", f"bad shape {shape!r}")
+    if dtype_name not in _DTYPES:
+        raise MessageError("malformed", f"unsupported dtype {dtype_name!r}")
+    dtype = _DTYPES[dtype_name]
+    expected = math.prod(shape) * dtype.itemsize
+    if expected != len(payload):
+        raise MessageError(
+            "malformed", f"shape {shape} {dtype_name} needs {expected} bytes, payload has {len(payload)}"
+        )
+    return np.frombuffer(payload, dtype=dtype).reshape(shape)
+
+
+def _boxes(header: dict[str, Any], count: int) -> tuple[Box, ...]:
+    raw = header.get("boxes")
+    if not isinstance(raw, list) or len(raw) != count:
+        raise MessageError("malformed", f"boxes {raw!r} do not match {count} payload rows")
+    boxes = []
+    for item in raw:
+        if not (isinstance(item, list) and len(item) == 4 and all(isinstance(v, int) for v in item)):
+            raise MessageError("malformed", f"bad box {item!r}")
+        boxes.append(Box(*item))
+    return tuple(boxes)
+
+
+def _decode_frame(common: dict[str, Any], array: np.ndarray) -> Frame:
+    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+        raise MessageError("malformed", f"frame image must be [H, W, 3] uint8, got {list(array.shape)} {array.dtype}")
+    return Frame(image=array, **common)
+
+
+def _decode_faces(common: dict[str, Any], header: dict[str, Any], array: np.ndarray) -> Faces:
+    if array.ndim != 3 or array.dtype != np.uint8:
+        raise MessageError("malformed", f"face crops must be [N, S, S] uint8, got {list(array.shape)} {array.dtype}")
+    return Faces(boxes=_boxes(header, array.shape[0]), crops=array, **common)
+
+
+def _decode_results(common: dict[str, Any], header: dict[str, Any], array: np.ndarray) -> Results:
+    labels = header.get("labels")
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        raise MessageError("malformed", f"bad labels {labels!r}")
+    if array.ndim != 2 or array.shape[1] != len(labels) or array.dtype != np.float32:
+        raise MessageError("malformed", f"probabilities must be [N, {len(labels)}] float32, got {list(array.shape)}")
+    count = array.shape[0]
+    boxes = _boxes(header, count)
+    emotions = header.get("emotions")
+    confidences = header.get("confidences")
+    if not isinstance(emotions, list) or len(emotions) != count or not all(e in labels for e in emotions):
+        raise MessageError("malformed", f"emotions {emotions!r} do not match labels/face count")
+    if (
+        not isinstance(confidences, list)
+        or len(confidences) != count
+        or not all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in confidences)
+    ):
+        raise MessageError("malformed", f"confidences {confidences!r} do not match face count")
+    faces = tuple(
+        FaceResult(box=box, emotion=emotion, confidence=float(conf), probabilities=tuple(float(p) for p in row))
+        for box, emotion, conf, row in zip(boxes, emotions, confidences, array)
+    )
+    return Results(faces=faces, labels=tuple(labels), **common)

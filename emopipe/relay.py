@@ -1,0 +1,85 @@
+"""The receive → process → publish loop shared by the middle stages (detect, classify).
+
+Every input message gets exactly one output message (so the sink can join every
+frame); end-of-stream is forwarded as it arrives, after the frames before it. In
+live mode only the newest input per camera is processed, the rest count as stale.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable, Optional
+
+import zmq
+
+from emopipe import bus, messages
+from emopipe.bus import Publisher
+from emopipe.messages import EndOfStream, Message, MessageError
+from emopipe.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Message], Message]
+
+
+def decode_batch(
+    stage: str, raw: list[list[zmq.Frame]], expected: type, metrics: Metrics
+) -> list[Message]:
+    """Decode received messages; each bad one is logged, named and counted as a drop."""
+    decoded: list[Message] = []
+    for parts in raw:
+        msg = decode_one(stage, parts, expected, metrics)
+        if msg is not None:
+            decoded.append(msg)
+    return decoded
+
+
+def decode_one(stage: str, parts: list[zmq.Frame], expected: type, metrics: Metrics) -> Optional[Message]:
+    try:
+        msg = messages.decode(parts)
+    except MessageError as exc:
+        topic = bytes(parts[0].buffer) if parts else b""
+        log.error("%s: dropped message %r: %s", stage, topic[:80], exc)
+        metrics.frames_dropped.labels(stage=stage, reason=exc.reason).inc()
+        return None
+    if not isinstance(msg, (expected, EndOfStream)):
+        log.error("%s: dropped %s message for %s: expected %s", stage, messages.kind_of(msg), msg.camera, expected.__name__)
+        metrics.frames_dropped.labels(stage=stage, reason="malformed").inc()
+        return None
+    return msg
+
+
+def run(
+    stage: str,
+    sub: zmq.Socket,
+    pub: Publisher,
+    expected: type,
+    handle: Handler,
+    metrics: Metrics,
+    stop: threading.Event,
+) -> None:
+    """Process messages until ``stop`` is set."""
+    ended: set[str] = set()
+    while not stop.is_set():
+        raw = bus.receive(sub, timeout_ms=200)
+        received = time.time()
+        batch = decode_batch(stage, raw, expected, metrics)
+        if not pub.lossless:
+            batch, stale = bus.keep_newest(batch)
+            if stale:
+                metrics.frames_dropped.labels(stage=stage, reason="stale").inc(stale)
+        for msg in batch:
+            if isinstance(msg, EndOfStream):
+                if msg.camera not in ended:  # capture repeats end-of-stream; log it once
+                    log.info("%s: camera %s ended after %d frames", stage, msg.camera, msg.seq)
+                    ended.add(msg.camera)
+                pub.send(EndOfStream(camera=msg.camera, seq=msg.seq, ts=msg.ts))
+                continue
+            metrics.transport_delay.labels(stage=stage, camera=msg.camera).observe(max(0.0, received - msg.sent))
+            start = time.perf_counter()
+            out = handle(msg)
+            metrics.stage_latency.labels(stage=stage, camera=msg.camera).observe(time.perf_counter() - start)
+            metrics.frames_processed.labels(stage=stage, camera=msg.camera).inc()
+            pub.send(out)

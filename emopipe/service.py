@@ -1,0 +1,51 @@
+"""What every stage's ``main()`` does first: arguments, config, logging, a stop event."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from typing import Sequence
+
+from emopipe import config as config_mod
+from emopipe.config import Config, ConfigError
+
+#: exit status of a stage whose configuration is invalid (the launcher does not restart it)
+EXIT_CONFIG = 2
+
+
+def setup(stage: str, argv: Sequence[str] | None = None) -> tuple[Config, threading.Event]:
+    """Parse ``--config``, load and validate it, set up logging and SIGTERM/SIGINT."""
+    parser = argparse.ArgumentParser(prog=f"emopipe-{stage}", description=f"emopipe {stage} stage")
+    parser.add_argument("--config", help="TOML config file (default: built-in defaults)")
+    args = parser.parse_args(argv)
+    try:
+        cfg = config_mod.load(args.config)
+    except ConfigError as exc:
+        print(f"emopipe-{stage}: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from exc
+    setup_logging(stage, cfg.pipeline.log_level)
+    return cfg, install_stop_handlers()
+
+
+def setup_logging(name: str, level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def install_stop_handlers() -> threading.Event:
+    """SIGTERM and SIGINT set the returned event; the stage's loop checks it."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        logging.getLogger(__name__).info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return stop

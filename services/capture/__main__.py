@@ -1,0 +1,3 @@
+from services.capture.main import main
+
+raise SystemExit(main())

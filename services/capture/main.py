@@ -1,0 +1,110 @@
+"""capture: read every configured source and publish its frames (and end-of-stream)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Sequence
+
+import zmq
+from prometheus_client import CollectorRegistry
+
+from emopipe import metrics as metrics_mod
+from emopipe import service
+from emopipe.bus import Publisher, SubscriberTimeout
+from emopipe.config import Config, resolve_path
+from emopipe.messages import EndOfStream, Frame
+from emopipe.metrics import Metrics
+from services.capture.sources import Captured, Mailbox, SourceError, SourceReader, folder_images
+
+log = logging.getLogger("emopipe.capture")
+
+
+def check_sources(cfg: Config) -> None:
+    """Fail before starting if a file or folder source does not exist or holds no images."""
+    for src in cfg.sources:
+        if src.is_live:
+            continue
+        path = resolve_path(src.uri)
+        if path.is_dir():
+            folder_images(src)
+        elif not path.is_file():
+            raise SourceError(f"source {src.id}: {src.uri} is neither a video file nor a folder")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    cfg, stop = service.setup("capture", argv)
+    if not cfg.sources:
+        log.error("no sources configured ([[sources]] in the config)")
+        return service.EXIT_CONFIG
+    try:
+        check_sources(cfg)
+    except (SourceError, OSError) as exc:
+        log.error("%s", exc)
+        return service.EXIT_CONFIG
+    metrics = metrics_mod.create(CollectorRegistry(), "capture", cfg.cameras)
+    metrics_mod.serve(metrics, cfg.capture.metrics_port)
+    ctx = zmq.Context()
+    pub = Publisher(
+        ctx,
+        cfg.endpoints.frames,
+        lossless=cfg.lossless,
+        hwm=cfg.bus.lossless_hwm if cfg.lossless else cfg.bus.live_hwm,
+        subscribers=cfg.capture.subscribers,
+        subscribe_timeout_s=cfg.bus.subscribe_timeout_s,
+        stop=stop,
+    )
+    log.info("publishing %s on %s (%s)", cfg.cameras, cfg.endpoints.frames, "lossless" if cfg.lossless else "live")
+    try:
+        return run(cfg, pub, stop, metrics)
+    except SubscriberTimeout as exc:
+        log.error("%s", exc)
+        return 1
+    finally:
+        stop.set()
+        pub.close()
+        ctx.term()
+
+
+def run(cfg: Config, pub: Publisher, stop: threading.Event, metrics: Metrics) -> int:
+    wake = threading.Event()
+    mailboxes = [Mailbox(2 if cfg.lossless else 1, cfg.lossless, wake) for _ in cfg.sources]
+    readers = [
+        SourceReader(src, cfg.capture, box, stop, metrics) for src, box in zip(cfg.sources, mailboxes)
+    ]
+    for reader in readers:
+        reader.start()
+    ended: dict[str, EndOfStream] = {}
+    last_repeat = time.monotonic()
+    while not stop.is_set():
+        wake.wait(0.1)
+        wake.clear()
+        for box in mailboxes:
+            for item in box.take_all():
+                publish(item, pub, metrics, ended)
+        if ended and time.monotonic() - last_repeat > cfg.bus.eos_repeat_s:
+            # live PUB may have dropped it; a restarted stage may have missed it
+            for eos in ended.values():
+                pub.send(eos)
+            last_repeat = time.monotonic()
+        failed = [r for r in readers if r.error is not None]
+        if failed:
+            log.error("source %s failed: %s", failed[0].src.id, failed[0].error)
+            return 1
+    return 0
+
+
+def publish(item: Captured, pub: Publisher, metrics: Metrics, ended: dict[str, EndOfStream]) -> None:
+    if item.image is None:
+        eos = EndOfStream(camera=item.camera, seq=item.seq, ts=item.ts)
+        ended[item.camera] = eos
+        pub.send(eos)
+        log.info("camera %s: end of stream after %d frames", item.camera, item.seq)
+        return
+    start = time.perf_counter()
+    if pub.send(Frame(camera=item.camera, seq=item.seq, ts=item.ts, image=item.image)):
+        metrics.stage_latency.labels(stage="capture", camera=item.camera).observe(
+            item.read_s + time.perf_counter() - start
+        )
+        metrics.frames_processed.labels(stage="capture", camera=item.camera).inc()

@@ -1,0 +1,219 @@
+"""Frame sources (webcam, video file, stream URL, folder of images), each read in its own thread."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import cv2
+import numpy as np
+
+from emopipe.config import CaptureConfig, SourceConfig, resolve_path
+from emopipe.metrics import Metrics
+
+log = logging.getLogger(__name__)
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+class SourceError(RuntimeError):
+    """A source that cannot be opened or read; the message names it."""
+
+
+@dataclass(frozen=True)
+class Captured:
+    """One frame read from a source, or the source's end (``image is None``)."""
+
+    camera: str
+    seq: int
+    ts: float
+    image: Optional[np.ndarray]
+    read_s: float = 0.0
+
+    @property
+    def is_end(self) -> bool:
+        return self.image is None
+
+
+class Mailbox:
+    """Hands frames from a reader thread to the publishing thread.
+
+    Lossless: a full mailbox makes the reader wait. Live: the oldest frame is dropped.
+    """
+
+    def __init__(self, capacity: int, lossless: bool, wake: threading.Event) -> None:
+        self._items: deque[Captured] = deque()
+        self._cond = threading.Condition()
+        self.capacity = capacity
+        self.lossless = lossless
+        self.wake = wake
+
+    def put(self, item: Captured, stop: threading.Event) -> int:
+        """Add an item; returns the number of stale frames dropped to make room."""
+        dropped = 0
+        with self._cond:
+            while self.lossless and len(self._items) >= self.capacity and not stop.is_set():
+                self._cond.wait(0.1)
+            if len(self._items) >= self.capacity and not item.is_end:
+                self._items.popleft()
+                dropped = 1
+            self._items.append(item)
+        self.wake.set()
+        return dropped
+
+    def take_all(self) -> list[Captured]:
+        with self._cond:
+            items = list(self._items)
+            self._items.clear()
+            self._cond.notify_all()
+        return items
+
+
+def frame_rate(src: SourceConfig, cap_cfg: CaptureConfig, native: float) -> float:
+    if src.fps > 0:
+        return src.fps
+    if native > 0:
+        return native
+    return cap_cfg.folder_fps
+
+
+def open_video(src: SourceConfig) -> cv2.VideoCapture:
+    target: int | str = int(src.uri) if src.uri.isdigit() else src.uri
+    if isinstance(target, str) and not src.is_live and not resolve_path(target).is_file():
+        raise SourceError(f"source {src.id}: video file {target} does not exist")
+    if isinstance(target, str) and not src.is_live:
+        target = str(resolve_path(target))
+    cap = cv2.VideoCapture(target)
+    if not cap.isOpened():
+        cap.release()
+        raise SourceError(f"source {src.id}: cannot open {src.uri}")
+    return cap
+
+
+def folder_images(src: SourceConfig) -> list[Path]:
+    folder = resolve_path(src.uri)
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise SourceError(f"source {src.id}: folder {folder} holds no images ({sorted(IMAGE_SUFFIXES)})")
+    return images
+
+
+class SourceReader(threading.Thread):
+    """Reads one source at its own pace into a mailbox until it ends or ``stop`` is set."""
+
+    def __init__(
+        self, src: SourceConfig, cap_cfg: CaptureConfig, mailbox: Mailbox, stop: threading.Event, metrics: Metrics
+    ) -> None:
+        super().__init__(name=f"source-{src.id}", daemon=True)
+        self.src = src
+        self.cap_cfg = cap_cfg
+        self.mailbox = mailbox
+        self.stop = stop
+        self.metrics = metrics
+        self.seq = 0
+        self.error: Optional[BaseException] = None
+
+    def run(self) -> None:
+        try:
+            if self.src.is_live:
+                self._run_live()
+            else:
+                self._run_finite()
+        except (SourceError, OSError, cv2.error) as exc:
+            log.error("%s", exc)
+            self.error = exc
+        finally:
+            self.metrics.camera_up.labels(camera=self.src.id).set(0)
+            self.mailbox.wake.set()
+
+    # ------------------------------------------------------------ finite sources
+
+    def _run_finite(self) -> None:
+        while not self.stop.is_set():
+            self._play_once()
+            if not self.src.loop:
+                break
+            log.info("source %s: looping", self.src.id)
+        if not self.stop.is_set():
+            log.info("source %s: ended after %d frames", self.src.id, self.seq)
+            self.mailbox.put(Captured(self.src.id, self.seq, time.time(), None), self.stop)
+
+    def _play_once(self) -> None:
+        if resolve_path(self.src.uri).is_dir():
+            frames, native = self._folder_frames(), 0.0
+        else:
+            cap = open_video(self.src)
+            native = cap.get(cv2.CAP_PROP_FPS)
+            frames = self._video_frames(cap)
+        interval = 1.0 / frame_rate(self.src, self.cap_cfg, native) if self.cap_cfg.pace else 0.0
+        due = time.monotonic()
+        for image, read_s in frames:
+            if self.stop.is_set():
+                return
+            self._deliver(image, read_s)
+            due = max(due + interval, time.monotonic() - interval)  # a slow pipeline does not cause a burst
+            self.stop.wait(max(0.0, due - time.monotonic()))
+
+    def _video_frames(self, cap: cv2.VideoCapture) -> Iterator[tuple[np.ndarray, float]]:
+        try:
+            while True:
+                start = time.perf_counter()
+                ok, image = cap.read()
+                if not ok or image is None:
+                    return
+                yield image, time.perf_counter() - start
+        finally:
+            cap.release()
+
+    def _folder_frames(self) -> Iterator[tuple[np.ndarray, float]]:
+        for path in folder_images(self.src):
+            start = time.perf_counter()
+            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if image is None:
+                log.error("source %s: cannot read image %s, skipped", self.src.id, path)
+                self.metrics.frames_dropped.labels(stage="capture", reason="read_error").inc()
+                continue
+            yield image, time.perf_counter() - start
+
+    # ------------------------------------------------------------ live sources
+
+    def _run_live(self) -> None:
+        backoff = self.cap_cfg.reconnect_backoff_s
+        first = True
+        while not self.stop.is_set():
+            if not first:
+                self.metrics.camera_reconnects.labels(camera=self.src.id).inc()
+            first = False
+            try:
+                cap = open_video(self.src)
+            except SourceError as exc:
+                log.error("%s; retrying in %.1fs", exc, backoff)
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, self.cap_cfg.reconnect_backoff_max_s)
+                continue
+            if self._read_live(cap):
+                backoff = self.cap_cfg.reconnect_backoff_s
+            log.error("source %s: %s stopped delivering frames; reconnecting", self.src.id, self.src.uri)
+            self.stop.wait(backoff)
+
+    def _read_live(self, cap: cv2.VideoCapture) -> bool:
+        """Read until the source fails; True if it delivered at least one frame."""
+        delivered = False
+        for image, read_s in self._video_frames(cap):
+            if self.stop.is_set():
+                break
+            self._deliver(image, read_s)
+            delivered = True
+        self.metrics.camera_up.labels(camera=self.src.id).set(0)
+        return delivered
+
+    def _deliver(self, image: np.ndarray, read_s: float) -> None:
+        self.metrics.camera_up.labels(camera=self.src.id).set(1)
+        item = Captured(self.src.id, self.seq, time.time(), image, read_s)
+        self.seq += 1
+        if self.mailbox.put(item, self.stop):
+            self.metrics.frames_dropped.labels(stage="capture", reason="stale").inc()

@@ -1,0 +1,3 @@
+from services.classify.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,83 @@
+"""classify: one batched model call per frame's faces; publish label, confidence and probabilities."""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import numpy as np
+import zmq
+from prometheus_client import CollectorRegistry
+
+from emopipe import bus, relay, service
+from emopipe import metrics as metrics_mod
+from emopipe.bus import Publisher, SubscriberTimeout
+from emopipe.config import resolve_path
+from emopipe.messages import FaceResult, Faces, Message, Results
+from emopipe.metrics import Metrics
+from services.classify.model import EmotionModel, ModelError
+
+log = logging.getLogger("emopipe.classify")
+
+
+def classify(model: EmotionModel, faces: Faces) -> Results:
+    probs = model.predict(faces.crops)
+    best = np.argmax(probs, axis=1) if len(probs) else np.zeros(0, dtype=int)
+    results = tuple(
+        FaceResult(
+            box=box,
+            emotion=model.labels[int(k)],
+            confidence=float(row[k]),
+            probabilities=tuple(float(p) for p in row),
+        )
+        for box, row, k in zip(faces.boxes, probs, best)
+    )
+    return Results(camera=faces.camera, seq=faces.seq, ts=faces.ts, faces=results, labels=model.labels)
+
+
+def make_handler(model: EmotionModel, metrics: Metrics) -> relay.Handler:
+    def handle(msg: Message) -> Results:
+        assert isinstance(msg, Faces)
+        results = classify(model, msg)
+        for face in results.faces:
+            metrics.predictions.labels(camera=msg.camera, emotion=face.emotion).inc()
+        return results
+
+    return handle
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    cfg, stop = service.setup("classify", argv)
+    try:
+        model = EmotionModel(resolve_path(cfg.classify.model), cfg.classify.intra_op_threads)
+    except ModelError as exc:
+        log.error("%s", exc)
+        return service.EXIT_CONFIG
+    log.info("model %s: labels %s, input %d, sha256 %s", model.path, model.labels, model.input_size, model.sha256[:12])
+    cameras = cfg.classify.cameras or cfg.cameras
+    metrics = metrics_mod.create(CollectorRegistry(), "classify", cameras, model.labels)
+    metrics.model_info.info(model.info())
+    metrics_mod.serve(metrics, cfg.classify.metrics_port)
+    hwm = cfg.bus.lossless_hwm if cfg.lossless else cfg.bus.live_hwm
+    ctx = zmq.Context()
+    sub = bus.subscriber(ctx, cfg.endpoints.faces, bus.topics_for(["faces", "eos"], cfg.classify.cameras), hwm)
+    pub = Publisher(
+        ctx,
+        cfg.endpoints.results,
+        lossless=cfg.lossless,
+        hwm=hwm,
+        subscribers=cfg.classify.subscribers,
+        subscribe_timeout_s=cfg.bus.subscribe_timeout_s,
+        stop=stop,
+    )
+    log.info("faces from %s -> results on %s", cfg.endpoints.faces, cfg.endpoints.results)
+    try:
+        relay.run("classify", sub, pub, Faces, make_handler(model, metrics), metrics, stop)
+        return 0
+    except SubscriberTimeout as exc:
+        log.error("%s", exc)
+        return 1
+    finally:
+        sub.close(linger=0)
+        pub.close()
+        ctx.term()

@@ -1,0 +1,1 @@
+"""emopipe detect stage."""

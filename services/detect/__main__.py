@@ -1,0 +1,3 @@
+from services.detect.main import main
+
+raise SystemExit(main())

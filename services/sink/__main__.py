@@ -1,0 +1,3 @@
+from services.sink.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,161 @@
+"""sink: join frames with results, draw them, serve the viewer, write JSON lines.
+
+Exits by itself (0) once every configured camera has ended and every result is
+written; in lossless mode with a frame missing its line it exits EXIT_INCOMPLETE.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Optional, Sequence
+
+import zmq
+from prometheus_client import CollectorRegistry
+
+from emopipe import bus, service
+from emopipe import metrics as metrics_mod
+from emopipe.config import Config, resolve_path
+from emopipe.messages import EndOfStream, Frame, Message, Results
+from emopipe.metrics import Metrics
+from emopipe.relay import decode_batch
+from services.sink.events import EventWriter
+from services.sink.join import CameraJoin, Joined
+from services.sink.outputs import Outputs
+from services.sink.render import annotate
+from services.sink.viewer import FrameStore, Viewer
+
+log = logging.getLogger("emopipe.sink")
+EXIT_INCOMPLETE = 3
+
+
+class Sink:
+    def __init__(self, cfg: Config, metrics: Metrics, events: EventWriter, outputs: Outputs) -> None:
+        self.cfg = cfg
+        self.metrics = metrics
+        self.events = events
+        self.outputs = outputs
+        self.cameras = cfg.sink.cameras or cfg.cameras
+        self.joins = {c: self._new_join(c) for c in self.cameras}
+
+    def _new_join(self, camera: str) -> CameraJoin:
+        return CameraJoin(camera, self.cfg.lossless, self.cfg.sink.match_timeout_s)
+
+    def join_for(self, camera: str) -> CameraJoin:
+        if camera not in self.joins:
+            self.joins[camera] = self._new_join(camera)
+        return self.joins[camera]
+
+    def on_frame_message(self, msg: Message) -> None:
+        join = self.join_for(msg.camera)
+        if isinstance(msg, EndOfStream):
+            join.end_frames(msg.seq)
+        elif isinstance(msg, Frame):
+            join.add_frame(msg)
+
+    def on_results_message(self, msg: Message, received: float) -> None:
+        join = self.join_for(msg.camera)
+        if isinstance(msg, EndOfStream):
+            if join.results_eos is None:
+                log.info("camera %s: results ended after %d frames", msg.camera, msg.seq)
+            join.end_results(msg.seq)
+        elif isinstance(msg, Results):
+            self.metrics.transport_delay.labels(stage="sink", camera=msg.camera).observe(max(0.0, received - msg.sent))
+            join.add_results(msg)
+
+    def release(self) -> None:
+        for camera, join in self.joins.items():
+            out = join.release()
+            for joined in out.joined:
+                self.emit(joined)
+            self._count_drop("unmatched", out.unmatched_frames, camera)
+            self._count_drop("no_frame", out.missing_frames, camera)
+
+    def _count_drop(self, reason: str, count: int, camera: str) -> None:
+        if count:
+            log.log(
+                logging.ERROR if self.cfg.lossless else logging.DEBUG,
+                "camera %s: %d frame(s) dropped (%s)",
+                camera,
+                count,
+                reason,
+            )
+            self.metrics.frames_dropped.labels(stage="sink", reason=reason).inc(count)
+
+    def emit(self, joined: Joined) -> None:
+        start = time.perf_counter()
+        res = joined.results
+        self.events.write(res)
+        if joined.frame is not None:
+            self.outputs.show(res.camera, annotate(joined.frame.image, res))
+            self.metrics.end_to_end_latency.labels(camera=res.camera).observe(max(0.0, time.time() - res.ts))
+        self.metrics.stage_latency.labels(stage="sink", camera=res.camera).observe(time.perf_counter() - start)
+        self.metrics.frames_processed.labels(stage="sink", camera=res.camera).inc()
+
+    def finished(self) -> bool:
+        """Every expected camera ended and was fully released (only when all sources end)."""
+        return (
+            self.cfg.all_sources_end
+            and bool(self.cameras)
+            and all(self.joins[c].done for c in self.cameras)
+        )
+
+    def exit_code(self) -> int:
+        if not self.cfg.lossless:
+            return 0
+        incomplete = {c: (j.written, j.frames_eos) for c, j in self.joins.items() if not j.complete}
+        if incomplete:
+            log.error("frames without their line (written, produced): %s", incomplete)
+            return EXIT_INCOMPLETE
+        return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    cfg, stop = service.setup("sink", argv)
+    cameras = cfg.sink.cameras or cfg.cameras
+    metrics = metrics_mod.create(CollectorRegistry(), "sink", cameras)
+    metrics_mod.serve(metrics, cfg.sink.metrics_port)
+    viewer: Optional[Viewer] = None
+    store: Optional[FrameStore] = None
+    if cfg.viewer.port:
+        store = FrameStore(cameras)
+        viewer = Viewer(store, cfg.viewer.host, cfg.viewer.port)
+        viewer.start()
+        log.info("viewer on %s", viewer.url)
+    events = EventWriter(resolve_path(cfg.sink.events) if cfg.sink.events else None)
+    outputs = Outputs(cfg.sink, cameras, store)
+    ctx = zmq.Context()
+    hwm = cfg.bus.lossless_hwm if cfg.lossless else cfg.bus.live_hwm * 4
+    frames = bus.subscriber(ctx, cfg.endpoints.frames, bus.topics_for(["frame", "eos"], cfg.sink.cameras), hwm)
+    results = bus.subscriber(ctx, cfg.endpoints.results, bus.topics_for(["results", "eos"], cfg.sink.cameras), hwm)
+    try:
+        return run(Sink(cfg, metrics, events, outputs), frames, results, stop)
+    finally:
+        frames.close(linger=0)
+        results.close(linger=0)
+        ctx.term()
+        events.close()
+        outputs.close()
+        if viewer is not None:
+            viewer.close()
+
+
+def run(sink: Sink, frames: zmq.Socket, results: zmq.Socket, stop: threading.Event) -> int:
+    poller = zmq.Poller()
+    poller.register(frames, zmq.POLLIN)
+    poller.register(results, zmq.POLLIN)
+    while not stop.is_set():
+        ready = dict(poller.poll(100))
+        received = time.time()
+        if frames in ready:
+            for msg in decode_batch("sink", bus.receive(frames, 0), Frame, sink.metrics):
+                sink.on_frame_message(msg)
+        if results in ready:
+            for msg in decode_batch("sink", bus.receive(results, 0), Results, sink.metrics):
+                sink.on_results_message(msg, received)
+        sink.release()
+        if sink.finished():
+            log.info("every camera ended; %s", {c: j.written for c, j in sink.joins.items()})
+            return sink.exit_code()
+    return 0

@@ -1,0 +1,57 @@
+"""Where annotated frames go: the web viewer, an OpenCV window, a recorded video."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import cv2
+import numpy as np
+
+from emopipe.config import SinkConfig, resolve_path
+from services.sink.render import encode_jpeg
+from services.sink.viewer import FrameStore
+
+log = logging.getLogger(__name__)
+
+
+def record_path(base: Path, camera: str, several: bool) -> Path:
+    """``out.mp4`` for one camera, ``out.<camera>.mp4`` for each of several."""
+    return base.with_name(f"{base.stem}.{camera}{base.suffix}") if several else base
+
+
+class Outputs:
+    def __init__(self, cfg: SinkConfig, cameras: list[str], store: Optional[FrameStore]) -> None:
+        self.cfg = cfg
+        self.cameras = cameras
+        self.store = store
+        self.writers: dict[str, cv2.VideoWriter] = {}
+
+    def show(self, camera: str, image: np.ndarray) -> None:
+        if self.store is not None:
+            self.store.put(camera, encode_jpeg(image, self.cfg.jpeg_quality))
+        if self.cfg.record:
+            self._record(camera, image)
+        if self.cfg.show:
+            cv2.imshow(f"emopipe {camera}", image)
+            cv2.waitKey(1)
+
+    def _record(self, camera: str, image: np.ndarray) -> None:
+        writer = self.writers.get(camera)
+        if writer is None:
+            path = record_path(resolve_path(self.cfg.record), camera, len(self.cameras) > 1)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            size = (image.shape[1], image.shape[0])
+            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), self.cfg.record_fps, size)
+            if not writer.isOpened():
+                raise OSError(f"cannot open {path} for recording")
+            log.info("recording camera %s to %s", camera, path)
+            self.writers[camera] = writer
+        writer.write(image)
+
+    def close(self) -> None:
+        for writer in self.writers.values():
+            writer.release()
+        if self.cfg.show:
+            cv2.destroyAllWindows()

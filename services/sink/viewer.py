@@ -1,0 +1,145 @@
+"""The live web viewer: stdlib HTTP server, MJPEG per camera, no front-end build step.
+
+    /                        index page, one <img> per camera
+    /stream/<camera>.mjpg    multipart/x-mixed-replace stream of annotated JPEGs
+    /snapshot/<camera>.jpg   the latest annotated JPEG
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Optional, Sequence
+
+log = logging.getLogger(__name__)
+BOUNDARY = "emopipeframe"
+_PATH = re.compile(r"^/(stream|snapshot)/([A-Za-z0-9_-]{1,64})\.(mjpg|jpg)$")
+
+
+class FrameStore:
+    """The latest JPEG per camera, with a version number readers can wait on."""
+
+    def __init__(self, cameras: Sequence[str]) -> None:
+        self._cond = threading.Condition()
+        self._latest: dict[str, tuple[int, bytes]] = {}
+        self.cameras = list(cameras)
+        self.closed = False
+
+    def put(self, camera: str, jpeg: bytes) -> None:
+        with self._cond:
+            version = self._latest.get(camera, (0, b""))[0] + 1
+            self._latest[camera] = (version, jpeg)
+            if camera not in self.cameras:
+                self.cameras.append(camera)
+            self._cond.notify_all()
+
+    def latest(self, camera: str) -> Optional[tuple[int, bytes]]:
+        with self._cond:
+            return self._latest.get(camera)
+
+    def wait_newer(self, camera: str, version: int, timeout: float) -> Optional[tuple[int, bytes]]:
+        with self._cond:
+            self._cond.wait_for(
+                lambda: self.closed or self._latest.get(camera, (0, b""))[0] > version, timeout=timeout
+            )
+            entry = self._latest.get(camera)
+            return entry if entry and entry[0] > version else None
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+
+
+def index_page(cameras: Sequence[str]) -> bytes:
+    items = "\n".join(
+        f'<figure><img src="/stream/{html.escape(c)}.mjpg" alt="{html.escape(c)}">'
+        f"<figcaption>{html.escape(c)}</figcaption></figure>"
+        for c in cameras
+    )
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>emopipe</title>"
+        "<style>body{font-family:sans-serif;background:#111;color:#eee}"
+        "figure{display:inline-block;margin:8px}img{min-width:320px}</style></head>"
+        f"<body><h1>emopipe live</h1>{items or '<p>no cameras yet</p>'}</body></html>"
+    ).encode()
+
+
+def make_handler(store: FrameStore) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            if self.path in ("/", "/index.html"):
+                self._send(200, "text/html; charset=utf-8", index_page(store.cameras))
+                return
+            match = _PATH.match(self.path)
+            if match is None or (match.group(1) == "stream") != (match.group(3) == "mjpg"):
+                self._send(404, "text/plain", f"not found: {self.path}\n".encode())
+                return
+            if match.group(1) == "snapshot":
+                self._snapshot(match.group(2))
+            else:
+                self._stream(match.group(2))
+
+        def _snapshot(self, camera: str) -> None:
+            entry = store.latest(camera)
+            if entry is None:
+                self._send(503, "text/plain", f"no frame from camera {camera} yet\n".encode())
+                return
+            self._send(200, "image/jpeg", entry[1])
+
+        def _stream(self, camera: str) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
+            self.send_header("Cache-Control", "no-cache")
+            self.end_headers()
+            version = 0
+            try:
+                while not store.closed:
+                    entry = store.wait_newer(camera, version, timeout=1.0)
+                    if entry is None:
+                        continue  # no new frame within a second; check for shutdown
+                    version, jpeg = entry
+                    self.wfile.write(
+                        f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n".encode()
+                    )
+                    self.wfile.write(jpeg)
+                    self.wfile.write(b"\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                log.debug("viewer client left stream %s", camera)
+
+        def _send(self, code: int, ctype: str, body: bytes) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-cache")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            log.debug("viewer: " + format, *args)
+
+    return Handler
+
+
+class Viewer:
+    def __init__(self, store: FrameStore, host: str, port: int) -> None:
+        self.store = store
+        self.server = ThreadingHTTPServer((host, port), make_handler(store))
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, name="viewer", daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}/"
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def close(self) -> None:
+        self.store.close()
+        self.server.shutdown()
+        self.server.server_close()
