@@ -1,0 +1,89 @@
+"""The config schema: defaults in one place, unknown keys and wrong types named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from emopipe import config
+from emopipe.config import Config, ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    return path
+
+
+def test_shipped_default_config_equals_the_built_in_defaults() -> None:
+    assert config.load(REPO / "deploy" / "emopipe.toml") == Config()
+
+
+def test_detect_defaults_equal_the_acceptance_reference_haar_parameters() -> None:
+    d = Config().detect
+    assert (d.scale_factor, d.min_neighbors, d.min_size, d.downscale) == (1.1, 5, 40, 1.0)
+
+
+def test_unknown_key_is_an_error_naming_its_dotted_path(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"unknown key 'detect\.scale_factr'"):
+        config.load(write(tmp_path, "[detect]\nscale_factr = 1.2\n"))
+
+
+def test_unknown_key_inside_a_source_names_the_source(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"unknown key 'sources\[0\]\.url'"):
+        config.load(write(tmp_path, '[[sources]]\nurl = "x.mp4"\n'))
+
+
+def test_unknown_section_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown key 'detector'"):
+        config.load(write(tmp_path, "[detector]\n"))
+
+
+def test_wrong_type_names_key_expected_type_and_value(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"'detect\.min_neighbors' must be int, got '5'"):
+        config.load(write(tmp_path, '[detect]\nmin_neighbors = "5"\n'))
+    with pytest.raises(ConfigError, match=r"'viewer\.port' must be int, got True"):
+        config.load(write(tmp_path, "[viewer]\nport = true\n"))
+
+
+def test_integer_is_accepted_where_a_float_is_expected(tmp_path: Path) -> None:
+    assert config.load(write(tmp_path, "[detect]\nscale_factor = 2\n")).detect.scale_factor == 2.0
+
+
+def test_invalid_values_are_errors_naming_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"detect\.scale_factor"):
+        config.load(write(tmp_path, "[detect]\nscale_factor = 1.0\n"))
+    with pytest.raises(ConfigError, match="duplicate source ids"):
+        config.load(write(tmp_path, '[[sources]]\nuri = "a"\n[[sources]]\nuri = "b"\n'))
+    with pytest.raises(ConfigError, match=r"sources\[0\]\.id"):
+        config.load(write(tmp_path, '[[sources]]\nid = "cam 0"\nuri = "a"\n'))
+
+
+def test_missing_or_broken_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="nope.toml does not exist"):
+        config.load(tmp_path / "nope.toml")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        config.load(write(tmp_path, "[detect\n"))
+
+
+def test_written_config_reads_back_identically(tmp_path: Path) -> None:
+    cfg = config.from_dict(
+        {"sources": [{"id": "a", "uri": 'C:\\x "y".mp4', "loop": True}], "detect": {"cameras": ["a"]}}
+    )
+    assert config.load(write(tmp_path, config.to_toml(cfg))) == cfg
+
+
+@pytest.mark.parametrize(
+    ("uris", "realtime", "lossless"),
+    [(["v.mp4"], False, True), (["v.mp4"], True, False), (["0"], False, False), (["v.mp4", "rtsp://h/s"], False, False)],
+)
+def test_files_are_analysed_losslessly_unless_realtime_or_a_source_is_live(
+    uris: list[str], realtime: bool, lossless: bool
+) -> None:
+    cfg = config.from_dict(
+        {"pipeline": {"realtime": realtime}, "sources": [{"id": f"c{i}", "uri": u} for i, u in enumerate(uris)]}
+    )
+    assert cfg.lossless is lossless

@@ -1,0 +1,110 @@
+"""The wire format: round trips, zero-copy payloads, and every malformed message named."""
+
+from __future__ import annotations
+
+import msgpack
+import numpy as np
+import pytest
+
+from emopipe import messages
+from emopipe.messages import Box, EndOfStream, FaceResult, Faces, Frame, MessageError, Results
+
+LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+
+
+def roundtrip(msg: messages.Message) -> messages.Message:
+    parts = messages.encode(msg, sent=123.5)
+    return messages.decode([bytes(p) for p in parts])
+
+
+def test_frame_round_trips_with_pixels_shape_and_timestamps() -> None:
+    image = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3)
+    out = roundtrip(Frame(camera="cam0", seq=7, ts=1.25, image=image))
+    assert isinstance(out, Frame)
+    assert (out.camera, out.seq, out.ts, out.sent) == ("cam0", 7, 1.25, 123.5)
+    np.testing.assert_array_equal(out.image, image)
+
+
+def test_frame_payload_is_the_image_buffer_not_a_copy() -> None:
+    image = np.zeros((2, 2, 3), dtype=np.uint8)
+    payload = messages.encode(Frame("cam0", 0, 0.0, image), sent=0.0)[2]
+    image[0, 0, 0] = 9
+    assert bytes(payload)[0] == 9
+
+
+def test_topic_carries_kind_and_camera_and_is_not_a_prefix_of_a_longer_id() -> None:
+    assert messages.encode(EndOfStream("cam1", 3, 0.0), 0.0)[0] == b"eos.cam1."
+    assert not messages.topic("frame", "cam10").startswith(messages.topic("frame", "cam1"))
+    assert messages.topic("frame", "cam10").startswith(messages.topic("frame"))
+
+
+def test_faces_round_trip_boxes_and_crops_including_no_face() -> None:
+    crops = np.full((2, 48, 48), 7, dtype=np.uint8)
+    out = roundtrip(Faces("c", 1, 2.0, (Box(1, 2, 3, 4), Box(5, 6, 7, 8)), crops))
+    assert isinstance(out, Faces) and out.boxes == (Box(1, 2, 3, 4), Box(5, 6, 7, 8))
+    assert out.crops.shape == (2, 48, 48) and int(out.crops.sum()) == 7 * 2 * 48 * 48
+    empty = roundtrip(Faces("c", 2, 2.0, (), np.zeros((0, 48, 48), dtype=np.uint8)))
+    assert isinstance(empty, Faces) and empty.boxes == () and empty.crops.shape == (0, 48, 48)
+
+
+def test_results_round_trip_label_confidence_and_probabilities() -> None:
+    probs = (0.1, 0.0, 0.0, 0.7, 0.1, 0.0, 0.1)
+    face = FaceResult(Box(1, 2, 3, 4), "happy", 0.7, probs)
+    out = roundtrip(Results("c", 4, 9.0, (face,), LABELS))
+    assert isinstance(out, Results)
+    assert out.labels == LABELS
+    (got,) = out.faces
+    assert (got.box, got.emotion) == (Box(1, 2, 3, 4), "happy")
+    assert got.confidence == pytest.approx(0.7)
+    assert got.probabilities == pytest.approx(probs)
+
+
+def test_end_of_stream_round_trips_the_frame_count() -> None:
+    out = roundtrip(EndOfStream("cam0", 120, 5.0))
+    assert out == EndOfStream("cam0", 120, 5.0, sent=123.5)
+
+
+def frame_parts(**header_changes: object) -> list[bytes]:
+    parts = [bytes(p) for p in messages.encode(Frame("cam0", 0, 0.0, np.zeros((4, 4, 3), np.uint8)), 0.0)]
+    header = msgpack.unpackb(parts[1])
+    header.update(header_changes)
+    parts[1] = msgpack.packb(header)
+    return parts
+
+
+@pytest.mark.parametrize(
+    ("parts", "reason", "named"),
+    [
+        (frame_parts()[:2], "malformed", "3 parts"),
+        (frame_parts(shape=[4, 5, 3]), "malformed", "60 bytes"),
+        (frame_parts(v=2), "version", "schema version 2"),
+        (frame_parts(dtype="float64"), "malformed", "float64"),
+        (frame_parts(camera="other"), "malformed", "does not match"),
+        (frame_parts(seq="x"), "malformed", "'seq'"),
+        ([b"frame.cam0.", b"\xc1garbage", b""], "malformed", "not msgpack"),
+    ],
+)
+def test_bad_messages_are_rejected_with_a_reason_naming_the_problem(
+    parts: list[bytes], reason: str, named: str
+) -> None:
+    with pytest.raises(MessageError, match=named) as info:
+        messages.decode(parts)
+    assert info.value.reason == reason
+
+
+def test_oversized_payload_is_rejected_before_decoding() -> None:
+    parts = frame_parts()
+    parts[2] = b"\0" * (messages.MAX_PAYLOAD_BYTES + 1)
+    with pytest.raises(MessageError) as info:
+        messages.decode(parts)
+    assert info.value.reason == "oversized"
+
+
+def test_results_with_an_emotion_outside_the_labels_are_rejected() -> None:
+    face = FaceResult(Box(0, 0, 1, 1), "happy", 1.0, (1.0,))
+    parts = [bytes(p) for p in messages.encode(Results("c", 0, 0.0, (face,), ("happy",)), 0.0)]
+    header = msgpack.unpackb(parts[1])
+    header["emotions"] = ["bored"]
+    parts[1] = msgpack.packb(header)
+    with pytest.raises(MessageError, match="bored"):
+        messages.decode(parts)
