@@ -1,0 +1,107 @@
+"""Delivery modes: lossless back-pressure that waits for subscribers, live newest-wins."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+from emopipe import bus, messages
+from emopipe.messages import EndOfStream, Frame
+
+
+def frame(seq: int, camera: str = "cam0") -> Frame:
+    return Frame(camera=camera, seq=seq, ts=float(seq), image=np.full((8, 8, 3), seq % 256, dtype=np.uint8))
+
+
+def publisher(ctx: zmq.Context, endpoint: str, lossless: bool, stop: threading.Event, subscribers: int = 1) -> bus.Publisher:
+    return bus.Publisher(
+        ctx, endpoint, lossless=lossless, hwm=2, subscribers=subscribers, subscribe_timeout_s=10.0, stop=stop
+    )
+
+
+def test_lossless_publisher_waits_for_a_late_subscriber_so_it_gets_the_first_frame(
+    zmq_ctx: zmq.Context, ipc_dir: Path
+) -> None:
+    endpoint = f"ipc://{ipc_dir}/f"
+    stop = threading.Event()
+    pub = publisher(zmq_ctx, endpoint, True, stop)
+    sent = threading.Thread(target=lambda: [pub.send(frame(i)) for i in range(3)])
+    sent.start()
+    time.sleep(0.3)  # the publisher is now waiting; a PUB socket would have dropped these
+    sub = bus.subscriber(zmq_ctx, endpoint, bus.topics_for(["frame"], []), hwm=10)
+    got = [messages.decode(sub.recv_multipart()) for _ in range(3)]
+    sent.join(5)
+    assert [m.seq for m in got] == [0, 1, 2]
+
+
+def test_lossless_publisher_never_drops_when_the_subscriber_is_slow(zmq_ctx: zmq.Context, ipc_dir: Path) -> None:
+    endpoint = f"ipc://{ipc_dir}/f"
+    stop = threading.Event()
+    pub = publisher(zmq_ctx, endpoint, True, stop)
+    sub = bus.subscriber(zmq_ctx, endpoint, bus.topics_for(["frame", "eos"], ["cam0"]), hwm=2)
+    count = 300
+    sender = threading.Thread(target=lambda: [pub.send(frame(i)) for i in range(count)] + [pub.send(EndOfStream("cam0", count, 0.0))])
+    sender.start()
+    seqs = []
+    while True:
+        msg = messages.decode(sub.recv_multipart())
+        if isinstance(msg, EndOfStream):
+            break
+        seqs.append(msg.seq)
+        if len(seqs) % 50 == 0:
+            time.sleep(0.05)  # slower than the sender: it must wait, not drop
+    sender.join(5)
+    assert seqs == list(range(count))
+
+
+def test_lossless_publisher_gives_up_waiting_when_stopped(zmq_ctx: zmq.Context, ipc_dir: Path) -> None:
+    stop = threading.Event()
+    pub = publisher(zmq_ctx, f"ipc://{ipc_dir}/f", True, stop)
+    threading.Timer(0.2, stop.set).start()
+    started = time.monotonic()
+    assert pub.send(frame(0)) is False
+    assert time.monotonic() - started < 3
+
+
+def test_lossless_publisher_waits_for_every_expected_subscriber(zmq_ctx: zmq.Context, ipc_dir: Path) -> None:
+    endpoint = f"ipc://{ipc_dir}/f"
+    pub = publisher(zmq_ctx, endpoint, True, threading.Event(), subscribers=2)
+    subs = [  # kept referenced: a collected socket unsubscribes
+        bus.subscriber(zmq_ctx, endpoint, [messages.topic("frame")], hwm=10),
+        bus.subscriber(zmq_ctx, endpoint, [messages.topic("frame", "cam0")], hwm=10),
+        bus.subscriber(zmq_ctx, endpoint, [messages.topic("frame", "cam1")], hwm=10),
+    ]
+    deadline = time.monotonic() + 5
+    while pub.subscriber_count(messages.topic("frame", "cam0")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert pub.subscriber_count(messages.topic("frame", "cam0")) == 2
+    assert pub.subscriber_count(messages.topic("frame", "cam2")) == 1
+    assert len(subs) == 3
+
+
+def test_live_publisher_does_not_block_on_a_subscriber_that_does_not_read(zmq_ctx: zmq.Context, ipc_dir: Path) -> None:
+    endpoint = f"ipc://{ipc_dir}/f"
+    pub = publisher(zmq_ctx, endpoint, False, threading.Event())
+    sub = bus.subscriber(zmq_ctx, endpoint, [messages.topic("frame")], hwm=2)
+    time.sleep(0.2)
+    started = time.monotonic()
+    assert all(pub.send(frame(i)) for i in range(200))
+    assert time.monotonic() - started < 2
+    time.sleep(0.1)
+    received = bus.receive(sub, timeout_ms=500)
+    assert 1 <= len(received) < 20
+
+
+def test_keep_newest_keeps_the_last_frame_per_camera_and_every_end_of_stream() -> None:
+    batch = [frame(0, "a"), frame(0, "b"), frame(1, "a"), EndOfStream("b", 1, 0.0), frame(2, "a")]
+    kept, stale = bus.keep_newest(batch)
+    assert [(m.camera, m.seq, type(m).__name__) for m in kept] == [
+        ("b", 0, "Frame"),
+        ("b", 1, "EndOfStream"),
+        ("a", 2, "Frame"),
+    ]
+    assert stale == 2

@@ -1,0 +1,131 @@
+"""detect: the Haar cascade with the reference parameters, edge boxes, crops; the stage process."""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import zmq
+
+from emopipe import bus, messages
+from emopipe.config import DetectConfig
+from emopipe.messages import Box, EndOfStream, Faces, Frame
+from helpers import free_port, pipeline_toml, start_stage, stop
+from services.detect.detector import FaceDetector, clip_box
+
+
+def reference_haar(image: np.ndarray) -> list[list[int]]:
+    """The acceptance reference: OpenCV's cascade alone, scale 1.1, 5 neighbours, 40x40, full frame."""
+    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+    gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    found = cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(40, 40))
+    return sorted([int(v) for v in box] for box in found)
+
+
+def test_default_detector_finds_exactly_the_reference_faces_on_the_real_video(carphone_frames: list[np.ndarray]) -> None:
+    detector = FaceDetector(DetectConfig())
+    frames = carphone_frames[::6]
+    ours = [sorted(b.as_list() for b in detector.detect(f)[0]) for f in frames]
+    assert ours == [reference_haar(f) for f in frames]
+    assert sum(1 for boxes in ours if boxes) >= len(frames) // 3  # the video does show a face
+
+
+def test_crops_are_the_boxes_in_grey_resized_to_48x48(carphone_frames: list[np.ndarray]) -> None:
+    image = carphone_frames[0]
+    boxes, crops = FaceDetector(DetectConfig()).detect(image)
+    assert len(boxes) >= 1 and crops.shape == (len(boxes), 48, 48) and crops.dtype == np.uint8
+    b = boxes[0]
+    gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    expected = cv2.resize(gray[b.y : b.y + b.h, b.x : b.x + b.w], (48, 48), interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(crops[0], expected)
+
+
+def test_frame_without_a_face_gives_no_boxes_and_an_empty_crop_array() -> None:
+    boxes, crops = FaceDetector(DetectConfig()).detect(np.zeros((120, 160, 3), dtype=np.uint8))
+    assert boxes == () and crops.shape == (0, 48, 48)
+
+
+def test_boxes_over_the_frame_edge_are_clipped_not_lost() -> None:
+    assert clip_box(-10, -5, 50, 40, 100, 100) == Box(0, 0, 40, 35)
+    assert clip_box(80, 90, 50, 50, 100, 100) == Box(80, 90, 20, 10)
+    assert clip_box(120, 0, 10, 10, 100, 100) is None
+
+
+def test_downscaled_detection_reports_boxes_in_full_frame_pixels(carphone_frames: list[np.ndarray]) -> None:
+    big = cv2.resize(carphone_frames[0], None, fx=2, fy=2)
+    full = FaceDetector(DetectConfig()).detect(big)[0]
+    half = FaceDetector(DetectConfig(downscale=2.0)).detect(big)[0]
+    assert len(full) == 1 and len(half) == 1
+    assert abs(full[0].x - half[0].x) <= 8 and abs(full[0].w - half[0].w) <= 16
+
+
+# ------------------------------------------------------------ the stage as a process
+
+
+@pytest.fixture
+def detect_stage(ipc_dir: Path, carphone: Path):  # type: ignore[no-untyped-def]
+    port = free_port()
+    config = ipc_dir / "c.toml"
+    config.write_text(pipeline_toml(ipc_dir, [("cam0", carphone, False)], detect={"metrics_port": port}))
+    proc = start_stage("detect", config, ipc_dir / "detect.log")
+    yield proc, ipc_dir, port
+    stop(proc)
+
+
+def scrape(port: int) -> str:
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+                return resp.read().decode()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def metric_value(text: str, line_start: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(line_start + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"no sample {line_start} in /metrics")
+
+
+def test_detect_process_answers_every_frame_forwards_eos_and_survives_malformed_messages(
+    detect_stage, zmq_ctx: zmq.Context, carphone_frames: list[np.ndarray]  # type: ignore[no-untyped-def]
+) -> None:
+    proc, ipc, port = detect_stage
+    stopper = threading.Event()
+    pub = bus.Publisher(
+        zmq_ctx, f"ipc://{ipc}/frames", lossless=True, hwm=8, subscribers=1, subscribe_timeout_s=30, stop=stopper
+    )
+    sub = bus.subscriber(zmq_ctx, f"ipc://{ipc}/faces", bus.topics_for(["faces", "eos"], []), hwm=100)
+    pub.send(Frame("cam0", 0, 1.0, carphone_frames[0]))
+    good = messages.encode(Frame("cam0", 1, 2.0, np.zeros((60, 80, 3), np.uint8)), sent=time.time())
+    pub.sock.send_multipart([good[0], good[1], b"short"])  # wrong byte count
+    bad_version = [bytes(p) for p in good]
+    bad_version[1] = bad_version[1].replace(b"\xa1v\x01", b"\xa1v\x63")  # schema version 99
+    pub.sock.send_multipart(bad_version)
+    pub.send(Frame("cam0", 1, 2.0, np.zeros((60, 80, 3), np.uint8)))
+    pub.send(EndOfStream("cam0", 2, 3.0))
+    assert sub.poll(30_000), "detect published nothing"
+    got = [messages.decode(sub.recv_multipart()) for _ in range(3)]
+    first, second, eos = got
+    assert isinstance(first, Faces) and first.seq == 0 and len(first.boxes) == 1
+    assert isinstance(second, Faces) and second.seq == 1 and second.boxes == ()
+    assert eos == EndOfStream("cam0", 2, 3.0, sent=eos.sent)
+    text = scrape(port)
+    assert metric_value(text, 'emopipe_frames_dropped_total{reason="malformed",stage="detect"}') == 1
+    assert metric_value(text, 'emopipe_frames_dropped_total{reason="version",stage="detect"}') == 1
+    assert metric_value(text, 'emopipe_frames_processed_total{camera="cam0",stage="detect"}') == 2
+    assert metric_value(text, 'emopipe_faces_detected_total{camera="cam0"}') == 1
+    assert proc.poll() is None, "detect died on a malformed message"
+    log = (ipc / "detect.log").read_text()
+    assert "needs 14400 bytes, payload has 5" in log and "schema version 99" in log
+    pub.close()
+    sub.close(linger=0)
