@@ -1,0 +1,139 @@
+"""sink: the frame/results join, the JSON lines, the drawing and the web viewer."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from emopipe.messages import Box, FaceResult, Frame, Results
+from helpers import free_port
+from services.sink.events import EventWriter
+from services.sink.join import CameraJoin
+from services.sink.render import annotate, encode_jpeg
+from services.sink.viewer import FrameStore, Viewer
+
+LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+
+
+def frame(seq: int) -> Frame:
+    return Frame("cam0", seq, 100.0 + seq, np.zeros((60, 80, 3), np.uint8))
+
+
+def results(seq: int, faces: int = 1) -> Results:
+    probs = (0.0, 0.0, 0.0, 0.9, 0.0, 0.0, 0.1)
+    face = FaceResult(Box(10, 10, 30, 30), "happy", 0.9, probs)
+    return Results("cam0", seq, 100.0 + seq, (face,) * faces, LABELS)
+
+
+def test_join_releases_in_sequence_order_whichever_path_arrives_first() -> None:
+    join = CameraJoin("cam0", lossless=True, timeout_s=1.0)
+    join.add_results(results(0), now=0)
+    join.add_results(results(1), now=0)
+    assert join.release(now=0).joined == []  # frames not here yet: wait, however long
+    join.add_frame(frame(0), now=5)
+    join.add_frame(frame(1), now=5)
+    out = join.release(now=100)
+    assert [(j.results.seq, j.frame is not None) for j in out.joined] == [(0, True), (1, True)]
+
+
+def test_lossless_join_is_done_and_complete_only_after_both_ends_of_stream() -> None:
+    join = CameraJoin("cam0", lossless=True, timeout_s=1.0)
+    for seq in range(3):
+        join.add_frame(frame(seq))
+        join.add_results(results(seq, faces=seq % 2))
+    assert len(join.release().joined) == 3
+    assert not join.done
+    join.end_results(3)
+    join.end_frames(3)
+    join.release()
+    assert join.done and join.complete and join.written == 3
+
+
+def test_lossless_join_reports_incomplete_when_results_are_missing() -> None:
+    join = CameraJoin("cam0", lossless=True, timeout_s=1.0)
+    join.add_frame(frame(0))
+    join.add_frame(frame(1))
+    join.add_results(results(1))
+    out = join.release()
+    assert [j.results.seq for j in out.joined] == [1] and out.unmatched_frames == 1
+    join.end_frames(2)
+    join.end_results(2)
+    join.release()
+    assert join.done and not join.complete
+
+
+def test_live_join_drops_frames_whose_results_do_not_come_within_the_timeout() -> None:
+    join = CameraJoin("cam0", lossless=False, timeout_s=1.0)
+    join.add_frame(frame(0), now=0)
+    assert join.release(now=0.5).unmatched_frames == 0
+    assert join.release(now=1.5).unmatched_frames == 1
+    assert join.frames == {}
+
+
+def test_live_join_writes_results_whose_frame_was_dropped_without_a_frame() -> None:
+    join = CameraJoin("cam0", lossless=False, timeout_s=1.0)
+    join.add_results(results(0), now=0)
+    join.add_frame(frame(1), now=0)  # frame 0 was overtaken: it will never come
+    out = join.release(now=0)
+    assert [(j.results.seq, j.frame) for j in out.joined] == [(0, None)] and out.missing_frames == 1
+
+
+def test_events_are_one_json_object_per_frame_in_the_specified_shape(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    writer = EventWriter(path)
+    writer.write(results(0, faces=1))
+    writer.write(results(1, faces=0))
+    writer.close()
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert lines == [
+        {"camera": "cam0", "frame": 0, "ts": 100.0, "faces": [{"box": [10, 10, 30, 30], "emotion": "happy", "confidence": 0.9}]},
+        {"camera": "cam0", "frame": 1, "ts": 101.0, "faces": []},
+    ]
+
+
+def test_annotation_draws_the_box_and_label_and_leaves_the_input_untouched() -> None:
+    image = np.full((60, 80, 3), 50, np.uint8)
+    out = annotate(image, results(0))
+    assert int(image.max()) == 50  # the received frame is read-only memory: never drawn on
+    assert tuple(out[25, 10]) == (0, 220, 0)  # left edge of the box
+    assert np.array_equal(out[55:, 60:], image[55:, 60:])  # far from the box: unchanged
+
+
+@pytest.fixture
+def viewer():  # type: ignore[no-untyped-def]
+    store = FrameStore(["cam0"])
+    view = Viewer(store, "127.0.0.1", free_port())
+    view.start()
+    yield store, view
+    view.close()
+
+
+def get(url: str) -> tuple[int, str, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.headers["Content-Type"], resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers["Content-Type"], err.read()
+
+
+def test_viewer_serves_index_snapshot_and_mjpeg_stream(viewer) -> None:  # type: ignore[no-untyped-def]
+    store, view = viewer
+    status, ctype, body = get(view.url)
+    assert status == 200 and ctype.startswith("text/html") and b'src="/stream/cam0.mjpg"' in body
+    assert get(view.url + "snapshot/cam0.jpg")[0] == 503  # nothing drawn yet
+    image = annotate(np.full((60, 80, 3), 50, np.uint8), results(0))
+    store.put("cam0", encode_jpeg(image, 90))
+    status, ctype, body = get(view.url + "snapshot/cam0.jpg")
+    decoded = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
+    assert status == 200 and ctype == "image/jpeg" and decoded.shape == (60, 80, 3)
+    with urllib.request.urlopen(view.url + "stream/cam0.mjpg", timeout=5) as resp:
+        assert resp.headers["Content-Type"] == "multipart/x-mixed-replace; boundary=emopipeframe"
+        head = resp.read(200)
+    assert head.startswith(b"--emopipeframe\r\nContent-Type: image/jpeg\r\n")
+    assert get(view.url + "stream/../etc.mjpg")[0] == 404
