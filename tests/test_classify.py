@@ -1,0 +1,146 @@
+"""classify: the shipped model's contract, read from its own metadata; batching; the stage process."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import zmq
+
+from emopipe import bus, messages
+from emopipe.config import DetectConfig
+from emopipe.labels import EMOTIONS
+from emopipe.messages import EndOfStream, Faces, Results
+from helpers import free_port, pipeline_toml, start_stage, stop
+from services.classify.main import classify
+from services.classify.model import EmotionModel, ModelError
+from services.detect.detector import FaceDetector
+
+
+@pytest.fixture(scope="module")
+def model(model_path: Path) -> EmotionModel:
+    return EmotionModel(model_path)
+
+
+@pytest.fixture(scope="module")
+def real_faces(carphone_frames: list[np.ndarray]) -> Faces:
+    """Faces detect finds in a few frames of the real video, as one batch."""
+    detector = FaceDetector(DetectConfig())
+    found = [detector.detect(f) for f in carphone_frames[:40:8]]
+    boxes = tuple(b for bs, _ in found for b in bs)
+    crops = np.concatenate([c for _, c in found])
+    assert len(boxes) >= 3
+    return Faces("cam0", 0, 1.0, boxes, crops)
+
+
+def test_model_describes_itself_with_the_fer2013_labels_and_input_size(model: EmotionModel) -> None:
+    assert model.labels == EMOTIONS  # read from the ONNX metadata, compared with training's order
+    assert model.input_size == 48
+    assert len(model.sha256) == 64
+
+
+def test_probabilities_for_real_faces_are_valid_distributions(model: EmotionModel, real_faces: Faces) -> None:
+    probs = model.predict(real_faces.crops)
+    assert probs.shape == (len(real_faces.boxes), len(model.labels))
+    assert np.all(probs >= 0) and np.all(probs <= 1)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-3)
+
+
+def test_one_batch_gives_the_same_answer_as_face_by_face(model: EmotionModel, real_faces: Faces) -> None:
+    batch = model.predict(real_faces.crops)
+    single = np.concatenate([model.predict(real_faces.crops[i : i + 1]) for i in range(len(real_faces.boxes))])
+    np.testing.assert_allclose(batch, single, atol=1e-5)
+
+
+def test_each_face_gets_the_most_probable_label_and_its_confidence(model: EmotionModel, real_faces: Faces) -> None:
+    res = classify(model, real_faces)
+    assert [f.box for f in res.faces] == list(real_faces.boxes)
+    for face in res.faces:
+        k = int(np.argmax(face.probabilities))
+        assert face.emotion == model.labels[k] and face.confidence == pytest.approx(face.probabilities[k])
+        assert 0.0 <= face.confidence <= 1.0
+
+
+def test_a_frame_without_faces_gives_empty_results(model: EmotionModel) -> None:
+    res = classify(model, Faces("cam0", 3, 1.0, (), np.zeros((0, 48, 48), np.uint8)))
+    assert res.faces == () and res.seq == 3 and res.labels == model.labels
+
+
+def test_missing_model_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match=f"{tmp_path}/none.onnx does not exist"):
+        EmotionModel(tmp_path / "none.onnx")
+
+
+def test_model_without_labels_metadata_is_an_error_naming_the_file(model_path: Path, tmp_path: Path) -> None:
+    proto = onnx.load(str(model_path))
+    del proto.metadata_props[:]
+    stripped = tmp_path / "stripped.onnx"
+    onnx.save(proto, str(stripped))
+    with pytest.raises(ModelError, match=f"{stripped} has no 'labels' metadata"):
+        EmotionModel(stripped)
+
+
+def test_model_with_wrong_label_count_breaks_the_contract(model_path: Path, tmp_path: Path) -> None:
+    proto = onnx.load(str(model_path))
+    for prop in proto.metadata_props:
+        if prop.key == "labels":
+            prop.value = json.dumps(["happy", "sad"])
+    bad = tmp_path / "bad.onnx"
+    onnx.save(proto, str(bad))
+    with pytest.raises(ModelError, match=str(bad)):
+        EmotionModel(bad)
+
+
+def test_classify_process_publishes_results_for_every_faces_message_and_exports_model_info(
+    ipc_dir: Path, carphone: Path, zmq_ctx: zmq.Context, real_faces: Faces, model_path: Path
+) -> None:
+    port = free_port()
+    config = ipc_dir / "c.toml"
+    config.write_text(
+        pipeline_toml(ipc_dir, [("cam0", carphone, False)], classify={"metrics_port": port, "model": model_path})
+    )
+    proc = start_stage("classify", config, ipc_dir / "classify.log")
+    try:
+        pub = bus.Publisher(
+            zmq_ctx, f"ipc://{ipc_dir}/faces", lossless=True, hwm=8, subscribers=1, subscribe_timeout_s=60,
+            stop=threading.Event(),
+        )
+        sub = bus.subscriber(zmq_ctx, f"ipc://{ipc_dir}/results", bus.topics_for(["results", "eos"], []), hwm=100)
+        pub.send(real_faces)
+        pub.send(Faces("cam0", 1, 2.0, (), np.zeros((0, 48, 48), np.uint8)))
+        pub.send(EndOfStream("cam0", 2, 3.0))
+        assert sub.poll(60_000), f"no results; log:\n{(ipc_dir / 'classify.log').read_text()}"
+        got = [messages.decode(sub.recv_multipart()) for _ in range(3)]
+        assert isinstance(got[0], Results) and len(got[0].faces) == len(real_faces.boxes)
+        assert all(f.emotion in EMOTIONS for f in got[0].faces)
+        assert isinstance(got[1], Results) and got[1].faces == ()
+        assert isinstance(got[2], EndOfStream) and got[2].seq == 2
+        deadline = time.monotonic() + 10
+        text = ""
+        while "emopipe_model_info" not in text and time.monotonic() < deadline:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+                text = resp.read().decode()
+        info = next(line for line in text.splitlines() if line.startswith("emopipe_model_info{"))
+        assert f'labels="{",".join(EMOTIONS)}"' in info and f'path="{model_path}"' in info
+        predicted = sum(
+            float(line.split()[-1]) for line in text.splitlines() if line.startswith("emopipe_predictions_total{")
+        )
+        assert predicted == len(real_faces.boxes)
+        pub.close()
+        sub.close(linger=0)
+    finally:
+        assert stop(proc) == 0
+
+
+def test_classify_process_exits_with_a_config_error_naming_a_missing_model(ipc_dir: Path, carphone: Path) -> None:
+    config = ipc_dir / "c.toml"
+    config.write_text(pipeline_toml(ipc_dir, [("cam0", carphone, False)], classify={"model": ipc_dir / "no.onnx"}))
+    proc = start_stage("classify", config, ipc_dir / "classify.log")
+    assert proc.wait(60) == 2
+    assert f"model file {ipc_dir}/no.onnx does not exist" in (ipc_dir / "classify.log").read_text()
