@@ -1,0 +1,220 @@
+"""The whole pipeline: `emopipe run` starts the real stage processes on ipc:// sockets and the real video."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+import cv2
+import numpy as np
+import pytest
+
+from emopipe.labels import EMOTIONS
+from helpers import REPO, free_port, pipeline_toml
+
+RUN_TIMEOUT_S = 120
+
+
+def launch(config: Path, log: Path, *args: str) -> subprocess.Popen[bytes]:
+    with log.open("wb") as fh:
+        return subprocess.Popen(
+            [sys.executable, "-m", "deploy.launcher", "run", "--config", str(config), *args],
+            cwd=REPO,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def stage_pids(log: Path) -> dict[str, int]:
+    return {name: int(pid) for name, pid in re.findall(r"started (\w+) \(pid (\d+)\)", log.read_text())}
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def reap(proc: subprocess.Popen[bytes], log: Path) -> None:
+    """Stop the launcher; kill any stage it left behind (a test failure, not the normal case)."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    for pid in stage_pids(log).values():
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def haar_reference(carphone_frames: list[np.ndarray]) -> list[bool]:
+    """Per frame: does OpenCV's cascade alone (1.1, 5, 40x40, full frame) find a face?"""
+    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+    return [
+        len(cascade.detectMultiScale(cv2.cvtColor(f, cv2.COLOR_BGR2GRAY), 1.1, 5, minSize=(40, 40))) > 0
+        for f in carphone_frames
+    ]
+
+
+@pytest.fixture(scope="module")
+def file_run(tmp_path_factory: pytest.TempPathFactory, carphone: Path, model_path: Path) -> Iterator[dict[str, Any]]:
+    """One complete `emopipe run --source VIDEO --events FILE` of the real video, two cameras."""
+    ipc = Path(tempfile.mkdtemp(prefix="ep-", dir="/tmp"))
+    tmp = tmp_path_factory.mktemp("file_run")
+    config = tmp / "c.toml"
+    config.write_text(pipeline_toml(ipc, [], classify={"model": model_path}))
+    events, log = tmp / "out.jsonl", tmp / "run.log"
+    started = time.monotonic()
+    proc = launch(config, log, "--source", f"a={carphone}", "--source", f"b={carphone}", "--events", str(events))
+    try:
+        code = proc.wait(RUN_TIMEOUT_S)
+        yield {"code": code, "events": read_events(events), "log": log.read_text(), "seconds": time.monotonic() - started}
+    finally:
+        reap(proc, log)
+        shutil.rmtree(ipc, ignore_errors=True)
+
+
+def test_file_run_exits_0_by_itself_after_every_frame(file_run: dict[str, Any]) -> None:
+    assert file_run["code"] == 0, file_run["log"][-3000:]
+    print(f"two cameras x carphone: {len(file_run['events'])} lines in {file_run['seconds']:.1f} s")
+
+
+def test_file_run_writes_one_line_per_frame_in_order_for_each_camera(
+    file_run: dict[str, Any], carphone_frames: list[np.ndarray]
+) -> None:
+    for camera in ("a", "b"):
+        frames = [e["frame"] for e in file_run["events"] if e["camera"] == camera]
+        assert frames == list(range(len(carphone_frames))), f"camera {camera}"
+    assert len(file_run["events"]) == 2 * len(carphone_frames)
+
+
+def test_file_run_finds_faces_where_haar_alone_finds_them(file_run: dict[str, Any], haar_reference: list[bool]) -> None:
+    lines = {e["frame"]: e for e in file_run["events"] if e["camera"] == "a"}
+    reference = [i for i, found in enumerate(haar_reference) if found]
+    agreed = [i for i in reference if lines[i]["faces"]]
+    assert len(reference) >= 30  # the video shows a face
+    assert len(agreed) >= 0.9 * len(reference), f"{len(agreed)}/{len(reference)}"
+    print(f"faces in {len(agreed)}/{len(reference)} frames where plain Haar finds one")
+
+
+def test_file_run_gives_every_face_a_model_label_and_a_confidence_in_0_1(file_run: dict[str, Any]) -> None:
+    faces = [f for e in file_run["events"] for f in e["faces"]]
+    assert faces
+    for face in faces:
+        assert set(face) == {"box", "emotion", "confidence"}
+        assert face["emotion"] in EMOTIONS and 0.0 <= face["confidence"] <= 1.0
+        x, y, w, h = face["box"]
+        assert x >= 0 and y >= 0 and x + w <= 176 and y + h <= 144
+    for event in file_run["events"]:
+        assert set(event) == {"camera", "frame", "ts", "faces"} and abs(event["ts"] - time.time()) < 600
+
+
+def test_realtime_file_run_also_ends_by_itself_with_increasing_frames(
+    ipc_dir: Path, carphone: Path, model_path: Path, carphone_frames: list[np.ndarray]
+) -> None:
+    config = ipc_dir / "c.toml"
+    config.write_text(pipeline_toml(ipc_dir, [], classify={"model": model_path}))
+    events, log = ipc_dir / "out.jsonl", ipc_dir / "run.log"
+    proc = launch(config, log, "--source", str(carphone), "--events", str(events), "--realtime")
+    try:
+        assert proc.wait(RUN_TIMEOUT_S) == 0, log.read_text()[-3000:]
+    finally:
+        reap(proc, log)
+    frames = [e["frame"] for e in read_events(events)]
+    assert frames == sorted(set(frames)) and 0 < len(frames) <= len(carphone_frames)
+
+
+def fetch(url: str, deadline: float) -> bytes:
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                return resp.read()
+        except (urllib.error.URLError, ConnectionError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def green_pixels(image: np.ndarray) -> int:
+    b, g, r = (image[..., i].astype(int) for i in range(3))
+    return int(np.count_nonzero((g > 170) & (r < 90) & (b < 90)))
+
+
+def test_viewer_serves_annotated_frames_during_a_looped_run_and_ctrl_c_stops_everything(
+    ipc_dir: Path, carphone: Path, model_path: Path, carphone_frames: list[np.ndarray]
+) -> None:
+    port = free_port()
+    config = ipc_dir / "c.toml"
+    config.write_text(pipeline_toml(ipc_dir, [], classify={"model": model_path}, viewer={"port": port}))
+    log = ipc_dir / "run.log"
+    proc = launch(config, log, "--source", f"cam0={carphone}", "--loop")
+    try:
+        deadline = time.monotonic() + 60
+        boxed = 0
+        while boxed < 3 and time.monotonic() < deadline:  # some frames have no face: look at several
+            jpeg = fetch(f"http://127.0.0.1:{port}/snapshot/cam0.jpg", deadline)
+            snapshot = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+            assert snapshot.shape == carphone_frames[0].shape
+            boxed += green_pixels(snapshot) > 100
+            time.sleep(0.2)
+        assert boxed == 3, "no box drawn on the viewer's frames"
+        assert max(green_pixels(f) for f in carphone_frames) < 20  # the raw video has no such green
+        index = fetch(f"http://127.0.0.1:{port}/", deadline).decode()
+        assert '<img src="/stream/cam0.mjpg"' in index
+        assert f"viewer:  http://127.0.0.1:{port}/" in log.read_text()
+        pids = stage_pids(log)
+        assert set(pids) == {"capture", "detect", "classify", "sink"}
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+        time.sleep(0.2)
+        assert [name for name, pid in pids.items() if alive(pid)] == []
+    finally:
+        reap(proc, log)
+
+
+def test_launcher_restarts_a_stage_that_dies(ipc_dir: Path, carphone: Path, model_path: Path) -> None:
+    config = ipc_dir / "c.toml"
+    config.write_text(pipeline_toml(ipc_dir, [], classify={"model": model_path}))
+    log = ipc_dir / "run.log"
+    proc = launch(config, log, "--source", str(carphone), "--loop")
+    try:
+        deadline = time.monotonic() + 30
+        while "detect" not in stage_pids(log) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        first = stage_pids(log)["detect"]
+        os.kill(first, signal.SIGKILL)
+        while stage_pids(log)["detect"] == first and time.monotonic() < deadline + 10:
+            time.sleep(0.1)
+        text = log.read_text()
+        assert "detect exited with status -9; restart 1 in 1.0s" in text
+        assert stage_pids(log)["detect"] != first and alive(stage_pids(log)["detect"])
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        reap(proc, log)
+
+
+def test_launcher_refuses_a_missing_source_naming_it(ipc_dir: Path) -> None:
+    config = ipc_dir / "c.toml"
+    config.write_text(pipeline_toml(ipc_dir, []))
+    log = ipc_dir / "run.log"
+    proc = launch(config, log, "--source", str(ipc_dir / "missing.mp4"))
+    assert proc.wait(30) == 2
+    assert f"{ipc_dir}/missing.mp4 does not exist" in log.read_text()
