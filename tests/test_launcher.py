@@ -1,0 +1,78 @@
+"""The launcher's command line: sources, config resolution, check-config."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deploy import launcher
+from emopipe import sample_video
+from emopipe.config import SourceConfig
+from helpers import REPO
+
+
+def test_sources_are_named_by_position_unless_given_an_id() -> None:
+    sources = launcher.parse_sources(["a.mp4", "door=rtsp://h/s?x=1", "0"], loop=False)
+    assert sources == [
+        SourceConfig(id="cam0", uri="a.mp4"),
+        SourceConfig(id="door", uri="rtsp://h/s?x=1"),
+        SourceConfig(id="cam2", uri="0"),
+    ]
+    assert [s.is_live for s in sources] == [False, True, True]
+
+
+def test_command_line_options_override_the_config_file(tmp_path: Path, carphone: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[sink]\nevents = "x.jsonl"\n[viewer]\nport = 8181\n')
+    args = launcher.build_parser().parse_args(
+        ["run", "--config", str(config), "--source", str(carphone), "--events", "out.jsonl", "--realtime", "--loop"]
+    )
+    cfg = launcher.resolve(args)
+    assert cfg.sources == [SourceConfig(id="cam0", uri=str(carphone.resolve()), loop=True)]
+    assert cfg.sink.events == str(Path("out.jsonl").resolve())
+    assert cfg.pipeline.realtime and not cfg.lossless and cfg.viewer.port == 8181
+
+
+def test_without_a_webcam_the_default_source_is_the_real_carphone_video(
+    monkeypatch: pytest.MonkeyPatch, carphone: Path
+) -> None:
+    monkeypatch.setattr(sample_video, "webcam_available", lambda index=0: False)
+    (viewing,) = launcher.default_sources(want_events=False)
+    (analysing,) = launcher.default_sources(want_events=True)
+    assert viewing.uri == str(sample_video.carphone()) and viewing.loop  # looped for live viewing
+    assert not analysing.loop  # ends, so `--events` runs exit by themselves
+    assert sample_video.carphone().stat().st_size > 100_000
+
+
+def test_addresses_list_the_viewer_and_every_enabled_metrics_port() -> None:
+    args = launcher.build_parser().parse_args(["run", "--source", "0"])
+    lines = launcher.addresses(launcher.resolve(args))
+    assert lines == [
+        "viewer:  http://127.0.0.1:8080/",
+        "metrics: capture  http://127.0.0.1:9101/metrics",
+        "metrics: detect   http://127.0.0.1:9102/metrics",
+        "metrics: classify http://127.0.0.1:9103/metrics",
+        "metrics: sink     http://127.0.0.1:9104/metrics",
+    ]
+
+
+def test_check_config_names_an_unknown_key_and_exits_2(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("[sink]\nevnets = 'x'\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "deploy.launcher", "check-config", str(config)], cwd=REPO, capture_output=True, text=True
+    )
+    assert out.returncode == 2 and f"{config}: unknown key 'sink.evnets'" in out.stderr
+
+
+def test_check_config_prints_the_resolved_config() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "deploy.launcher", "check-config", str(REPO / "deploy" / "emopipe.toml")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0 and "scale_factor = 1.1" in out.stdout
