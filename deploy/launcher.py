@@ -2,6 +2,7 @@
 
     emopipe run [--source [ID=]SRC ...] [--events FILE] [--config FILE]
                 [--realtime] [--loop] [--show] [--record FILE]
+                [--prometheus [--prometheus-listen HOST:PORT]]
     emopipe check-config FILE
 
 ``run`` resolves the config (file + command-line options), writes it to a temporary
@@ -23,10 +24,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
+from deploy.prometheus import server as prometheus_server
 from emopipe import config as config_mod
 from emopipe import sample_video
 from emopipe.config import Config, ConfigError, SourceConfig, resolve_path
@@ -69,9 +71,7 @@ def resolve(args: argparse.Namespace) -> Config:
     elif not cfg.sources:
         cfg = dataclasses.replace(cfg, sources=default_sources(bool(args.events)))
     if args.loop:
-        cfg = dataclasses.replace(
-            cfg, sources=[dataclasses.replace(s, loop=True) for s in cfg.sources]
-        )
+        cfg = dataclasses.replace(cfg, sources=[dataclasses.replace(s, loop=True) for s in cfg.sources])
     if args.realtime:
         cfg = config_mod.replace(cfg, "pipeline", realtime=True)
     if args.events:
@@ -112,11 +112,11 @@ def addresses(cfg: Config) -> list[str]:
 class Stage:
     name: str
     command: list[str]
-    process: Optional[subprocess.Popen[bytes]] = None
+    process: subprocess.Popen[bytes] | None = None
     started: float = 0.0
     restarts: int = 0
     backoff: float = 0.0
-    restart_at: Optional[float] = None
+    restart_at: float | None = None
 
     def start(self) -> None:
         # own process group: Ctrl-C reaches the launcher only, which stops stages in order
@@ -165,7 +165,7 @@ class Supervisor:
         for stage in reversed(self.stages):  # capture first, sink last: it writes what is in flight
             stage.stop(self.cfg.pipeline.stop_timeout_s)
 
-    def _check(self) -> Optional[int]:
+    def _check(self) -> int | None:
         """The launcher's exit status once the run is over, else None."""
         now = time.monotonic()
         for stage in self.stages:
@@ -187,7 +187,7 @@ class Supervisor:
                 return status
         return None
 
-    def _schedule_restart(self, stage: Stage, code: int, now: float) -> Optional[int]:
+    def _schedule_restart(self, stage: Stage, code: int, now: float) -> int | None:
         if stage.restarts >= self.cfg.pipeline.max_restarts:
             log.error("%s died %d times; giving up", stage.name, stage.restarts + 1)
             return 1
@@ -208,13 +208,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emopipe", description="real-time facial emotion recognition")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="start the whole pipeline")
-    run.add_argument("--source", action="append", metavar="[ID=]SRC", help="webcam index, video file, URL or folder; repeatable")
+    run.add_argument(
+        "--source", action="append", metavar="[ID=]SRC", help="webcam index, video file, URL or folder; repeatable"
+    )
     run.add_argument("--events", metavar="FILE", help="write results as JSON lines to FILE")
     run.add_argument("--config", metavar="FILE", help="TOML config (default: built-in defaults)")
     run.add_argument("--realtime", action="store_true", help="files behave like cameras: drop stale frames")
     run.add_argument("--loop", action="store_true", help="replay file sources forever")
     run.add_argument("--show", action="store_true", help="also show each camera in an OpenCV window")
     run.add_argument("--record", metavar="FILE", help="record annotated video to FILE")
+    run.add_argument(
+        "--prometheus",
+        action="store_true",
+        help="also start Prometheus (Debian package prometheus) with deploy/prometheus/prometheus.yml",
+    )
+    run.add_argument(
+        "--prometheus-listen",
+        metavar="HOST:PORT",
+        default=prometheus_server.DEFAULT_LISTEN,
+        help="where --prometheus serves (default: %(default)s, what Grafana's provisioned datasource expects)",
+    )
     check = commands.add_parser("check-config", help="validate a config file and print it resolved")
     check.add_argument("file")
     return parser
@@ -239,7 +252,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(line, flush=True)
         mode = "lossless: every frame analysed" if cfg.lossless else "live: newest frame wins"
         print(f"sources: {', '.join(f'{s.id}={s.uri}' for s in cfg.sources)} ({mode})", flush=True)
-        return Supervisor(cfg, config_path, stop).run()
+        prometheus = None
+        if args.prometheus:
+            ports = {stage: getattr(cfg, stage).metrics_port for stage in START_ORDER}
+            prometheus = prometheus_server.launch(ports, args.prometheus_listen)
+        try:
+            return Supervisor(cfg, config_path, stop).run()
+        finally:
+            if prometheus is not None:
+                prometheus.stop()
 
 
 def check_config(path: str) -> int:

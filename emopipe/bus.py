@@ -18,7 +18,8 @@ import logging
 import threading
 import time
 from collections import Counter
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import zmq
 
@@ -28,7 +29,7 @@ from emopipe.messages import EndOfStream, Message
 log = logging.getLogger(__name__)
 
 
-class SubscriberTimeout(RuntimeError):
+class SubscriberTimeoutError(RuntimeError):
     """Lossless mode: the next stage did not subscribe in time."""
 
 
@@ -92,7 +93,7 @@ class Publisher:
             if self.stop.is_set():
                 return False
             if time.monotonic() > deadline:
-                raise SubscriberTimeout(
+                raise SubscriberTimeoutError(
                     f"{self.endpoint}: {self.subscriber_count(topic)} of {self.subscribers} "
                     f"subscribers for {topic!r} after {self.subscribe_timeout_s}s"
                 )
@@ -155,4 +156,3 @@ def keep_newest(batch: Sequence[Message]) -> tuple[list[Message], int]:
             newest[msg.camera] = i
     kept = [m for i, m in enumerate(batch) if isinstance(m, EndOfStream) or newest[m.camera] == i]
     return kept, len(batch) - len(kept)
-

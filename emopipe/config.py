@@ -184,7 +184,7 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
 
 
 def _convert(hint: Any, value: Any, key: str) -> Any:
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _build(hint, value, key + ".")
     if get_origin(hint) is list:
         (item,) = get_args(hint)
@@ -224,8 +224,7 @@ def _check_positive(cfg: Config) -> None:
         "bus.live_hwm": cfg.bus.live_hwm >= 1,
         "bus.lossless_hwm": cfg.bus.lossless_hwm >= 1,
         "sink.jpeg_quality": 1 <= cfg.sink.jpeg_quality <= 100,
-        "pipeline.log_level": cfg.pipeline.log_level.upper()
-        in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+        "pipeline.log_level": cfg.pipeline.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
     }
     for section in ("capture", "detect", "classify", "sink", "viewer"):
         port = getattr(getattr(cfg, section), "metrics_port" if section != "viewer" else "port")

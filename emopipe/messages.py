@@ -42,8 +42,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence, Union
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -52,7 +53,7 @@ SCHEMA_VERSION = 1
 KINDS = ("frame", "faces", "results", "eos")
 MAX_HEADER_BYTES = 64 * 1024
 MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
-_DTYPES = {"uint8": np.dtype(np.uint8), "float32": np.dtype(np.float32)}
+_DTYPES: dict[str, np.dtype[Any]] = {"uint8": np.dtype(np.uint8), "float32": np.dtype(np.float32)}
 CAMERA_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -121,7 +122,7 @@ class EndOfStream:
     sent: float = 0.0
 
 
-Message = Union[Frame, Faces, Results, EndOfStream]
+Message = Frame | Faces | Results | EndOfStream
 _KIND_OF = {Frame: "frame", Faces: "faces", Results: "results", EndOfStream: "eos"}
 
 
@@ -162,7 +163,7 @@ def encode(msg: Message, sent: float) -> list[Any]:
     payload = np.ascontiguousarray(payload)
     header["shape"] = list(payload.shape)
     header["dtype"] = str(payload.dtype)
-    raw = memoryview(payload).cast("B") if payload.size else b""  # zero-size views cannot be cast
+    raw = memoryview(payload).cast("B") if payload.size else b""  # type: ignore[arg-type]  # zero-size views cannot be cast
     return [topic(kind, msg.camera), msgpack.packb(header), raw]
 
 
@@ -315,6 +316,6 @@ def _decode_results(common: dict[str, Any], header: dict[str, Any], array: np.nd
         raise MessageError("malformed", f"confidences {confidences!r} do not match face count")
     faces = tuple(
         FaceResult(box=box, emotion=emotion, confidence=float(conf), probabilities=tuple(float(p) for p in row))
-        for box, emotion, conf, row in zip(boxes, emotions, confidences, array)
+        for box, emotion, conf, row in zip(boxes, emotions, confidences, array, strict=False)
     )
     return Results(faces=faces, labels=tuple(labels), **common)

@@ -8,8 +8,8 @@ serves, so every label value exists (at zero) from the first scrape, and serves 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
@@ -72,15 +72,24 @@ def create(
             "emopipe_frames_processed_total", "Frames processed by a stage.", ["stage", "camera"], registry=registry
         ),
         frames_dropped=Counter(
-            "emopipe_frames_dropped_total", "Frames or messages dropped, by reason.", ["stage", "reason"], registry=registry
+            "emopipe_frames_dropped_total",
+            "Frames or messages dropped, by reason.",
+            ["stage", "reason"],
+            registry=registry,
         ),
         faces_detected=Counter("emopipe_faces_detected_total", "Faces found by detect.", ["camera"], registry=registry),
         predictions=Counter(
-            "emopipe_predictions_total", "Faces classified, by predicted emotion.", ["camera", "emotion"], registry=registry
+            "emopipe_predictions_total",
+            "Faces classified, by predicted emotion.",
+            ["camera", "emotion"],
+            registry=registry,
         ),
         camera_up=Gauge("emopipe_camera_up", "1 while the camera delivers frames.", ["camera"], registry=registry),
         camera_reconnects=Counter(
-            "emopipe_camera_reconnects_total", "Times capture reopened a failed live source.", ["camera"], registry=registry
+            "emopipe_camera_reconnects_total",
+            "Times capture reopened a failed live source.",
+            ["camera"],
+            registry=registry,
         ),
         model_info=Info("emopipe_model", "The emotion model classify serves.", registry=registry),
     )

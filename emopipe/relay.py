@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import zmq
 
@@ -24,9 +24,7 @@ log = logging.getLogger(__name__)
 Handler = Callable[[Message], Message]
 
 
-def decode_batch(
-    stage: str, raw: list[list[zmq.Frame]], expected: type, metrics: Metrics
-) -> list[Message]:
+def decode_batch(stage: str, raw: list[list[zmq.Frame]], expected: type, metrics: Metrics) -> list[Message]:
     """Decode received messages; each bad one is logged, named and counted as a drop."""
     decoded: list[Message] = []
     for parts in raw:
@@ -36,7 +34,7 @@ def decode_batch(
     return decoded
 
 
-def decode_one(stage: str, parts: list[zmq.Frame], expected: type, metrics: Metrics) -> Optional[Message]:
+def decode_one(stage: str, parts: list[zmq.Frame], expected: type, metrics: Metrics) -> Message | None:
     try:
         msg = messages.decode(parts)
     except MessageError as exc:
@@ -45,7 +43,9 @@ def decode_one(stage: str, parts: list[zmq.Frame], expected: type, metrics: Metr
         metrics.frames_dropped.labels(stage=stage, reason=exc.reason).inc()
         return None
     if not isinstance(msg, (expected, EndOfStream)):
-        log.error("%s: dropped %s message for %s: expected %s", stage, messages.kind_of(msg), msg.camera, expected.__name__)
+        log.error(
+            "%s: dropped %s message for %s: expected %s", stage, messages.kind_of(msg), msg.camera, expected.__name__
+        )
         metrics.frames_dropped.labels(stage=stage, reason="malformed").inc()
         return None
     return msg

@@ -7,7 +7,7 @@ import logging
 import signal
 import sys
 import threading
-from typing import Sequence
+from collections.abc import Sequence
 
 from emopipe import config as config_mod
 from emopipe.config import Config, ConfigError

@@ -17,7 +17,9 @@ def frame(seq: int, camera: str = "cam0") -> Frame:
     return Frame(camera=camera, seq=seq, ts=float(seq), image=np.full((8, 8, 3), seq % 256, dtype=np.uint8))
 
 
-def publisher(ctx: zmq.Context, endpoint: str, lossless: bool, stop: threading.Event, subscribers: int = 1) -> bus.Publisher:
+def publisher(
+    ctx: zmq.Context, endpoint: str, lossless: bool, stop: threading.Event, subscribers: int = 1
+) -> bus.Publisher:
     return bus.Publisher(
         ctx, endpoint, lossless=lossless, hwm=2, subscribers=subscribers, subscribe_timeout_s=10.0, stop=stop
     )
@@ -44,7 +46,9 @@ def test_lossless_publisher_never_drops_when_the_subscriber_is_slow(zmq_ctx: zmq
     pub = publisher(zmq_ctx, endpoint, True, stop)
     sub = bus.subscriber(zmq_ctx, endpoint, bus.topics_for(["frame", "eos"], ["cam0"]), hwm=2)
     count = 300
-    sender = threading.Thread(target=lambda: [pub.send(frame(i)) for i in range(count)] + [pub.send(EndOfStream("cam0", count, 0.0))])
+    sender = threading.Thread(
+        target=lambda: [pub.send(frame(i)) for i in range(count)] + [pub.send(EndOfStream("cam0", count, 0.0))]
+    )
     sender.start()
     seqs = []
     while True:

@@ -12,12 +12,12 @@ import numpy as np
 import onnx
 import pytest
 import zmq
+from helpers import free_port, pipeline_toml, start_stage, stop
 
 from emopipe import bus, messages
 from emopipe.config import DetectConfig
 from emopipe.labels import EMOTIONS
 from emopipe.messages import EndOfStream, Faces, Results
-from helpers import free_port, pipeline_toml, start_stage, stop
 from services.classify.main import classify
 from services.classify.model import EmotionModel, ModelError
 from services.detect.detector import FaceDetector
@@ -108,7 +108,12 @@ def test_classify_process_publishes_results_for_every_faces_message_and_exports_
     proc = start_stage("classify", config, ipc_dir / "classify.log")
     try:
         pub = bus.Publisher(
-            zmq_ctx, f"ipc://{ipc_dir}/faces", lossless=True, hwm=8, subscribers=1, subscribe_timeout_s=60,
+            zmq_ctx,
+            f"ipc://{ipc_dir}/faces",
+            lossless=True,
+            hwm=8,
+            subscribers=1,
+            subscribe_timeout_s=60,
             stop=threading.Event(),
         )
         sub = bus.subscriber(zmq_ctx, f"ipc://{ipc_dir}/results", bus.topics_for(["results", "eos"], []), hwm=100)

@@ -78,7 +78,12 @@ def test_written_config_reads_back_identically(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("uris", "realtime", "lossless"),
-    [(["v.mp4"], False, True), (["v.mp4"], True, False), (["0"], False, False), (["v.mp4", "rtsp://h/s"], False, False)],
+    [
+        (["v.mp4"], False, True),
+        (["v.mp4"], True, False),
+        (["0"], False, False),
+        (["v.mp4", "rtsp://h/s"], False, False),
+    ],
 )
 def test_files_are_analysed_losslessly_unless_realtime_or_a_source_is_live(
     uris: list[str], realtime: bool, lossless: bool

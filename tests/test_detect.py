@@ -11,11 +11,11 @@ import cv2
 import numpy as np
 import pytest
 import zmq
+from helpers import free_port, pipeline_toml, start_stage, stop
 
 from emopipe import bus, messages
 from emopipe.config import DetectConfig
 from emopipe.messages import Box, EndOfStream, Faces, Frame
-from helpers import free_port, pipeline_toml, start_stage, stop
 from services.detect.detector import FaceDetector, clip_box
 
 
@@ -27,7 +27,9 @@ def reference_haar(image: np.ndarray) -> list[list[int]]:
     return sorted([int(v) for v in box] for box in found)
 
 
-def test_default_detector_finds_exactly_the_reference_faces_on_the_real_video(carphone_frames: list[np.ndarray]) -> None:
+def test_default_detector_finds_exactly_the_reference_faces_on_the_real_video(
+    carphone_frames: list[np.ndarray],
+) -> None:
     detector = FaceDetector(DetectConfig())
     frames = carphone_frames[::6]
     ours = [sorted(b.as_list() for b in detector.detect(f)[0]) for f in frames]
@@ -97,7 +99,9 @@ def metric_value(text: str, line_start: str) -> float:
 
 
 def test_detect_process_answers_every_frame_forwards_eos_and_survives_malformed_messages(
-    detect_stage, zmq_ctx: zmq.Context, carphone_frames: list[np.ndarray]  # type: ignore[no-untyped-def]
+    detect_stage,
+    zmq_ctx: zmq.Context,
+    carphone_frames: list[np.ndarray],  # type: ignore[no-untyped-def]
 ) -> None:
     proc, ipc, port = detect_stage
     stopper = threading.Event()

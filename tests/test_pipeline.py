@@ -13,15 +13,16 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import cv2
 import numpy as np
 import pytest
+from helpers import REPO, free_port, pipeline_toml
 
 from emopipe.labels import EMOTIONS
-from helpers import REPO, free_port, pipeline_toml
 
 RUN_TIMEOUT_S = 120
 
@@ -84,7 +85,12 @@ def file_run(tmp_path_factory: pytest.TempPathFactory, carphone: Path, model_pat
     proc = launch(config, log, "--source", f"a={carphone}", "--source", f"b={carphone}", "--events", str(events))
     try:
         code = proc.wait(RUN_TIMEOUT_S)
-        yield {"code": code, "events": read_events(events), "log": log.read_text(), "seconds": time.monotonic() - started}
+        yield {
+            "code": code,
+            "events": read_events(events),
+            "log": log.read_text(),
+            "seconds": time.monotonic() - started,
+        }
     finally:
         reap(proc, log)
         shutil.rmtree(ipc, ignore_errors=True)

@@ -10,9 +10,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from helpers import free_port
 
 from emopipe.messages import Box, FaceResult, Frame, Results
-from helpers import free_port
 from services.sink.events import EventWriter
 from services.sink.join import CameraJoin
 from services.sink.render import annotate, encode_jpeg
@@ -92,7 +92,12 @@ def test_events_are_one_json_object_per_frame_in_the_specified_shape(tmp_path: P
     writer.close()
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert lines == [
-        {"camera": "cam0", "frame": 0, "ts": 100.0, "faces": [{"box": [10, 10, 30, 30], "emotion": "happy", "confidence": 0.9}]},
+        {
+            "camera": "cam0",
+            "frame": 0,
+            "ts": 100.0,
+            "faces": [{"box": [10, 10, 30, 30], "emotion": "happy", "confidence": 0.9}],
+        },
         {"camera": "cam0", "frame": 1, "ts": 101.0, "faces": []},
     ]
 

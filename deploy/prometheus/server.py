@@ -172,7 +172,8 @@ def start(
     ]
     log: IO[bytes]
     with open(log_file, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        # Own session: Ctrl-C reaches the launcher only, which stops Prometheus after the stages.
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     return PrometheusServer(process, f"http://{listen}", config_file, log_file)
 
 
@@ -211,3 +212,27 @@ def grafana_hint(prometheus_url: str) -> str:
     if prometheus_url != f"http://{DEFAULT_LISTEN}":
         hint += f" Grafana's provisioned datasource expects http://{DEFAULT_LISTEN}; point it at {prometheus_url}."
     return hint
+
+
+def launch(stage_ports: Mapping[str, int], listen: str = DEFAULT_LISTEN) -> PrometheusServer | None:
+    """`emopipe run --prometheus`: start and wait for Prometheus, print where it is and how to add Grafana.
+
+    Returns None, after printing why, when there is no binary, no stage serves
+    metrics, or Prometheus does not come up; the pipeline runs anyway.
+    """
+    if find_binary() is None:
+        print(f"prometheus: not started: {INSTALL_HINT}", flush=True)
+        return None
+    if not any(stage_ports.values()):
+        print("prometheus: not started: every stage has metrics_port = 0", flush=True)
+        return None
+    prometheus = start_for_pipeline(stage_ports, listen)
+    try:
+        prometheus.wait_ready(timeout=30)
+    except RuntimeError as error:
+        prometheus.stop()
+        print(f"prometheus: not started: {error}", flush=True)
+        return None
+    print(f"prometheus: {prometheus.url}/ scraping with {prometheus.config_file}", flush=True)
+    print(grafana_hint(prometheus.url), flush=True)
+    return prometheus

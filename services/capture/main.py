@@ -5,14 +5,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import zmq
 from prometheus_client import CollectorRegistry
 
 from emopipe import metrics as metrics_mod
 from emopipe import service
-from emopipe.bus import Publisher, SubscriberTimeout
+from emopipe.bus import Publisher, SubscriberTimeoutError
 from emopipe.config import Config, resolve_path
 from emopipe.messages import EndOfStream, Frame
 from emopipe.metrics import Metrics
@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("publishing %s on %s (%s)", cfg.cameras, cfg.endpoints.frames, "lossless" if cfg.lossless else "live")
     try:
         return run(cfg, pub, stop, metrics)
-    except SubscriberTimeout as exc:
+    except SubscriberTimeoutError as exc:
         log.error("%s", exc)
         return 1
     finally:
@@ -71,7 +71,7 @@ def run(cfg: Config, pub: Publisher, stop: threading.Event, metrics: Metrics) ->
     wake = threading.Event()
     mailboxes = [Mailbox(2 if cfg.lossless else 1, cfg.lossless, wake) for _ in cfg.sources]
     readers = [
-        SourceReader(src, cfg.capture, box, stop, metrics) for src, box in zip(cfg.sources, mailboxes)
+        SourceReader(src, cfg.capture, box, stop, metrics) for src, box in zip(cfg.sources, mailboxes, strict=False)
     ]
     for reader in readers:
         reader.start()

@@ -6,9 +6,9 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
 
 import cv2
 import numpy as np
@@ -31,7 +31,7 @@ class Captured:
     camera: str
     seq: int
     ts: float
-    image: Optional[np.ndarray]
+    image: np.ndarray | None
     read_s: float = 0.0
 
     @property
@@ -115,7 +115,7 @@ class SourceReader(threading.Thread):
         self.stop = stop
         self.metrics = metrics
         self.seq = 0
-        self.error: Optional[BaseException] = None
+        self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
@@ -135,7 +135,7 @@ class SourceReader(threading.Thread):
     def _run_finite(self) -> None:
         while not self.stop.is_set():
             self._play_once()
-            if not self.src.loop:
+            if not self.src.loop or self.stop.is_set():
                 break
             log.info("source %s: looping", self.src.id)
         if not self.stop.is_set():

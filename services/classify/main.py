@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import zmq
@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from emopipe import bus, relay, service
 from emopipe import metrics as metrics_mod
-from emopipe.bus import Publisher, SubscriberTimeout
+from emopipe.bus import Publisher, SubscriberTimeoutError
 from emopipe.config import resolve_path
 from emopipe.messages import FaceResult, Faces, Message, Results
 from emopipe.metrics import Metrics
@@ -30,7 +30,7 @@ def classify(model: EmotionModel, faces: Faces) -> Results:
             confidence=float(row[k]),
             probabilities=tuple(float(p) for p in row),
         )
-        for box, row, k in zip(faces.boxes, probs, best)
+        for box, row, k in zip(faces.boxes, probs, best, strict=False)
     )
     return Results(camera=faces.camera, seq=faces.seq, ts=faces.ts, faces=results, labels=model.labels)
 
@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         relay.run("classify", sub, pub, Faces, make_handler(model, metrics), metrics, stop)
         return 0
-    except SubscriberTimeout as exc:
+    except SubscriberTimeoutError as exc:
         log.error("%s", exc)
         return 1
     finally:

@@ -17,7 +17,7 @@ class FaceDetector:
     """OpenCV's frontal-face cascade, loaded once, with the parameters from config."""
 
     def __init__(self, cfg: DetectConfig) -> None:
-        path = Path(cv2.data.haarcascades) / CASCADE_FILE
+        path = Path(cv2.data.haarcascades) / CASCADE_FILE  # type: ignore[attr-defined]
         self.cascade = cv2.CascadeClassifier(str(path))
         if self.cascade.empty():
             raise RuntimeError(f"cannot load the Haar cascade {path}")

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import zmq
 from prometheus_client import CollectorRegistry
 
 from emopipe import bus, relay, service
 from emopipe import metrics as metrics_mod
-from emopipe.bus import Publisher, SubscriberTimeout
+from emopipe.bus import Publisher, SubscriberTimeoutError
 from emopipe.messages import Faces, Frame, Message
 from emopipe.metrics import Metrics
 from services.detect.detector import FaceDetector
@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         relay.run("detect", sub, pub, Frame, make_handler(detector, metrics), metrics, stop)
         return 0
-    except SubscriberTimeout as exc:
+    except SubscriberTimeoutError as exc:
         log.error("%s", exc)
         return 1
     finally:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import IO, Any, Optional
+from typing import IO, Any
 
 from emopipe.messages import Results
 
@@ -15,15 +15,14 @@ def event(results: Results) -> dict[str, Any]:
         "frame": results.seq,
         "ts": results.ts,
         "faces": [
-            {"box": f.box.as_list(), "emotion": f.emotion, "confidence": round(f.confidence, 6)}
-            for f in results.faces
+            {"box": f.box.as_list(), "emotion": f.emotion, "confidence": round(f.confidence, 6)} for f in results.faces
         ],
     }
 
 
 class EventWriter:
-    def __init__(self, path: Optional[Path]) -> None:
-        self._fh: Optional[IO[str]] = None
+    def __init__(self, path: Path | None) -> None:
+        self._fh: IO[str] | None = None
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = path.open("w", encoding="utf-8")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Optional
 
 from emopipe.messages import Frame, Results
 
@@ -21,7 +20,7 @@ MAX_PENDING_FRAMES = 64
 @dataclass(frozen=True)
 class Joined:
     results: Results
-    frame: Optional[Frame]  # None: the frame never arrived, only its results are written
+    frame: Frame | None  # None: the frame never arrived, only its results are written
 
 
 @dataclass
@@ -40,8 +39,8 @@ class CameraJoin:
         self.results: deque[tuple[float, Results]] = deque()
         self.newest_frame = -1
         self.last_released = -1
-        self.frames_eos: Optional[int] = None
-        self.results_eos: Optional[int] = None
+        self.frames_eos: int | None = None
+        self.results_eos: int | None = None
         self.written = 0
 
     def add_frame(self, frame: Frame, now: float | None = None) -> None:
@@ -92,9 +91,7 @@ class CameraJoin:
         stale = [
             seq
             for seq, (arrived, _) in self.frames.items()
-            if seq <= self.last_released
-            or results_over
-            or (not self.lossless and now - arrived > self.timeout_s)
+            if seq <= self.last_released or results_over or (not self.lossless and now - arrived > self.timeout_s)
         ]
         if not self.lossless and len(self.frames) - len(stale) > MAX_PENDING_FRAMES:
             keep = sorted(s for s in self.frames if s not in stale)[-MAX_PENDING_FRAMES:]

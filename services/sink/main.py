@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import zmq
 from prometheus_client import CollectorRegistry
@@ -95,11 +95,7 @@ class Sink:
 
     def finished(self) -> bool:
         """Every expected camera ended and was fully released (only when all sources end)."""
-        return (
-            self.cfg.all_sources_end
-            and bool(self.cameras)
-            and all(self.joins[c].done for c in self.cameras)
-        )
+        return self.cfg.all_sources_end and bool(self.cameras) and all(self.joins[c].done for c in self.cameras)
 
     def exit_code(self) -> int:
         if not self.cfg.lossless:
@@ -116,8 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cameras = cfg.sink.cameras or cfg.cameras
     metrics = metrics_mod.create(CollectorRegistry(), "sink", cameras)
     metrics_mod.serve(metrics, cfg.sink.metrics_port)
-    viewer: Optional[Viewer] = None
-    store: Optional[FrameStore] = None
+    viewer: Viewer | None = None
+    store: FrameStore | None = None
     if cfg.viewer.port:
         store = FrameStore(cameras)
         viewer = Viewer(store, cfg.viewer.host, cfg.viewer.port)

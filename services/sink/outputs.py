@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional
 
 import cv2
 import numpy as np
@@ -22,7 +21,7 @@ def record_path(base: Path, camera: str, several: bool) -> Path:
 
 
 class Outputs:
-    def __init__(self, cfg: SinkConfig, cameras: list[str], store: Optional[FrameStore]) -> None:
+    def __init__(self, cfg: SinkConfig, cameras: list[str], store: FrameStore | None) -> None:
         self.cfg = cfg
         self.cameras = cameras
         self.store = store
@@ -43,7 +42,8 @@ class Outputs:
             path = record_path(resolve_path(self.cfg.record), camera, len(self.cameras) > 1)
             path.parent.mkdir(parents=True, exist_ok=True)
             size = (image.shape[1], image.shape[0])
-            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), self.cfg.record_fps, size)
+            fourcc = cv2.VideoWriter_fourcc(*"mp4v")  # type: ignore[attr-defined]
+            writer = cv2.VideoWriter(str(path), fourcc, self.cfg.record_fps, size)
             if not writer.isOpened():
                 raise OSError(f"cannot open {path} for recording")
             log.info("recording camera %s to %s", camera, path)

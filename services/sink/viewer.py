@@ -1,8 +1,8 @@
 """The live web viewer: stdlib HTTP server, MJPEG per camera, no front-end build step.
 
-    /                        index page, one <img> per camera
-    /stream/<camera>.mjpg    multipart/x-mixed-replace stream of annotated JPEGs
-    /snapshot/<camera>.jpg   the latest annotated JPEG
+/                        index page, one <img> per camera
+/stream/<camera>.mjpg    multipart/x-mixed-replace stream of annotated JPEGs
+/snapshot/<camera>.jpg   the latest annotated JPEG
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import html
 import logging
 import re
 import threading
+from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Optional, Sequence
 
 log = logging.getLogger(__name__)
 BOUNDARY = "emopipeframe"
@@ -36,15 +36,13 @@ class FrameStore:
                 self.cameras.append(camera)
             self._cond.notify_all()
 
-    def latest(self, camera: str) -> Optional[tuple[int, bytes]]:
+    def latest(self, camera: str) -> tuple[int, bytes] | None:
         with self._cond:
             return self._latest.get(camera)
 
-    def wait_newer(self, camera: str, version: int, timeout: float) -> Optional[tuple[int, bytes]]:
+    def wait_newer(self, camera: str, version: int, timeout: float) -> tuple[int, bytes] | None:
         with self._cond:
-            self._cond.wait_for(
-                lambda: self.closed or self._latest.get(camera, (0, b""))[0] > version, timeout=timeout
-            )
+            self._cond.wait_for(lambda: self.closed or self._latest.get(camera, (0, b""))[0] > version, timeout=timeout)
             entry = self._latest.get(camera)
             return entry if entry and entry[0] > version else None
 
@@ -134,7 +132,7 @@ class Viewer:
     @property
     def url(self) -> str:
         host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}/"
+        return f"http://{host!s}:{port}/"
 
     def start(self) -> None:
         self.thread.start()
