@@ -64,7 +64,10 @@ def test_promtool_accepts_the_shipped_and_a_rewritten_config(tmp_path: Path) -> 
 @pytest.mark.parametrize(
     ("expr", "names"),
     [
-        ('histogram_quantile(0.95, sum by (le, stage) (rate(a_bucket{stage=~"$stage"}[$__rate_interval])))', {"a_bucket"}),
+        (
+            'histogram_quantile(0.95, sum by (le, stage) (rate(a_bucket{stage=~"$stage"}[$__rate_interval])))',
+            {"a_bucket"},
+        ),
         ("sum(rate(x_total[5m])) by (camera) / on(camera) group_left(emotion) y offset 1m > 1e3", {"x_total", "y"}),
         ('emopipe_model_info{sha256!=""}', {"emopipe_model_info"}),
     ],
@@ -74,9 +77,8 @@ def test_metric_names_ignores_functions_labels_windows_and_numbers(expr: str, na
 
 
 def test_substitute_replaces_both_variable_syntaxes_and_names_a_missing_one() -> None:
-    assert dashboard_check.substitute("r[$__rate_interval]{c=~\"${camera}\"}", {"__rate_interval": "4s", "camera": "a"}) == (
-        'r[4s]{c=~"a"}'
-    )
+    values = {"__rate_interval": "4s", "camera": "a"}
+    assert dashboard_check.substitute('r[$__rate_interval]{c=~"${camera}"}', values) == 'r[4s]{c=~"a"}'
     with pytest.raises(ValueError, match=r"\$stage"):
         dashboard_check.substitute('x{stage="$stage"}', {})
 
@@ -115,3 +117,22 @@ def test_start_for_pipeline_uses_the_shipped_file_for_default_ports_and_cleans_u
         prometheus.stop()
     assert prometheus.process.returncode == 0
     assert not data_dir.exists()
+
+
+def test_launch_without_a_binary_says_which_package_to_install_and_returns_none(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(server.shutil, "which", lambda name: None)
+    assert server.launch({"capture": 9101}) is None
+    assert "apt-get install --no-install-recommends prometheus" in capsys.readouterr().out
+
+
+def test_launch_with_every_metrics_port_off_does_not_start_prometheus(capsys: pytest.CaptureFixture[str]) -> None:
+    assert server.launch(dict.fromkeys(("capture", "detect", "classify", "sink"), 0)) is None
+    assert "metrics_port = 0" in capsys.readouterr().out
+
+
+def test_grafana_hint_names_the_compose_command_and_a_moved_prometheus() -> None:
+    assert "docker compose -f deploy/compose.yml up grafana" in server.grafana_hint("http://127.0.0.1:9090")
+    assert "point it at http://127.0.0.1:19090" in server.grafana_hint("http://127.0.0.1:19090")
+    assert "point it at" not in server.grafana_hint("http://127.0.0.1:9090")

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,7 +77,7 @@ def pipeline_config(video: Path, model: Path, ports: dict[str, int], ipc_dir: Pa
 @pytest.fixture(scope="module")
 def pipeline(carphone: Path, model_path: Path) -> Iterator[Pipeline]:
     tmp = Path(tempfile.mkdtemp(prefix="ep-prom-", dir="/tmp"))  # short: ipc:// paths are limited
-    ports = dict(zip(STAGES, free_ports(len(STAGES))))
+    ports = dict(zip(STAGES, free_ports(len(STAGES)), strict=True))
     config = tmp / "emopipe.toml"
     config.write_text(pipeline_config(carphone, model_path, ports, tmp))
     log_file = tmp / "pipeline.log"
@@ -138,9 +138,7 @@ def evaluate_all(url: str, values: dict[str, str]) -> dict[dashboard_check.Panel
     }
 
 
-def wait_for_all_data(
-    url: str, values: dict[str, str], deadline: float
-) -> dict[dashboard_check.PanelQuery, int]:
+def wait_for_all_data(url: str, values: dict[str, str], deadline: float) -> dict[dashboard_check.PanelQuery, int]:
     while True:
         counts = evaluate_all(url, values)
         if all(counts.values()) or time.monotonic() > deadline:
@@ -205,3 +203,56 @@ def test_predictions_use_exactly_the_labels_the_model_info_reports(prometheus: s
 def test_every_stage_target_is_scraped_and_up(prometheus: server.PrometheusServer) -> None:
     series = dashboard_check.instant_query(prometheus.url, 'up{job=~"emopipe-.*"}')
     assert {s["metric"]["stage"]: s["value"][1] for s in series} == dict.fromkeys(STAGES, "1")
+
+
+def wait_for(condition: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def test_emopipe_run_prometheus_scrapes_every_stage_and_stops_prometheus_on_exit(
+    carphone: Path, model_path: Path
+) -> None:
+    """`emopipe run --prometheus` on non-default metrics ports: the rewritten config scrapes all four stages."""
+    tmp = Path(tempfile.mkdtemp(prefix="ep-run-", dir="/tmp"))
+    ports = dict(zip(STAGES, free_ports(len(STAGES)), strict=True))
+    (prometheus_port,) = free_ports(1)
+    url = f"http://127.0.0.1:{prometheus_port}"
+    config = tmp / "emopipe.toml"
+    config.write_text(pipeline_config(carphone, model_path, ports, tmp))
+    log_file = tmp / "launcher.log"
+    command = [sys.executable, "-m", "deploy.launcher", "run", "--config", str(config), "--prometheus"]
+    with open(log_file, "wb") as log:
+        process = subprocess.Popen(
+            [*command, f"--prometheus-listen=127.0.0.1:{prometheus_port}"],
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    launcher = Pipeline(process, time.monotonic(), ports, log_file)
+    try:
+
+        def all_stages_up() -> bool:
+            try:
+                series = dashboard_check.instant_query(url, 'up{job=~"emopipe-.*"} == 1')
+            except (OSError, RuntimeError):
+                return False  # Prometheus not listening yet
+            return sorted(s["metric"]["stage"] for s in series) == sorted(STAGES)
+
+        assert wait_for(all_stages_up, DATA_DEADLINE_S), launcher.log_tail()
+        output = log_file.read_text()
+        assert f"prometheus: {url}/ scraping with " in output
+        assert "docker compose -f deploy/compose.yml up grafana" in output
+        scraped_with = Path(re.findall(r"scraping with (\S+)", output)[0])
+        assert scraped_with != server.SHIPPED_CONFIG, "non-default ports need the rewritten copy"
+    finally:
+        stop_pipeline(launcher)
+        shutil.rmtree(tmp, ignore_errors=True)
+    assert process.returncode == 0, launcher.log_tail()
+    assert not scraped_with.parent.exists(), "the temporary TSDB directory is left behind"
+    with pytest.raises(OSError):
+        dashboard_check.instant_query(url, "up")

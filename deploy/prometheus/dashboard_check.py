@@ -176,7 +176,9 @@ def label_values(base_url: str, metric: str, label: str) -> list[str]:
     return sorted(values)
 
 
-def check_dashboards(base_url: str, dashboards: Mapping[str, Mapping[str, Any]], macros: Mapping[str, str]) -> list[tuple[PanelQuery, str, int]]:
+def check_dashboards(
+    base_url: str, dashboards: Mapping[str, Mapping[str, Any]], macros: Mapping[str, str]
+) -> list[tuple[PanelQuery, str, int]]:
     """Evaluate every panel query with template variables set to "All" (`.*`).
 
     Returns (query, expression sent, number of series) for each.

@@ -115,9 +115,7 @@ class PrometheusServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"prometheus exited with status {self.process.returncode}:\n{self.log_tail()}"
-                )
+                raise RuntimeError(f"prometheus exited with status {self.process.returncode}:\n{self.log_tail()}")
             if self.is_ready():
                 return
             time.sleep(0.2)
