@@ -1,0 +1,100 @@
+"""Evaluate an exported ONNX emotion model on a labelled FER-2013 split.
+
+    emopipe-evaluate services/classify/models/emotion.onnx               # PublicTest (test/)
+    emopipe-evaluate emotion.onnx --data fer2013.csv --split PrivateTest  # from the Kaggle CSV
+
+Prints accuracy, per-class recall and the confusion matrix, and saves the matrix as PNG.
+The model is fed exactly what serving feeds it: raw 0..255 pixels, float32 [N,48,48,1].
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from training.data import load_csv, load_folder
+from training.plots import plot_confusion
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "fer2013"
+
+
+@dataclass(frozen=True)
+class Report:
+    split: str
+    faces: int
+    accuracy: float
+    recall: dict[str, float]
+    confusion: list[list[int]]  # rows: true class, columns: predicted, in label order
+
+
+def model_labels(session: ort.InferenceSession) -> list[str]:
+    meta = session.get_modelmeta().custom_metadata_map
+    if "labels" not in meta:
+        raise ValueError("model metadata has no 'labels' entry")
+    return list(json.loads(meta["labels"]))
+
+
+def predict(session: ort.InferenceSession, images: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Class probabilities for uint8 ``[N,48,48]`` faces."""
+    name = session.get_inputs()[0].name
+    out = [session.run(None, {name: images[i : i + batch, ..., None].astype("float32")})[0] for i in range(0, len(images), batch)]
+    return np.concatenate(out)
+
+
+def evaluate(session: ort.InferenceSession, images: np.ndarray, labels: np.ndarray, split: str) -> Report:
+    names = model_labels(session)
+    predicted = predict(session, images).argmax(axis=1)
+    confusion = np.zeros((len(names), len(names)), np.int64)
+    np.add.at(confusion, (labels, predicted), 1)
+    recall = {name: float(confusion[i, i] / max(confusion[i].sum(), 1)) for i, name in enumerate(names)}
+    return Report(split, len(labels), float((predicted == labels).mean()), recall, confusion.tolist())
+
+
+def load_split(data: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    if data.suffix.lower() == ".csv":
+        return load_csv(data)[split]
+    folders = {"Training": "train", "PublicTest": "test"}
+    if split not in folders:
+        raise SystemExit(f"{data}: the image-folder copy has no {split}; pass the Kaggle CSV with --data")
+    return load_folder(data / folders[split])
+
+
+def format_report(report: Report, labels: list[str]) -> str:
+    lines = [f"{report.split}: {report.faces} faces, accuracy {report.accuracy:.2%}", "per-class recall:"]
+    lines += [f"  {name:<9} {report.recall[name]:.2%}" for name in labels]
+    lines.append("confusion matrix (rows true, columns predicted): " + " ".join(f"{n[:5]:>6}" for n in labels))
+    lines += [f"  {name:<9}" + "".join(f"{v:>7}" for v in row) for name, row in zip(labels, report.confusion)]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", type=Path)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="image-folder root or Kaggle fer2013.csv")
+    parser.add_argument("--split", default="PublicTest", choices=("Training", "PublicTest", "PrivateTest"))
+    parser.add_argument("--confusion-png", type=Path, help="where to save the confusion matrix figure")
+    parser.add_argument("--json", type=Path, help="also write the report as JSON")
+    args = parser.parse_args(argv)
+    if not args.model.is_file():
+        parser.error(f"{args.model}: model not found")
+    session = ort.InferenceSession(str(args.model), providers=["CPUExecutionProvider"])
+    images, labels = load_split(args.data, args.split)
+    report = evaluate(session, images, labels, args.split)
+    names = model_labels(session)
+    print(format_report(report, names))
+    if args.confusion_png:
+        plot_confusion(np.array(report.confusion), names, args.confusion_png, f"{args.split}: accuracy {report.accuracy:.2%}")
+    if args.json:
+        args.json.write_text(json.dumps(asdict(report), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Export a trained Keras model to the ONNX file the classify service loads.
+
+    emopipe-export runs/emonet/best.keras services/classify/models/emotion.onnx
+
+The contract: input float32 ``[N,48,48,1]`` of raw grey pixels 0..255 (scaling is inside the
+graph), output ``[N,7]`` softmax probabilities in FER-2013 order, dynamic batch. The model
+describes itself: ``labels`` (JSON list) and ``input_size`` are written into its metadata,
+and serving reads them from there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import keras
+import numpy as np
+import onnx
+
+from emopipe.labels import EMOTIONS, FACE_SIZE
+
+INPUT_FORMAT = "float32 [N,48,48,1], raw grey pixel values 0..255 (normalised inside the graph)"
+OUTPUT_FORMAT = "float32 [N,7], softmax probabilities in the order of 'labels'"
+
+
+def _with_dynamic_batch(model: onnx.ModelProto) -> None:
+    for value in (*model.graph.input, *model.graph.output):
+        dim = value.type.tensor_type.shape.dim[0]
+        dim.Clear()
+        dim.dim_param = "N"
+
+
+def export(model: keras.Model, path: Path, extra_metadata: dict[str, str] | None = None) -> None:
+    """Write ``model`` as ONNX to ``path`` with its self-description in the metadata."""
+    model(np.zeros((1, FACE_SIZE, FACE_SIZE, 1), "float32"))  # a loaded model must be called once before export
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "model.onnx"
+        model.export(str(raw), format="onnx", verbose=False)
+        proto = onnx.load(str(raw))
+    _with_dynamic_batch(proto)
+    metadata = {
+        "labels": json.dumps(list(EMOTIONS)),
+        "input_size": str(FACE_SIZE),
+        "input_format": INPUT_FORMAT,
+        "output_format": OUTPUT_FORMAT,
+        "architecture": model.name,
+        "parameters": str(model.count_params()),
+        **(extra_metadata or {}),
+    }
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.producer_name = "emopipe"
+    onnx.checker.check_model(proto)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(proto, str(path))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", type=Path, help="a .keras file written by emopipe-train")
+    parser.add_argument("output", type=Path, help="where to write the .onnx model")
+    parser.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE", help="extra metadata entry")
+    args = parser.parse_args(argv)
+    if not args.checkpoint.is_file():
+        parser.error(f"{args.checkpoint}: checkpoint not found")
+    extra = {}
+    for item in args.meta:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--meta {item!r}: expected KEY=VALUE")
+        extra[key] = value
+    export(keras.models.load_model(args.checkpoint), args.output, extra)
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""The emotion CNNs, written in backend-agnostic Keras 3 (TensorFlow on a CPU, PyTorch on a GPU).
+
+Every model takes raw grey pixels, float32 ``[N,48,48,1]`` in 0..255, and returns softmax
+probabilities ``[N,7]`` in FER-2013 order. Scaling to [0,1] is the first layer, so the
+exported graph carries its own normalisation and serving cannot get it wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import keras
+from keras import layers
+
+from emopipe.labels import FACE_SIZE, NUM_CLASSES
+
+
+def _inputs() -> tuple[keras.KerasTensor, keras.KerasTensor]:
+    raw = keras.Input((FACE_SIZE, FACE_SIZE, 1), name="pixels")
+    return raw, layers.Rescaling(1.0 / 255.0, name="scale_0_1")(raw)
+
+
+def paper(dropout: float = 0.3) -> keras.Model:
+    """The paper's network: 4 conv layers 32-64-128-256, each with max-pooling and dropout,
+    dense 512 and 256 with dropout, softmax over 7 (about 34 M multiply-adds a face)."""
+    raw, x = _inputs()
+    for filters in (32, 64, 128, 256):
+        x = layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
+        x = layers.MaxPooling2D()(x)
+        x = layers.Dropout(dropout)(x)
+    x = layers.Flatten()(x)
+    for units in (512, 256):
+        x = layers.Dense(units, activation="relu")(x)
+        x = layers.Dropout(0.4)(x)
+    probs = layers.Dense(NUM_CLASSES, activation="softmax", name="probabilities")(x)
+    return keras.Model(raw, probs, name="paper")
+
+
+def _conv_bn(x: keras.KerasTensor, filters: int) -> keras.KerasTensor:
+    x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+    x = layers.BatchNormalization()(x)
+    return layers.ReLU()(x)
+
+
+def vgg(stages: tuple[tuple[int, int], ...], head: int = 256, dropout: float = 0.4, name: str = "vgg") -> keras.Model:
+    """A VGG-style net with batch norm: ``stages`` is ``((filters, convs), ...)``, each stage
+    ending in 2x2 max-pooling; global average pooling, one dense layer, softmax."""
+    raw, x = _inputs()
+    for filters, convs in stages:
+        for _ in range(convs):
+            x = _conv_bn(x, filters)
+        x = layers.MaxPooling2D()(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dropout(dropout)(x)
+    x = layers.Dense(head, use_bias=False)(x)
+    x = layers.BatchNormalization()(x)
+    x = layers.ReLU()(x)
+    x = layers.Dropout(dropout)(x)
+    probs = layers.Dense(NUM_CLASSES, activation="softmax", name="probabilities")(x)
+    return keras.Model(raw, probs, name=name)
+
+
+def emonet() -> keras.Model:
+    """The shipped default: a VGG-style net sized to stay over 1,000 faces/s on one CPU core."""
+    return vgg(((24, 1), (48, 1), (96, 2), (192, 2)), name="emonet")
+
+
+ARCHITECTURES: dict[str, Callable[[], keras.Model]] = {"paper": paper, "emonet": emonet}
+
+
+def build(name: str) -> keras.Model:
+    try:
+        return ARCHITECTURES[name]()
+    except KeyError:
+        raise ValueError(f"unknown architecture {name!r} (choose from {', '.join(ARCHITECTURES)})") from None
+
+
+def multiply_adds(model: keras.Model) -> int:
+    """Multiply-adds of one forward pass (conv and dense layers), for the model card."""
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, layers.Conv2D):
+            _, h, w, c_out = layer.output.shape
+            kh, kw = layer.kernel_size
+            total += h * w * c_out * kh * kw * layer.input.shape[-1]
+        elif isinstance(layer, layers.Dense):
+            total += layer.input.shape[-1] * layer.units
+    return int(total)

@@ -1,0 +1,76 @@
+"""Training recipes: every hyper-parameter of a run, stored beside its checkpoints."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+from training.augment import Augmentation
+
+
+@dataclass(frozen=True)
+class Recipe:
+    architecture: str
+    epochs: int
+    batch_size: int = 128
+    optimizer: str = "adam"  # "adam" (constant lr, reduced on plateau) or "adamw" (cosine)
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_epochs: int = 0
+    label_smoothing: float = 0.0
+    early_stopping_patience: int = 0  # 0: off
+    plateau_patience: int = 0  # 0: off; ReduceLROnPlateau on PublicTest accuracy
+    augmentation: Augmentation = field(default_factory=Augmentation)
+    seed: int = 1
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> Recipe:
+        raw = json.loads(text)
+        aug = raw.pop("augmentation")
+        aug["erase_area"] = tuple(aug["erase_area"])
+        known = {f.name for f in fields(cls)}
+        unknown = set(raw) - known
+        if unknown:
+            raise ValueError(f"recipe has unknown key(s): {', '.join(sorted(unknown))}")
+        return cls(augmentation=Augmentation(**aug), **raw)
+
+    @classmethod
+    def load(cls, path: Path) -> Recipe:
+        return cls.from_json(path.read_text())
+
+
+RECIPES: dict[str, Recipe] = {
+    # The paper: Adam 1e-3, batch 128, up to 100 epochs, early stopping, reduce-LR-on-plateau,
+    # rotation/shift/zoom augmentation.
+    "paper": Recipe(
+        architecture="paper",
+        epochs=100,
+        early_stopping_patience=12,
+        plateau_patience=5,
+        augmentation=Augmentation(rotation_deg=10, shift=0.1, zoom=0.1),
+    ),
+    # The shipped default: batch-normed VGG-style net, AdamW with warm-up and cosine decay,
+    # label smoothing, flips and random erasing on top of the paper's augmentation.
+    "emonet": Recipe(
+        architecture="emonet",
+        epochs=22,
+        optimizer="adamw",
+        learning_rate=2e-3,
+        weight_decay=0.01,
+        warmup_epochs=1,
+        label_smoothing=0.1,
+        augmentation=Augmentation(rotation_deg=15, shift=0.1, zoom=0.15, flip=True, erase_prob=0.25),
+    ),
+}
+
+
+def recipe(name: str, **overrides: object) -> Recipe:
+    try:
+        base = RECIPES[name]
+    except KeyError:
+        raise ValueError(f"unknown recipe {name!r} (choose from {', '.join(RECIPES)})") from None
+    return replace(base, **{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,195 @@
+"""Train an emotion CNN on FER-2013 Training, validating on PublicTest.
+
+    emopipe-train --recipe emonet                 # the shipped default
+    emopipe-train --recipe paper --out runs/paper # the paper's baseline
+
+Each epoch prints one progress line and writes, under ``--out``: ``last.keras`` (model and
+optimizer state, to resume), ``best.keras`` (best PublicTest accuracy so far), ``recipe.json``,
+``history.csv`` and ``curves.png``. Run the same command again to resume an interrupted run.
+Works on any Keras 3 backend: ``KERAS_BACKEND=torch`` trains on a CUDA machine without TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import math
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from emopipe.labels import NUM_CLASSES
+from training.augment import Augmentation, augment_batch
+from training.data import Split, cached_splits
+from training.models import build
+from training.plots import plot_curves
+from training.recipes import RECIPES, Recipe, recipe
+
+log = logging.getLogger("emopipe.train")
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "fer2013"
+
+
+class FaceBatches(keras.utils.PyDataset):
+    """Shuffled, freshly augmented training batches of raw 0..255 float32 pixels."""
+
+    def __init__(self, split: Split, batch_size: int, aug: Augmentation, seed: int) -> None:
+        super().__init__()
+        self.images, self.labels = split
+        self.batch_size = batch_size
+        self.aug = aug
+        self.rng = np.random.default_rng(seed)
+        self.order = self.rng.permutation(len(self.labels))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.labels) / self.batch_size)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        picked = self.order[index * self.batch_size : (index + 1) * self.batch_size]
+        images = augment_batch(self.images[picked], self.rng, self.aug)
+        return images[..., None].astype("float32"), keras.utils.to_categorical(self.labels[picked], NUM_CLASSES)
+
+    def on_epoch_end(self) -> None:
+        self.order = self.rng.permutation(len(self.labels))
+
+
+class StopAfter(keras.callbacks.Callback):
+    """Ends this invocation after ``epochs`` epochs; the run resumes from ``last.keras`` next time."""
+
+    def __init__(self, epochs: int) -> None:
+        super().__init__()
+        self.epochs = epochs
+        self.seen = 0
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.seen += 1
+        if self.seen >= self.epochs:
+            self.model.stop_training = True
+
+
+class EpochArtifacts(keras.callbacks.Callback):
+    """Redraws the learning curves after every epoch, so an interrupted run still has them."""
+
+    def __init__(self, out: Path) -> None:
+        super().__init__()
+        self.out = out
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        plot_curves(self.out / "history.csv", self.out / "curves.png")
+
+
+def _optimizer(r: Recipe, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    if r.optimizer == "adam":
+        return keras.optimizers.Adam(r.learning_rate)
+    if r.optimizer == "adamw":
+        total = r.epochs * steps_per_epoch
+        warmup = min(r.warmup_epochs * steps_per_epoch, total // 2)
+        schedule = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=r.learning_rate / 100,
+            decay_steps=total - warmup,
+            warmup_target=r.learning_rate,
+            warmup_steps=warmup,
+        )
+        return keras.optimizers.AdamW(schedule, weight_decay=r.weight_decay)
+    raise ValueError(f"unknown optimizer {r.optimizer!r} in recipe")
+
+
+def _history(out: Path) -> list[dict[str, str]]:
+    path = out / "history.csv"
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _subset(split: Split, limit: int, seed: int) -> Split:
+    if limit <= 0 or limit >= len(split[1]):
+        return split
+    picked = np.random.default_rng(seed).choice(len(split[1]), limit, replace=False)
+    return split[0][picked], split[1][picked]
+
+
+def _model(r: Recipe, out: Path, steps_per_epoch: int) -> tuple[keras.Model, int]:
+    """A fresh compiled model, or the checkpoint of an interrupted run and its next epoch."""
+    last = out / "last.keras"
+    done = len(_history(out))
+    if last.is_file() and done:
+        log.info("resuming %s after epoch %d", last, done)
+        return keras.models.load_model(last), done
+    model = build(r.architecture)
+    model.compile(
+        optimizer=_optimizer(r, steps_per_epoch),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=r.label_smoothing),
+        metrics=["accuracy"],
+    )
+    return model, 0
+
+
+def _callbacks(r: Recipe, out: Path) -> list[keras.callbacks.Callback]:
+    best_so_far = max((float(row["val_accuracy"]) for row in _history(out)), default=None)
+    callbacks: list[keras.callbacks.Callback] = [
+        keras.callbacks.CSVLogger(str(out / "history.csv"), append=True),
+        keras.callbacks.ModelCheckpoint(str(out / "last.keras")),
+        keras.callbacks.ModelCheckpoint(
+            str(out / "best.keras"),
+            monitor="val_accuracy",
+            mode="max",
+            save_best_only=True,
+            initial_value_threshold=best_so_far,
+        ),
+        EpochArtifacts(out),
+    ]
+    if r.plateau_patience:
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(monitor="val_accuracy", mode="max", factor=0.5, patience=r.plateau_patience, min_lr=1e-5)
+        )
+    if r.early_stopping_patience:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=r.early_stopping_patience))
+    return callbacks
+
+
+def train(r: Recipe, data: Path, out: Path, cache: Path, limit: int = 0, stop_after: int = 0) -> keras.Model:
+    out.mkdir(parents=True, exist_ok=True)
+    saved = out / "recipe.json"
+    if saved.is_file() and Recipe.load(saved) != r:
+        raise SystemExit(f"{out} holds a run with a different recipe ({saved}); choose another --out")
+    saved.write_text(r.to_json())
+    keras.utils.set_random_seed(r.seed)
+    train_split, val_split = cached_splits(data, cache)
+    train_split, val_split = _subset(train_split, limit, r.seed), _subset(val_split, limit, r.seed)
+    batches = FaceBatches(train_split, r.batch_size, r.augmentation, r.seed)
+    model, initial_epoch = _model(r, out, len(batches))
+    if initial_epoch >= r.epochs:
+        log.info("%s already finished %d epochs", out, initial_epoch)
+        return model
+    log.info("training %s (%d parameters) on %d faces, validating on %d PublicTest faces",
+             r.architecture, model.count_params(), len(train_split[1]), len(val_split[1]))
+    val = (val_split[0][..., None].astype("float32"), keras.utils.to_categorical(val_split[1], NUM_CLASSES))
+    callbacks = _callbacks(r, out) + ([StopAfter(stop_after)] if stop_after else [])
+    model.fit(batches, validation_data=val, epochs=r.epochs, initial_epoch=initial_epoch, callbacks=callbacks, verbose=2)
+    return model
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="emonet")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="image-folder root (train/, test/) or Kaggle fer2013.csv")
+    parser.add_argument("--out", type=Path, help="run folder (default: runs/<recipe>)")
+    parser.add_argument("--cache", type=Path, default=REPO / ".cache", help="where the packed data set is kept")
+    parser.add_argument("--epochs", type=int, help="override the recipe's epoch count")
+    parser.add_argument("--batch-size", type=int, help="override the recipe's batch size")
+    parser.add_argument("--limit", type=int, default=0, help="use only this many train and PublicTest faces (smoke runs)")
+    parser.add_argument("--stop-after", type=int, default=0, help="stop this invocation after N epochs (resume later)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    r = recipe(args.recipe, epochs=args.epochs, batch_size=args.batch_size)
+    train(r, args.data, args.out or REPO / "runs" / args.recipe, args.cache, args.limit, args.stop_after)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
