@@ -256,3 +256,17 @@ def test_emopipe_run_prometheus_scrapes_every_stage_and_stops_prometheus_on_exit
     assert not scraped_with.parent.exists(), "the temporary TSDB directory is left behind"
     with pytest.raises(OSError):
         dashboard_check.instant_query(url, "up")
+
+
+def test_dashboard_check_command_reports_every_query_with_data(
+    pipeline: Pipeline, prometheus: server.PrometheusServer
+) -> None:
+    wait_for_all_data(prometheus.url, all_variables(), pipeline.started + DATA_DEADLINE_S)
+    command = [sys.executable, "-m", "deploy.prometheus.dashboard_check", "--url", prometheus.url]
+    result = subprocess.run(
+        [*command, "--scrape-interval", f"{SCRAPE_INTERVAL_S:g}"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    total = len(evaluate_all(prometheus.url, all_variables()))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1] == f"{total}/{total} queries returned data"
+    assert "NO DATA" not in result.stdout
