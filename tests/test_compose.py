@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -10,6 +11,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from emopipe import sample_video
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 COMPOSE = DEPLOY / "compose.yml"
@@ -55,3 +58,14 @@ def test_grafana_datasource_url_is_where_compose_prometheus_listens() -> None:
     prometheus = resolved_compose()["services"]["prometheus"]
     listen = next(arg for arg in prometheus["command"] if arg.startswith("--web.listen-address="))
     assert datasources["datasources"][0]["url"] == "http://" + listen.split("=", 1)[1]
+
+
+def test_pipeline_service_defaults_to_the_video_the_image_bakes_in() -> None:
+    """Without EMOPIPE_SOURCE the stack must run on the carphone video fetched in deploy/Dockerfile."""
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    (cache,) = re.findall(r"^ENV EMOPIPE_CACHE=(\S+)$", dockerfile, flags=re.MULTILINE)
+    assert "sample_video.carphone()" in dockerfile
+    command = resolved_compose()["services"]["emopipe"]["command"]
+    assert command[:2] == ["run", "--source"]
+    assert command[2] == f"{cache}/{sample_video.FILE_NAME}"
+    assert "--loop" in command
