@@ -4,10 +4,12 @@ Two delivery modes, chosen per pipeline (``Config.lossless``):
 
 * lossless (files, analysed completely): the publisher is an XPUB with
   ``XPUB_NODROP``, so a full queue makes sending wait (back-pressure: the pipeline
-  slows down) instead of dropping; before a topic's first message it waits until
-  the expected number of subscribers has subscribed, so nobody misses the start.
+  slows down) instead of dropping.
 * live (cameras, URLs, ``--realtime``): small high-water marks; a full queue drops,
   and the receiving stage keeps only the newest frame per camera (see ``keep_newest``).
+
+In both modes, before a topic's first message the publisher waits until the expected
+number of subscribers has subscribed, so nobody misses the start of a stream.
 
 ``ZMQ_CONFLATE`` is not used: it breaks multipart messages.
 """
@@ -65,7 +67,7 @@ class Publisher:
     def send(self, msg: Message) -> bool:
         """Send one message; False if stopped while waiting for room or subscribers."""
         parts = messages.encode(msg, sent=time.time())
-        if self.lossless and not self._wait_subscribed(parts[0]):
+        if not self.wait_subscribed(parts[0]):
             return False
         return self._send_parts(parts)
 
@@ -85,7 +87,12 @@ class Publisher:
         self.pump_subscriptions()
         return sum(n for prefix, n in self.subscriptions.items() if topic.startswith(prefix))
 
-    def _wait_subscribed(self, topic: bytes) -> bool:
+    def wait_subscribed(self, topic: bytes) -> bool:
+        """Before a topic's first message, wait for its subscribers; False if stopped.
+
+        Lossless, a missing subscriber after the timeout is an error; live, a warning
+        (the stream goes on: a subscriber that comes later gets the frames from then on).
+        """
         if topic in self._ready:
             return True
         deadline = time.monotonic() + self.subscribe_timeout_s
@@ -93,10 +100,14 @@ class Publisher:
             if self.stop.is_set():
                 return False
             if time.monotonic() > deadline:
-                raise SubscriberTimeoutError(
+                problem = (
                     f"{self.endpoint}: {self.subscriber_count(topic)} of {self.subscribers} "
                     f"subscribers for {topic!r} after {self.subscribe_timeout_s}s"
                 )
+                if self.lossless:
+                    raise SubscriberTimeoutError(problem)
+                log.warning("%s; publishing anyway (live)", problem)
+                break
             self.sock.poll(100, zmq.POLLIN)
         self._ready.add(topic)
         return True

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import zmq
 from prometheus_client import CollectorRegistry
 
+from emopipe import messages, service
 from emopipe import metrics as metrics_mod
-from emopipe import service
 from emopipe.bus import Publisher, SubscriberTimeoutError
 from emopipe.config import Config, resolve_path
 from emopipe.messages import EndOfStream, Frame
@@ -68,6 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run(cfg: Config, pub: Publisher, stop: threading.Event, metrics: Metrics) -> int:
+    for camera in cfg.cameras:  # start reading only once detect and sink listen
+        if not pub.wait_subscribed(messages.topic("frame", camera)):
+            return 0
     wake = threading.Event()
     mailboxes = [Mailbox(2 if cfg.lossless else 1, cfg.lossless, wake) for _ in cfg.sources]
     readers = [
