@@ -136,3 +136,21 @@ def test_emotion_mix_is_repeated_per_camera() -> None:
     assert panel["repeat"] == "camera"
     assert "emopipe_predictions_total" in panel["targets"][0]["expr"]
     assert panel["fieldConfig"]["defaults"]["custom"]["stacking"]["mode"] == "percent"
+
+
+@pytest.mark.parametrize("name", sorted(DASHBOARDS))
+def test_panels_fit_the_24_column_grid_without_overlapping(name: str) -> None:
+    cells: dict[tuple[int, int], str] = {}
+    for panel in DASHBOARDS[name]["panels"]:
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in cells, f"{panel['title']!r} overlaps {cells[(x, y)]!r}"
+                cells[(x, y)] = panel["title"]
+
+
+@pytest.mark.parametrize("name", sorted(DASHBOARDS))
+def test_panel_ids_are_unique(name: str) -> None:
+    ids = [panel["id"] for panel in DASHBOARDS[name]["panels"]]
+    assert len(ids) == len(set(ids))
