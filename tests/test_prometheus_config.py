@@ -124,7 +124,9 @@ def test_launch_without_a_binary_says_which_package_to_install_and_returns_none(
 ) -> None:
     monkeypatch.setattr(server.shutil, "which", lambda name: None)
     assert server.launch({"capture": 9101}) is None
-    assert "apt-get install --no-install-recommends prometheus" in capsys.readouterr().out
+    output = capsys.readouterr().out
+    assert "apt-get install --no-install-recommends prometheus" in output
+    assert "docker compose -f deploy/compose.yml up prometheus grafana" in output
 
 
 def test_launch_with_every_metrics_port_off_does_not_start_prometheus(capsys: pytest.CaptureFixture[str]) -> None:

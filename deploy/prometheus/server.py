@@ -8,6 +8,7 @@ the TSDB, so the shipped file stays the single description of the scrape jobs.
 
 from __future__ import annotations
 
+import copy
 import shutil
 import subprocess
 import tempfile
@@ -65,7 +66,7 @@ def with_targets(
 
     Raises ValueError naming the stage when the config has no job for it.
     """
-    rewritten: dict[str, Any] = yaml.safe_load(yaml.safe_dump(dict(config)))
+    rewritten: dict[str, Any] = copy.deepcopy(dict(config))
     jobs = {job["job_name"]: job for job in rewritten["scrape_configs"]}
     for stage, target in targets.items():
         job = jobs.get(JOB_PREFIX + stage)
@@ -220,6 +221,7 @@ def launch(stage_ports: Mapping[str, int], listen: str = DEFAULT_LISTEN) -> Prom
     """
     if find_binary() is None:
         print(f"prometheus: not started: {INSTALL_HINT}", flush=True)
+        print("  (or run both in containers: docker compose -f deploy/compose.yml up prometheus grafana)", flush=True)
         return None
     if not any(stage_ports.values()):
         print("prometheus: not started: every stage has metrics_port = 0", flush=True)
