@@ -138,3 +138,16 @@ def test_grafana_hint_names_the_compose_command_and_a_moved_prometheus() -> None
     assert "docker compose -f deploy/compose.yml up grafana" in server.grafana_hint("http://127.0.0.1:9090")
     assert "point it at http://127.0.0.1:19090" in server.grafana_hint("http://127.0.0.1:19090")
     assert "point it at" not in server.grafana_hint("http://127.0.0.1:9090")
+
+
+@pytest.mark.skipif(server.find_binary() is None, reason=server.INSTALL_HINT)
+def test_instant_query_reports_prometheus_error_for_an_invalid_expression(tmp_path: Path) -> None:
+    prometheus = server.start(server.SHIPPED_CONFIG, tmp_path, listen=f"127.0.0.1:{free_port()}")
+    try:
+        prometheus.wait_ready(timeout=30)
+        with pytest.raises(RuntimeError, match="bad_data"):
+            dashboard_check.instant_query(prometheus.url, "sum by (")
+        with pytest.raises(RuntimeError, match="not a Prometheus API answer"):
+            dashboard_check.api_get(prometheus.url, "/no-such-page", [])
+    finally:
+        prometheus.stop()

@@ -155,9 +155,13 @@ def api_get(base_url: str, path: str, params: Sequence[tuple[str, str]]) -> Any:
     url = f"{base_url.rstrip('/')}{path}?{urllib.parse.urlencode(params)}"
     try:
         with urllib.request.urlopen(url, timeout=10) as response:
-            body = json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        body = json.loads(error.read() or b"{}")
+            raw = response.read()
+    except urllib.error.HTTPError as error:  # Prometheus explains bad queries in a JSON body
+        raw = error.read()
+    try:
+        body = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise RuntimeError(f"{url}: not a Prometheus API answer: {raw[:200]!r}") from error
     if body.get("status") != "success":
         raise RuntimeError(f"{path} {dict(params)}: {body.get('errorType')}: {body.get('error')}")
     return body["data"]
