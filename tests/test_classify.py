@@ -12,12 +12,12 @@ import numpy as np
 import onnx
 import pytest
 import zmq
-from helpers import free_port, pipeline_toml, start_stage, stop
 
 from emopipe import bus, messages
 from emopipe.config import DetectConfig
 from emopipe.labels import EMOTIONS
 from emopipe.messages import EndOfStream, Faces, Results
+from helpers import free_port, pipeline_toml, start_stage, stop
 from services.classify.main import classify
 from services.classify.model import EmotionModel, ModelError
 from services.detect.detector import FaceDetector

@@ -11,11 +11,11 @@ import cv2
 import numpy as np
 import pytest
 import zmq
-from helpers import free_port, pipeline_toml, start_stage, stop
 
 from emopipe import bus, messages
 from emopipe.config import DetectConfig
 from emopipe.messages import Box, EndOfStream, Faces, Frame
+from helpers import free_port, pipeline_toml, start_stage, stop
 from services.detect.detector import FaceDetector, clip_box
 
 

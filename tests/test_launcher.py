@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import REPO
 
 from deploy import launcher
 from emopipe import sample_video
 from emopipe.config import SourceConfig
+from helpers import REPO
 
 
 def test_sources_are_named_by_position_unless_given_an_id() -> None:

@@ -20,9 +20,9 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-from helpers import REPO, free_port, pipeline_toml
 
 from emopipe.labels import EMOTIONS
+from helpers import REPO, free_port, pipeline_toml
 
 RUN_TIMEOUT_S = 120
 
@@ -82,7 +82,9 @@ def file_run(tmp_path_factory: pytest.TempPathFactory, carphone: Path, model_pat
     config.write_text(pipeline_toml(ipc, [], classify={"model": model_path}))
     events, log = tmp / "out.jsonl", tmp / "run.log"
     started = time.monotonic()
-    proc = launch(config, log, "--source", f"a={carphone}", "--source", f"b={carphone}", "--events", str(events))
+    record = tmp / "annotated.mp4"
+    sources = ["--source", f"a={carphone}", "--source", f"b={carphone}"]
+    proc = launch(config, log, *sources, "--events", str(events), "--record", str(record))
     try:
         code = proc.wait(RUN_TIMEOUT_S)
         yield {
@@ -90,6 +92,7 @@ def file_run(tmp_path_factory: pytest.TempPathFactory, carphone: Path, model_pat
             "events": read_events(events),
             "log": log.read_text(),
             "seconds": time.monotonic() - started,
+            "recordings": {cam: tmp / f"annotated.{cam}.mp4" for cam in ("a", "b")},
         }
     finally:
         reap(proc, log)
@@ -129,6 +132,19 @@ def test_file_run_gives_every_face_a_model_label_and_a_confidence_in_0_1(file_ru
         assert x >= 0 and y >= 0 and x + w <= 176 and y + h <= 144
     for event in file_run["events"]:
         assert set(event) == {"camera", "frame", "ts", "faces"} and abs(event["ts"] - time.time()) < 600
+
+
+def test_file_run_records_every_annotated_frame_per_camera(
+    file_run: dict[str, Any], carphone_frames: list[np.ndarray]
+) -> None:
+    for camera, path in file_run["recordings"].items():
+        cap = cv2.VideoCapture(str(path))
+        count = 0
+        while cap.read()[0]:
+            count += 1
+        size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+        cap.release()
+        assert (count, size) == (len(carphone_frames), (176, 144)), camera
 
 
 def test_realtime_file_run_also_ends_by_itself_with_increasing_frames(

@@ -10,9 +10,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from helpers import free_port
 
 from emopipe.messages import Box, FaceResult, Frame, Results
+from helpers import free_port
 from services.sink.events import EventWriter
 from services.sink.join import CameraJoin
 from services.sink.render import annotate, encode_jpeg

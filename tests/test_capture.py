@@ -1,0 +1,154 @@
+"""capture: folders, files, live streams with reconnects; the mailbox between reader and publisher."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import zmq
+from prometheus_client import CollectorRegistry
+
+from emopipe import bus, messages, metrics
+from emopipe.config import CaptureConfig, SourceConfig
+from emopipe.messages import Frame
+from helpers import free_port, pipeline_toml, start_stage, stop
+from services.capture.sources import Captured, Mailbox, SourceReader, frame_rate
+from services.sink.render import encode_jpeg
+from services.sink.viewer import FrameStore, Viewer
+
+
+def read_all(src: SourceConfig, registry: CollectorRegistry) -> list[Captured]:
+    stopper = threading.Event()
+    box = Mailbox(1000, lossless=True, wake=threading.Event())
+    reader = SourceReader(src, CaptureConfig(pace=False), box, stopper, metrics.create(registry, "capture", [src.id]))
+    reader.start()
+    reader.join(30)
+    assert reader.error is None
+    return box.take_all()
+
+
+def test_folder_source_plays_its_images_in_name_order_and_names_an_unreadable_file(
+    tmp_path: Path, carphone_frames: list[np.ndarray], caplog: pytest.LogCaptureFixture
+) -> None:
+    for i in (2, 0, 1):
+        cv2.imwrite(str(tmp_path / f"img{i}.png"), carphone_frames[i])
+    (tmp_path / "img3.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "notes.txt").write_text("ignored: not an image suffix")
+    registry = CollectorRegistry()
+    with caplog.at_level(logging.ERROR):
+        items = read_all(SourceConfig(id="dir", uri=str(tmp_path)), registry)
+    assert [(i.seq, i.is_end) for i in items] == [(0, False), (1, False), (2, False), (3, True)]
+    for i in range(3):
+        np.testing.assert_array_equal(items[i].image, carphone_frames[i])
+    assert f"cannot read image {tmp_path}/img3.jpg" in caplog.text
+    assert registry.get_sample_value("emopipe_frames_dropped_total", {"stage": "capture", "reason": "read_error"}) == 1
+
+
+def test_video_file_source_delivers_every_frame_then_its_end(carphone: Path, carphone_frames: list[np.ndarray]) -> None:
+    items = read_all(SourceConfig(id="v", uri=str(carphone)), CollectorRegistry())
+    assert len(items) == len(carphone_frames) + 1 and items[-1].is_end and items[-1].seq == len(carphone_frames)
+    assert [i.seq for i in items[:-1]] == list(range(len(carphone_frames)))
+
+
+def test_file_plays_at_its_own_rate_unless_configured() -> None:
+    cfg = CaptureConfig(folder_fps=5.0)
+    assert frame_rate(SourceConfig(uri="a.mp4"), cfg, native=29.97) == 29.97
+    assert frame_rate(SourceConfig(uri="a.mp4", fps=10.0), cfg, native=29.97) == 10.0
+    assert frame_rate(SourceConfig(uri="dir"), cfg, native=0.0) == 5.0
+
+
+def test_live_mailbox_keeps_the_newest_frame_and_reports_the_stale_one() -> None:
+    box = Mailbox(1, lossless=False, wake=threading.Event())
+    never = threading.Event()
+    assert box.put(Captured("c", 0, 0.0, np.zeros(1)), never) == 0
+    assert box.put(Captured("c", 1, 0.0, np.zeros(1)), never) == 1
+    assert [i.seq for i in box.take_all()] == [1]
+
+
+def test_lossless_mailbox_makes_the_reader_wait_instead_of_dropping() -> None:
+    box = Mailbox(1, lossless=True, wake=threading.Event())
+    never = threading.Event()
+    box.put(Captured("c", 0, 0.0, np.zeros(1)), never)
+    waiting = threading.Thread(target=box.put, args=(Captured("c", 1, 0.0, np.zeros(1)), never))
+    waiting.start()
+    time.sleep(0.2)
+    assert waiting.is_alive()  # blocked: the mailbox is full
+    assert [i.seq for i in box.take_all()] == [0]
+    waiting.join(2)
+    assert [i.seq for i in box.take_all()] == [1]
+
+
+# ------------------------------------------------------------ a live HTTP stream
+
+
+@pytest.fixture
+def mjpeg_server(carphone_frames: list[np.ndarray]) -> Iterator[tuple[str, Viewer]]:
+    """A real MJPEG-over-HTTP camera: the sink's own viewer, fed the video's frames at 20 fps."""
+    store = FrameStore(["live"])
+    server = Viewer(store, "127.0.0.1", free_port())
+    server.start()
+    jpegs = [encode_jpeg(f, 80) for f in carphone_frames]
+    done = threading.Event()
+
+    def feed() -> None:
+        i = 0
+        while not done.wait(0.05):
+            store.put("live", jpegs[i % len(jpegs)])
+            i += 1
+
+    threading.Thread(target=feed, daemon=True).start()
+    yield server.url + "stream/live.mjpg", server
+    done.set()
+    server.close()
+
+
+def scrape_value(port: int, sample: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith(sample + " "):
+                return float(line.split()[-1])
+    raise AssertionError(f"no {sample}")
+
+
+def wait_for(condition, timeout: float) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return True
+        except OSError:
+            pass  # the metrics server is not up yet
+        time.sleep(0.1)
+    return False
+
+
+def test_live_stream_source_publishes_frames_and_reconnects_when_the_camera_goes_away(
+    mjpeg_server: tuple[str, Viewer], ipc_dir: Path, zmq_ctx: zmq.Context
+) -> None:
+    url, server = mjpeg_server
+    port = free_port()
+    config = ipc_dir / "c.toml"
+    text = pipeline_toml(ipc_dir, [], capture={"metrics_port": port, "subscribers": 1, "reconnect_backoff_s": 0.2})
+    config.write_text(f'[[sources]]\nid = "live"\nuri = "{url}"\n\n' + text)
+    sub = bus.subscriber(zmq_ctx, f"ipc://{ipc_dir}/frames", bus.topics_for(["frame"], ["live"]), hwm=10)
+    proc = start_stage("capture", config, ipc_dir / "capture.log")
+    try:
+        assert sub.poll(30_000), (ipc_dir / "capture.log").read_text()
+        frame = messages.decode(sub.recv_multipart())
+        assert isinstance(frame, Frame) and frame.image.shape == (144, 176, 3)
+        assert wait_for(lambda: scrape_value(port, 'emopipe_camera_up{camera="live"}') == 1, 10)
+        server.close()  # the camera goes away
+        assert wait_for(lambda: scrape_value(port, 'emopipe_camera_up{camera="live"}') == 0, 10)
+        assert wait_for(lambda: scrape_value(port, 'emopipe_camera_reconnects_total{camera="live"}') >= 1, 10)
+        assert proc.poll() is None
+        assert "stopped delivering frames; reconnecting" in (ipc_dir / "capture.log").read_text()
+    finally:
+        sub.close(linger=0)
+        assert stop(proc) == 0
