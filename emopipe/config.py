@@ -1,6 +1,7 @@
 """The one configuration schema of the pipeline: typed sections, defaults in one place.
 
-A TOML file overrides any subset of the defaults below. An unknown key is an error
+A TOML file overrides any subset of the defaults below, and environment variables
+``EMOPIPE__<SECTION>__<KEY>`` override the file (each stage logs the ones it applied). An unknown key is an error
 that names it with its full dotted path (``detect.scale_factr``); a value of the
 wrong type is an error naming the key, the expected type and the value. Every stage
 and the launcher read the same file.
@@ -12,6 +13,7 @@ import dataclasses
 import os
 import re
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -26,6 +28,7 @@ else:  # pragma: no cover
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = PACKAGE_ROOT / "services" / "classify" / "models" / "emotion.onnx"
 WEBCAM = re.compile(r"^\d+$")
+ENV_PREFIX = "EMOPIPE__"
 LIVE_URL = re.compile(r"^(rtsp|rtsps|rtmp|http|https|udp|tcp)://", re.IGNORECASE)
 
 
@@ -149,22 +152,45 @@ class Config:
 # ---------------------------------------------------------------- loading
 
 
-def load(path: str | Path | None) -> Config:
-    """Read and validate a TOML file; ``None`` gives the defaults."""
-    if path is None:
-        return validate(Config())
-    path = Path(path)
-    try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"config file {path} does not exist") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+def load(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a TOML file (``None``: the defaults), then environment overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            with path.open("rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {path} does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    for key, value in env_overrides(os.environ if environ is None else environ).items():
+        section, name = key.split(".")
+        data.setdefault(section, {})[name] = value
     try:
         return from_dict(data)
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
+        raise ConfigError(f"{path or 'defaults'}: {exc}") from exc
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``EMOPIPE__<SECTION>__<KEY>=<TOML value>`` variables, as ``{"section.key": value}``.
+
+    A value that is not a TOML literal is taken as a string (``EMOPIPE__SINK__EVENTS=out.jsonl``).
+    """
+    found: dict[str, Any] = {}
+    for var, raw in sorted(environ.items()):
+        if not var.startswith(ENV_PREFIX):
+            continue
+        parts = var[len(ENV_PREFIX) :].lower().split("__")
+        if len(parts) != 2 or not all(parts):
+            raise ConfigError(f"environment variable {var}: expected {ENV_PREFIX}<SECTION>__<KEY>")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        found[".".join(parts)] = value
+    return found
 
 
 def from_dict(data: dict[str, Any]) -> Config:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -27,6 +28,8 @@ def setup(stage: str, argv: Sequence[str] | None = None) -> tuple[Config, thread
         print(f"emopipe-{stage}: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from exc
     setup_logging(stage, cfg.pipeline.log_level)
+    for key, value in config_mod.env_overrides(os.environ).items():
+        logging.getLogger(__name__).info("config override from the environment: %s = %r", key, value)
     return cfg, install_stop_handlers()
 
 

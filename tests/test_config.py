@@ -92,3 +92,17 @@ def test_files_are_analysed_losslessly_unless_realtime_or_a_source_is_live(
         {"pipeline": {"realtime": realtime}, "sources": [{"id": f"c{i}", "uri": u} for i, u in enumerate(uris)]}
     )
     assert cfg.lossless is lossless
+
+
+def test_environment_variables_override_the_file_and_are_typed(tmp_path: Path) -> None:
+    path = write(tmp_path, "[detect]\nmin_neighbors = 3\n")
+    env = {"EMOPIPE__DETECT__MIN_NEIGHBORS": "7", "EMOPIPE__SINK__EVENTS": "out.jsonl", "HOME": "/x"}
+    cfg = config.load(path, environ=env)
+    assert (cfg.detect.min_neighbors, cfg.sink.events) == (7, "out.jsonl")
+
+
+def test_unknown_environment_override_is_an_error_naming_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"unknown key 'detect\.min_neigbors'"):
+        config.load(None, environ={"EMOPIPE__DETECT__MIN_NEIGBORS": "7"})
+    with pytest.raises(ConfigError, match="EMOPIPE__DETECT: expected"):
+        config.load(None, environ={"EMOPIPE__DETECT": "7"})
