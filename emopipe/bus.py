@@ -55,7 +55,11 @@ class Publisher:
         self.sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscriber's subscription, not just the first
         if lossless:
             self.sock.setsockopt(zmq.XPUB_NODROP, 1)
-        self.sock.bind(endpoint)
+        try:
+            self.sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            self.sock.close(linger=0)
+            raise zmq.ZMQError(exc.errno, f"cannot bind {endpoint}: {exc.strerror}") from exc
         self.endpoint = endpoint
         self.lossless = lossless
         self.subscribers = subscribers

@@ -122,5 +122,8 @@ def serve(metrics: Metrics, port: int, host: str = "127.0.0.1") -> None:
     if port == 0:
         log.info("metrics disabled (port 0)")
         return
-    start_http_server(port, addr=host, registry=metrics.registry)
+    try:
+        start_http_server(port, addr=host, registry=metrics.registry)
+    except OSError as exc:
+        raise OSError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from exc
     log.info("metrics on http://%s:%d/metrics", host, port)

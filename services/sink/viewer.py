@@ -125,7 +125,10 @@ def make_handler(store: FrameStore) -> type[BaseHTTPRequestHandler]:
 class Viewer:
     def __init__(self, store: FrameStore, host: str, port: int) -> None:
         self.store = store
-        self.server = ThreadingHTTPServer((host, port), make_handler(store))
+        try:
+            self.server = ThreadingHTTPServer((host, port), make_handler(store))
+        except OSError as exc:
+            raise OSError(f"cannot serve the viewer on {host}:{port}: {exc.strerror or exc}") from exc
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, name="viewer", daemon=True)
 
