@@ -101,7 +101,7 @@ def addresses(cfg: Config) -> list[str]:
     for stage in ("capture", "detect", "classify", "sink"):
         port = getattr(cfg, stage).metrics_port
         if port:
-            lines.append(f"metrics: {stage:<8} http://127.0.0.1:{port}/metrics")
+            lines.append(f"metrics: {stage:<8} http://{cfg.pipeline.metrics_host}:{port}/metrics")
     return lines
 
 
@@ -245,6 +245,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", exc)
         return EXIT_CONFIG
     setup_logging("launcher", cfg.pipeline.log_level)
+    if cfg.sink.events:  # the sink appends (a restarted sink continues): start each run empty
+        events = resolve_path(cfg.sink.events)
+        events.parent.mkdir(parents=True, exist_ok=True)
+        events.write_text("")
     with tempfile.TemporaryDirectory(prefix="emopipe-run-") as tmp:
         config_path = Path(tmp) / "config.toml"
         config_path.write_text(config_mod.to_toml(cfg))

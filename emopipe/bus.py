@@ -8,6 +8,9 @@ Two delivery modes, chosen per pipeline (``Config.lossless``):
 * live (cameras, URLs, ``--realtime``): small high-water marks; a full queue drops,
   and the receiving stage keeps only the newest frame per camera (see ``keep_newest``).
 
+An endpoint may list several addresses separated by commas: a publisher binds each,
+a subscriber connects to each (fan-in from a stage scaled out over several processes).
+
 In both modes, before a topic's first message the publisher waits until the expected
 number of subscribers has subscribed, so nobody misses the start of a stream.
 
@@ -55,11 +58,12 @@ class Publisher:
         self.sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscriber's subscription, not just the first
         if lossless:
             self.sock.setsockopt(zmq.XPUB_NODROP, 1)
-        try:
-            self.sock.bind(endpoint)
-        except zmq.ZMQError as exc:
-            self.sock.close(linger=0)
-            raise zmq.ZMQError(exc.errno, f"cannot bind {endpoint}: {exc.strerror}") from exc
+        for address in addresses(endpoint):
+            try:
+                self.sock.bind(address)
+            except zmq.ZMQError as exc:
+                self.sock.close(linger=0)
+                raise zmq.ZMQError(exc.errno, f"cannot bind {address}: {exc.strerror}") from exc
         self.endpoint = endpoint
         self.lossless = lossless
         self.subscribers = subscribers
@@ -136,8 +140,17 @@ def subscriber(ctx: zmq.Context, endpoint: str, topics: Iterable[bytes], hwm: in
     sock.setsockopt(zmq.RCVHWM, hwm)
     for t in topics:
         sock.setsockopt(zmq.SUBSCRIBE, t)
-    sock.connect(endpoint)
+    for address in addresses(endpoint):
+        sock.connect(address)
     return sock
+
+
+def addresses(endpoint: str) -> list[str]:
+    """The addresses of a configured endpoint: one, or several separated by commas."""
+    found = [a.strip() for a in endpoint.split(",") if a.strip()]
+    if not found:
+        raise ValueError(f"endpoint {endpoint!r} names no address")
+    return found
 
 
 def topics_for(kinds: Sequence[str], cameras: Sequence[str]) -> list[bytes]:

@@ -53,6 +53,7 @@ class SourceConfig:
 class PipelineConfig:
     realtime: bool = False  # files behave like cameras: drop stale frames, never slow down
     log_level: str = "INFO"
+    metrics_host: str = "127.0.0.1"  # address every stage serves /metrics on ("0.0.0.0": all)
     restart_backoff_s: float = 1.0  # launcher: first restart delay of a crashed stage
     restart_backoff_max_s: float = 30.0
     max_restarts: int = 10  # launcher: a stage restarted more often is a failure
@@ -61,6 +62,8 @@ class PipelineConfig:
 
 @dataclass(frozen=True)
 class EndpointsConfig:
+    # Several addresses separated by commas: a publisher binds each, a subscriber connects
+    # to each (fan-in from a stage scaled out over several processes or hosts).
     frames: str = "tcp://127.0.0.1:5550"  # capture binds (XPUB), detect and sink connect
     faces: str = "tcp://127.0.0.1:5551"  # detect binds, classify connects
     results: str = "tcp://127.0.0.1:5552"  # classify binds, sink connects

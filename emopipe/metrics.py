@@ -117,7 +117,7 @@ def _initialise(m: Metrics, stage: str, cameras: Sequence[str], emotions: Sequen
             m.end_to_end_latency.labels(camera=camera)
 
 
-def serve(metrics: Metrics, port: int, host: str = "127.0.0.1") -> None:
+def serve(metrics: Metrics, port: int, host: str) -> None:
     """Serve ``/metrics`` on ``host:port``; port 0 means metrics are off."""
     if port == 0:
         log.info("metrics disabled (port 0)")

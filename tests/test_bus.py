@@ -109,3 +109,16 @@ def test_keep_newest_keeps_the_last_frame_per_camera_and_every_end_of_stream() -
         ("a", 2, "Frame"),
     ]
     assert stale == 2
+
+
+def test_a_subscriber_fans_in_from_every_address_of_a_comma_separated_endpoint(
+    zmq_ctx: zmq.Context, ipc_dir: Path
+) -> None:
+    """Scale-out: two detect processes each bind their own address; classify connects to both."""
+    stop = threading.Event()
+    first = publisher(zmq_ctx, f"ipc://{ipc_dir}/a", True, stop)
+    second = publisher(zmq_ctx, f"ipc://{ipc_dir}/b", True, stop)
+    sub = bus.subscriber(zmq_ctx, f"ipc://{ipc_dir}/a, ipc://{ipc_dir}/b", [messages.topic("frame")], hwm=10)
+    assert first.send(frame(1, "left")) and second.send(frame(2, "right"))
+    got = {messages.decode(sub.recv_multipart()).camera for _ in range(2)}
+    assert got == {"left", "right"}

@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", exc)
         return service.EXIT_CONFIG
     metrics = metrics_mod.create(CollectorRegistry(), "capture", cfg.cameras)
-    metrics_mod.serve(metrics, cfg.capture.metrics_port)
+    metrics_mod.serve(metrics, cfg.capture.metrics_port, cfg.pipeline.metrics_host)
     ctx = zmq.Context()
     pub = Publisher(
         ctx,

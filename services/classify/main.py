@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cameras = cfg.classify.cameras or cfg.cameras
     metrics = metrics_mod.create(CollectorRegistry(), "classify", cameras, model.labels)
     metrics.model_info.info(model.info())
-    metrics_mod.serve(metrics, cfg.classify.metrics_port)
+    metrics_mod.serve(metrics, cfg.classify.metrics_port, cfg.pipeline.metrics_host)
     hwm = cfg.bus.lossless_hwm if cfg.lossless else cfg.bus.live_hwm
     ctx = zmq.Context()
     sub = bus.subscriber(ctx, cfg.endpoints.faces, bus.topics_for(["faces", "eos"], cfg.classify.cameras), hwm)

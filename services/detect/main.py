@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     detector = FaceDetector(cfg.detect)
     cameras = cfg.detect.cameras or cfg.cameras
     metrics = metrics_mod.create(CollectorRegistry(), "detect", cameras)
-    metrics_mod.serve(metrics, cfg.detect.metrics_port)
+    metrics_mod.serve(metrics, cfg.detect.metrics_port, cfg.pipeline.metrics_host)
     hwm = cfg.bus.lossless_hwm if cfg.lossless else cfg.bus.live_hwm
     ctx = zmq.Context()
     sub = bus.subscriber(ctx, cfg.endpoints.frames, bus.topics_for(["frame", "eos"], cfg.detect.cameras), hwm)

@@ -21,11 +21,13 @@ def event(results: Results) -> dict[str, Any]:
 
 
 class EventWriter:
+    """Appends, so a restarted sink continues the file; ``emopipe run`` starts it empty."""
+
     def __init__(self, path: Path | None) -> None:
         self._fh: IO[str] | None = None
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = path.open("w", encoding="utf-8")
+            self._fh = path.open("a", encoding="utf-8")
 
     def write(self, results: Results) -> None:
         if self._fh is not None:

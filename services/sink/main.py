@@ -111,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg, stop = service.setup("sink", argv)
     cameras = cfg.sink.cameras or cfg.cameras
     metrics = metrics_mod.create(CollectorRegistry(), "sink", cameras)
-    metrics_mod.serve(metrics, cfg.sink.metrics_port)
+    metrics_mod.serve(metrics, cfg.sink.metrics_port, cfg.pipeline.metrics_host)
     viewer: Viewer | None = None
     store: FrameStore | None = None
     if cfg.viewer.port:
