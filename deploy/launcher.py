@@ -16,9 +16,11 @@ and the launcher exits with the sink's status (0: every frame has its line).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
 import logging
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -120,7 +122,7 @@ class Stage:
 
     def start(self) -> None:
         # own process group: Ctrl-C reaches the launcher only, which stops stages in order
-        self.process = subprocess.Popen(self.command, start_new_session=True)
+        self.process = subprocess.Popen(self.command, start_new_session=True, preexec_fn=_die_with_parent)
         self.started = time.monotonic()
         self.restart_at = None
         log.info("started %s (pid %d)", self.name, self.process.pid)
@@ -136,6 +138,13 @@ class Stage:
             log.warning("%s (pid %d) did not stop in %.0fs; killing it", self.name, proc.pid, timeout)
             proc.kill()
             proc.wait()
+
+
+def _die_with_parent() -> None:
+    """Linux: a stage gets SIGTERM if the launcher itself is killed (no orphaned stages)."""
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def stage_command(stage: str, config_path: Path) -> list[str]:
