@@ -57,13 +57,13 @@ RECIPES: dict[str, Recipe] = {
     # label smoothing, flips and random erasing on top of the paper's augmentation.
     "emonet": Recipe(
         architecture="emonet",
-        epochs=22,
+        epochs=16,
         optimizer="adamw",
         learning_rate=2e-3,
         weight_decay=0.01,
         warmup_epochs=1,
         label_smoothing=0.1,
-        augmentation=Augmentation(rotation_deg=15, shift=0.1, zoom=0.15, flip=True, erase_prob=0.25),
+        augmentation=Augmentation(rotation_deg=10, shift=0.1, zoom=0.1, flip=True, erase_prob=0.1),
     ),
 }
 
