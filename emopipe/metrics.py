@@ -33,7 +33,7 @@ class Metrics:
     predictions: Counter  # {camera, emotion}
     camera_up: Gauge  # {camera}
     camera_reconnects: Counter  # {camera}
-    model_info: Info
+    model_info: Info | None  # classify only: the other stages serve no model
 
 
 def create(
@@ -91,7 +91,9 @@ def create(
             ["camera"],
             registry=registry,
         ),
-        model_info=Info("emopipe_model", "The emotion model classify serves.", registry=registry),
+        model_info=Info("emopipe_model", "The emotion model classify serves.", registry=registry)
+        if stage == "classify"
+        else None,
     )
     _initialise(m, stage, cameras, emotions)
     return m

@@ -49,10 +49,19 @@ def test_latency_buckets_cover_1_ms_to_5_s() -> None:
 def test_model_info_is_exported_as_emopipe_model_info() -> None:
     registry = CollectorRegistry()
     m = metrics.create(registry, "classify", ["cam0"], ("happy",))
+    assert m.model_info is not None
     m.model_info.info({"labels": "happy", "input_size": "48", "sha256": "ab", "path": "/m.onnx"})
     assert 'emopipe_model_info{input_size="48",labels="happy",path="/m.onnx",sha256="ab"} 1.0' in (
         generate_latest(registry).decode()
     )
+
+
+@pytest.mark.parametrize("stage", ["capture", "detect", "sink"])
+def test_only_classify_exports_model_info(stage: str) -> None:
+    """A stage without a model must not export an empty emopipe_model_info series."""
+    registry = CollectorRegistry()
+    assert metrics.create(registry, stage, ["cam0"]).model_info is None
+    assert "emopipe_model_info" not in generate_latest(registry).decode()
 
 
 def test_unknown_stage_is_rejected() -> None:

@@ -56,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("model %s: labels %s, input %d, sha256 %s", model.path, model.labels, model.input_size, model.sha256[:12])
     cameras = cfg.classify.cameras or cfg.cameras
     metrics = metrics_mod.create(CollectorRegistry(), "classify", cameras, model.labels)
+    assert metrics.model_info is not None  # created for the classify stage
     metrics.model_info.info(model.info())
     metrics_mod.serve(metrics, cfg.classify.metrics_port, cfg.pipeline.metrics_host)
     hwm = cfg.bus.lossless_hwm if cfg.lossless else cfg.bus.live_hwm
