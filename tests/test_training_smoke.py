@@ -97,3 +97,17 @@ def test_evaluate_counts_confusion_and_recall(run: Path, tmp_path: Path) -> None
     for i, name in enumerate(EMOTIONS):
         row = confusion[i].sum()
         assert report.recall[name] == pytest.approx(confusion[i, i] / row if row else 0.0)
+
+
+def test_refine_run_starts_from_the_init_checkpoint_weights(run: Path, tmp_path: Path) -> None:
+    from training.train import _model
+
+    best = keras.models.load_model(run / "best.keras")
+    model, first_epoch = _model(recipe("emonet-refine"), tmp_path, steps_per_epoch=5, init=run / "best.keras")
+    assert first_epoch == 0
+    faces = _real_faces(8)[..., None].astype("float32")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(model(faces, training=False)),
+        keras.ops.convert_to_numpy(best(faces, training=False)),
+        atol=1e-6,
+    )

@@ -113,14 +113,18 @@ def _subset(split: Split, limit: int, seed: int) -> Split:
     return split[0][picked], split[1][picked]
 
 
-def _model(r: Recipe, out: Path, steps_per_epoch: int) -> tuple[keras.Model, int]:
-    """A fresh compiled model, or the checkpoint of an interrupted run and its next epoch."""
+def _model(r: Recipe, out: Path, steps_per_epoch: int, init: Path | None) -> tuple[keras.Model, int]:
+    """A fresh compiled model (from ``init``'s weights if given), or the checkpoint of an
+    interrupted run and its next epoch."""
     last = out / "last.keras"
     done = len(_history(out))
     if last.is_file() and done:
         log.info("resuming %s after epoch %d", last, done)
         return keras.models.load_model(last), done
     model = build(r.architecture)
+    if init is not None:
+        log.info("starting from the weights of %s", init)
+        model.load_weights(init)
     model.compile(
         optimizer=_optimizer(r, steps_per_epoch),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=r.label_smoothing),
@@ -152,7 +156,9 @@ def _callbacks(r: Recipe, out: Path) -> list[keras.callbacks.Callback]:
     return callbacks
 
 
-def train(r: Recipe, data: Path, out: Path, cache: Path, limit: int = 0, stop_after: int = 0) -> keras.Model:
+def train(
+    r: Recipe, data: Path, out: Path, cache: Path, limit: int = 0, stop_after: int = 0, init: Path | None = None
+) -> keras.Model:
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "recipe.json"
     if saved.is_file() and Recipe.load(saved) != r:
@@ -162,7 +168,7 @@ def train(r: Recipe, data: Path, out: Path, cache: Path, limit: int = 0, stop_af
     train_split, val_split = cached_splits(data, cache)
     train_split, val_split = _subset(train_split, limit, r.seed), _subset(val_split, limit, r.seed)
     batches = FaceBatches(train_split, r.batch_size, r.augmentation, r.seed)
-    model, initial_epoch = _model(r, out, len(batches))
+    model, initial_epoch = _model(r, out, len(batches), init)
     if initial_epoch >= r.epochs:
         log.info("%s already finished %d epochs", out, initial_epoch)
         return model
@@ -184,10 +190,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, help="override the recipe's batch size")
     parser.add_argument("--limit", type=int, default=0, help="use only this many train and PublicTest faces (smoke runs)")
     parser.add_argument("--stop-after", type=int, default=0, help="stop this invocation after N epochs (resume later)")
+    parser.add_argument("--init", type=Path, help="start from the weights of this .keras checkpoint (same architecture)")
     args = parser.parse_args(argv)
+    if args.init is not None and not args.init.is_file():
+        parser.error(f"--init {args.init}: checkpoint not found")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     r = recipe(args.recipe, epochs=args.epochs, batch_size=args.batch_size)
-    train(r, args.data, args.out or REPO / "runs" / args.recipe, args.cache, args.limit, args.stop_after)
+    train(r, args.data, args.out or REPO / "runs" / args.recipe, args.cache, args.limit, args.stop_after, args.init)
     return 0
 
 
