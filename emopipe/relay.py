@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import zmq
 
 from emopipe import bus, messages
-from emopipe.bus import Publisher
+from emopipe.bus import Publisher, SubscriberTimeoutError
+from emopipe.config import Config
 from emopipe.messages import EndOfStream, Message, MessageError
 from emopipe.metrics import Metrics
 
@@ -83,3 +84,43 @@ def run(
             metrics.stage_latency.labels(stage=stage, camera=msg.camera).observe(time.perf_counter() - start)
             metrics.frames_processed.labels(stage=stage, camera=msg.camera).inc()
             pub.send(out)
+
+
+def serve(
+    stage: str,
+    cfg: Config,
+    source: tuple[str, str],
+    target: str,
+    expected: type,
+    handle: Handler,
+    metrics: Metrics,
+    stop: threading.Event,
+) -> int:
+    """Run a middle stage: subscribe to ``source`` (endpoint, message kind) for the stage's
+    cameras, publish on ``target``, process until ``stop``; returns the exit code."""
+    section = getattr(cfg, stage)
+    cameras: Sequence[str] = section.cameras
+    hwm = cfg.bus.lossless_hwm if cfg.lossless else cfg.bus.live_hwm
+    endpoint, kind = source
+    ctx = zmq.Context()
+    sub = bus.subscriber(ctx, endpoint, bus.topics_for([kind, "eos"], cameras), hwm)
+    pub = Publisher(
+        ctx,
+        target,
+        lossless=cfg.lossless,
+        hwm=hwm,
+        subscribers=section.subscribers,
+        subscribe_timeout_s=cfg.bus.subscribe_timeout_s,
+        stop=stop,
+    )
+    log.info("%s: %s from %s -> %s", stage, kind, endpoint, target)
+    try:
+        run(stage, sub, pub, expected, handle, metrics, stop)
+        return 0
+    except SubscriberTimeoutError as exc:
+        log.error("%s", exc)
+        return 1
+    finally:
+        sub.close(linger=0)
+        pub.close()
+        ctx.term()

@@ -13,12 +13,13 @@ from emopipe.labels import EMOTIONS
 from training.data import DatasetError, load_csv, load_folder, load_splits
 
 
-
 def _pixels(value: int, count: int = 48 * 48) -> str:
     return " ".join([str(value)] * count)
 
 
-def _write_csv(path: Path, rows: list[tuple[object, str, str]], header: tuple[str, ...] = ("emotion", "pixels", "Usage")) -> Path:
+def _write_csv(
+    path: Path, rows: list[tuple[object, str, str]], header: tuple[str, ...] = ("emotion", "pixels", "Usage")
+) -> Path:
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
@@ -32,12 +33,15 @@ def _write_face(path: Path, value: int, size: tuple[int, int] = (48, 48)) -> Non
 
 
 def test_csv_splits_rows_by_usage_column_not_position(tmp_path: Path) -> None:
-    path = _write_csv(tmp_path / "fer.csv", [
-        (3, _pixels(10), "PrivateTest"),
-        (0, _pixels(20), "Training"),
-        (6, _pixels(30), "PublicTest"),
-        (1, _pixels(40), "Training"),
-    ])
+    path = _write_csv(
+        tmp_path / "fer.csv",
+        [
+            (3, _pixels(10), "PrivateTest"),
+            (0, _pixels(20), "Training"),
+            (6, _pixels(30), "PublicTest"),
+            (1, _pixels(40), "Training"),
+        ],
+    )
     splits = load_csv(path)
     train_x, train_y = splits["Training"]
     assert train_y.tolist() == [0, 1]
@@ -58,7 +62,9 @@ def test_csv_splits_rows_by_usage_column_not_position(tmp_path: Path) -> None:
         ((2, _pixels(300), "Training"), "outside 0..255"),
     ],
 )
-def test_csv_malformed_row_is_named_with_file_and_line(tmp_path: Path, row: tuple[object, str, str], message: str) -> None:
+def test_csv_malformed_row_is_named_with_file_and_line(
+    tmp_path: Path, row: tuple[object, str, str], message: str
+) -> None:
     path = _write_csv(tmp_path / "fer.csv", [(0, _pixels(5), "Training"), row])
     with pytest.raises(DatasetError, match=message) as err:
         load_csv(path)
@@ -81,7 +87,7 @@ def test_folder_labels_follow_fer_order_not_alphabetical(tmp_path: Path) -> None
     images, labels = load_folder(tmp_path)
     assert sorted(labels.tolist()) == [EMOTIONS.index("angry"), EMOTIONS.index("sad"), EMOTIONS.index("neutral")]
     assert EMOTIONS.index("neutral") == 6
-    by_label = dict(zip(labels.tolist(), images[:, 0, 0].tolist()))
+    by_label = dict(zip(labels.tolist(), images[:, 0, 0].tolist(), strict=True))
     assert by_label[0] == 50 and by_label[4] == 200
     assert abs(by_label[6] - 100) <= 2  # JPEG
 
@@ -99,8 +105,14 @@ def test_folder_wrong_size_image_is_named(tmp_path: Path) -> None:
         (lambda root: (root / "happy").mkdir(parents=True), "happy: empty emotion folder"),
         (lambda root: _write_face(root / "contempt" / "x.png", 1), "contempt: unknown emotion folder"),
         (lambda root: root.mkdir(), "no emotion sub-folders"),
-        (lambda root: (root / "fear").mkdir(parents=True) or (root / "fear" / "notes.txt").write_text("x"), r"notes\.txt: not an image"),
-        (lambda root: (root / "fear").mkdir(parents=True) or (root / "fear" / "broken.jpg").write_bytes(b"no jpeg"), r"broken\.jpg: not a readable image"),
+        (
+            lambda root: (root / "fear").mkdir(parents=True) or (root / "fear" / "notes.txt").write_text("x"),
+            r"notes\.txt: not an image",
+        ),
+        (
+            lambda root: (root / "fear").mkdir(parents=True) or (root / "fear" / "broken.jpg").write_bytes(b"no jpeg"),
+            r"broken\.jpg: not a readable image",
+        ),
     ],
 )
 def test_folder_malformed_layout_is_named(tmp_path: Path, setup, message: str) -> None:  # type: ignore[no-untyped-def]
@@ -119,7 +131,10 @@ def test_missing_folder_and_split_roots(tmp_path: Path) -> None:
 
 
 def test_splits_from_csv_give_training_and_publictest(tmp_path: Path) -> None:
-    path = _write_csv(tmp_path / "fer2013.csv", [(5, _pixels(1), "Training"), (4, _pixels(2), "PublicTest"), (2, _pixels(3), "PrivateTest")])
+    path = _write_csv(
+        tmp_path / "fer2013.csv",
+        [(5, _pixels(1), "Training"), (4, _pixels(2), "PublicTest"), (2, _pixels(3), "PrivateTest")],
+    )
     (train_x, train_y), (val_x, val_y) = load_splits(path)
     assert train_y.tolist() == [5] and val_y.tolist() == [4]
     assert val_x[0, 0, 0] == 2

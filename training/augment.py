@@ -24,7 +24,7 @@ def _affine(rng: np.random.Generator, aug: Augmentation) -> np.ndarray:
     centre = (FACE_SIZE / 2, FACE_SIZE / 2)
     angle = rng.uniform(-aug.rotation_deg, aug.rotation_deg)
     scale = rng.uniform(1 - aug.zoom, 1 + aug.zoom)
-    matrix = cv2.getRotationMatrix2D(centre, angle, scale)
+    matrix = np.asarray(cv2.getRotationMatrix2D(centre, angle, scale), dtype=np.float64)
     matrix[:, 2] += rng.uniform(-aug.shift, aug.shift, size=2) * FACE_SIZE
     return matrix
 
@@ -44,7 +44,9 @@ def augment_batch(images: np.ndarray, rng: np.random.Generator, aug: Augmentatio
     out = np.empty_like(images)
     size = (FACE_SIZE, FACE_SIZE)
     for i, image in enumerate(images):
-        warped = cv2.warpAffine(image, _affine(rng, aug), size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+        warped = cv2.warpAffine(
+            image, _affine(rng, aug), size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101
+        )
         if aug.flip and rng.random() < 0.5:
             warped = warped[:, ::-1]
         out[i] = warped

@@ -44,7 +44,10 @@ def model_labels(session: ort.InferenceSession) -> list[str]:
 def predict(session: ort.InferenceSession, images: np.ndarray, batch: int = 256) -> np.ndarray:
     """Class probabilities for uint8 ``[N,48,48]`` faces."""
     name = session.get_inputs()[0].name
-    out = [session.run(None, {name: images[i : i + batch, ..., None].astype("float32")})[0] for i in range(0, len(images), batch)]
+    out = [
+        session.run(None, {name: images[i : i + batch, ..., None].astype("float32")})[0]
+        for i in range(0, len(images), batch)
+    ]
     return np.concatenate(out)
 
 
@@ -70,7 +73,8 @@ def format_report(report: Report, labels: list[str]) -> str:
     lines = [f"{report.split}: {report.faces} faces, accuracy {report.accuracy:.2%}", "per-class recall:"]
     lines += [f"  {name:<9} {report.recall[name]:.2%}" for name in labels]
     lines.append("confusion matrix (rows true, columns predicted): " + " ".join(f"{n[:5]:>6}" for n in labels))
-    lines += [f"  {name:<9}" + "".join(f"{v:>7}" for v in row) for name, row in zip(labels, report.confusion)]
+    rows = zip(labels, report.confusion, strict=True)
+    lines += [f"  {name:<9}" + "".join(f"{v:>7}" for v in row) for name, row in rows]
     return "\n".join(lines)
 
 
@@ -90,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     names = model_labels(session)
     print(format_report(report, names))
     if args.confusion_png:
-        plot_confusion(np.array(report.confusion), names, args.confusion_png, f"{args.split}: accuracy {report.accuracy:.2%}")
+        plot_confusion(
+            np.array(report.confusion), names, args.confusion_png, f"{args.split}: accuracy {report.accuracy:.2%}"
+        )
     if args.json:
         args.json.write_text(json.dumps(asdict(report), indent=2))
     return 0

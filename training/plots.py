@@ -43,8 +43,15 @@ def plot_confusion(matrix: np.ndarray, labels: Sequence[str], png: Path, title: 
     ax.set(xlabel="predicted", ylabel="true", title=title)
     for i in range(len(labels)):
         for j in range(len(labels)):
-            ax.text(j, i, f"{matrix[i, j]}\n{rates[i, j]:.0%}", ha="center", va="center", fontsize=7,
-                    color="white" if rates[i, j] > 0.5 else "black")
+            ax.text(
+                j,
+                i,
+                f"{matrix[i, j]}\n{rates[i, j]:.0%}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if rates[i, j] > 0.5 else "black",
+            )
     fig.tight_layout()
     fig.savefig(png, dpi=100)
     plt.close(fig)

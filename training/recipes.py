@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 from training.augment import Augmentation
 
@@ -79,7 +80,7 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
-def recipe(name: str, **overrides: object) -> Recipe:
+def recipe(name: str, **overrides: Any) -> Recipe:
     try:
         base = RECIPES[name]
     except KeyError:

@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             rates[path].append(faces_per_second(session, face, args.runs))
     print(f"onnxruntime {ort.__version__}, 1 thread, batch 1, on {cpu_name()} ({platform.machine()})")
     for path, values in rates.items():
-        print(f"{path}: median {statistics.median(values):,.0f} faces/s (min {min(values):,.0f}, max {max(values):,.0f}, {args.repeats} x {args.runs})")
+        spread = f"min {min(values):,.0f}, max {max(values):,.0f}, {args.repeats} x {args.runs}"
+        print(f"{path}: median {statistics.median(values):,.0f} faces/s ({spread})")
     return 0
 
 

@@ -149,10 +149,14 @@ def _callbacks(r: Recipe, out: Path) -> list[keras.callbacks.Callback]:
     ]
     if r.plateau_patience:
         callbacks.append(
-            keras.callbacks.ReduceLROnPlateau(monitor="val_accuracy", mode="max", factor=0.5, patience=r.plateau_patience, min_lr=1e-5)
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_accuracy", mode="max", factor=0.5, patience=r.plateau_patience, min_lr=1e-5
+            )
         )
     if r.early_stopping_patience:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=r.early_stopping_patience))
+        callbacks.append(
+            keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=r.early_stopping_patience)
+        )
     return callbacks
 
 
@@ -172,25 +176,38 @@ def train(
     if initial_epoch >= r.epochs:
         log.info("%s already finished %d epochs", out, initial_epoch)
         return model
-    log.info("training %s (%d parameters) on %d faces, validating on %d PublicTest faces",
-             r.architecture, model.count_params(), len(train_split[1]), len(val_split[1]))
+    log.info(
+        "training %s (%d parameters) on %d faces, validating on %d PublicTest faces",
+        r.architecture,
+        model.count_params(),
+        len(train_split[1]),
+        len(val_split[1]),
+    )
     val = (val_split[0][..., None].astype("float32"), keras.utils.to_categorical(val_split[1], NUM_CLASSES))
     callbacks = _callbacks(r, out) + ([StopAfter(stop_after)] if stop_after else [])
-    model.fit(batches, validation_data=val, epochs=r.epochs, initial_epoch=initial_epoch, callbacks=callbacks, verbose=2)
+    model.fit(
+        batches, validation_data=val, epochs=r.epochs, initial_epoch=initial_epoch, callbacks=callbacks, verbose=2
+    )
     return model
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="emonet")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="image-folder root (train/, test/) or Kaggle fer2013.csv")
+    parser.add_argument(
+        "--data", type=Path, default=DEFAULT_DATA, help="image-folder root (train/, test/) or Kaggle fer2013.csv"
+    )
     parser.add_argument("--out", type=Path, help="run folder (default: runs/<recipe>)")
     parser.add_argument("--cache", type=Path, default=REPO / ".cache", help="where the packed data set is kept")
     parser.add_argument("--epochs", type=int, help="override the recipe's epoch count")
     parser.add_argument("--batch-size", type=int, help="override the recipe's batch size")
-    parser.add_argument("--limit", type=int, default=0, help="use only this many train and PublicTest faces (smoke runs)")
+    parser.add_argument(
+        "--limit", type=int, default=0, help="use only this many train and PublicTest faces (smoke runs)"
+    )
     parser.add_argument("--stop-after", type=int, default=0, help="stop this invocation after N epochs (resume later)")
-    parser.add_argument("--init", type=Path, help="start from the weights of this .keras checkpoint (same architecture)")
+    parser.add_argument(
+        "--init", type=Path, help="start from the weights of this .keras checkpoint (same architecture)"
+    )
     args = parser.parse_args(argv)
     if args.init is not None and not args.init.is_file():
         parser.error(f"--init {args.init}: checkpoint not found")

@@ -6,12 +6,10 @@ import logging
 from collections.abc import Sequence
 
 import numpy as np
-import zmq
 from prometheus_client import CollectorRegistry
 
-from emopipe import bus, relay, service
 from emopipe import metrics as metrics_mod
-from emopipe.bus import Publisher, SubscriberTimeoutError
+from emopipe import relay, service
 from emopipe.config import resolve_path
 from emopipe.messages import FaceResult, Faces, Message, Results
 from emopipe.metrics import Metrics
@@ -59,26 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     assert metrics.model_info is not None  # created for the classify stage
     metrics.model_info.info(model.info())
     metrics_mod.serve(metrics, cfg.classify.metrics_port, cfg.pipeline.metrics_host)
-    hwm = cfg.bus.lossless_hwm if cfg.lossless else cfg.bus.live_hwm
-    ctx = zmq.Context()
-    sub = bus.subscriber(ctx, cfg.endpoints.faces, bus.topics_for(["faces", "eos"], cfg.classify.cameras), hwm)
-    pub = Publisher(
-        ctx,
-        cfg.endpoints.results,
-        lossless=cfg.lossless,
-        hwm=hwm,
-        subscribers=cfg.classify.subscribers,
-        subscribe_timeout_s=cfg.bus.subscribe_timeout_s,
-        stop=stop,
+    handler = make_handler(model, metrics)
+    return relay.serve(
+        "classify", cfg, (cfg.endpoints.faces, "faces"), cfg.endpoints.results, Faces, handler, metrics, stop
     )
-    log.info("faces from %s -> results on %s", cfg.endpoints.faces, cfg.endpoints.results)
-    try:
-        relay.run("classify", sub, pub, Faces, make_handler(model, metrics), metrics, stop)
-        return 0
-    except SubscriberTimeoutError as exc:
-        log.error("%s", exc)
-        return 1
-    finally:
-        sub.close(linger=0)
-        pub.close()
-        ctx.term()
