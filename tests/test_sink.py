@@ -142,3 +142,13 @@ def test_viewer_serves_index_snapshot_and_mjpeg_stream(viewer) -> None:  # type:
         head = resp.read(200)
     assert head.startswith(b"--emopipeframe\r\nContent-Type: image/jpeg\r\n")
     assert get(view.url + "stream/../etc.mjpg")[0] == 404
+
+
+def test_viewer_ignores_the_query_the_page_adds_when_it_retries_a_stream(viewer) -> None:  # type: ignore[no-untyped-def]
+    store, view = viewer
+    store.put("cam0", encode_jpeg(np.full((60, 80, 3), 50, np.uint8), 90))
+    assert get(view.url + "snapshot/cam0.jpg?retry=1700000000000")[0] == 200
+    with urllib.request.urlopen(view.url + "stream/cam0.mjpg?retry=1700000000000", timeout=5) as resp:
+        assert resp.read(16) == b"--emopipeframe\r\n"
+    assert get(view.url + "?retry=1")[0] == 200
+    assert get(view.url + "stream/../etc.mjpg?retry=1")[0] == 404

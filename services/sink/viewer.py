@@ -52,29 +52,52 @@ class FrameStore:
             self._cond.notify_all()
 
 
+_PAGE_STYLE = (
+    "body{font-family:sans-serif;background:#111;color:#eee;margin:16px}"
+    "h1{font-size:1.4em;margin:0 0 12px}h1 small{font-weight:normal;color:#999;font-size:.6em}"
+    "main{display:grid;grid-template-columns:repeat(auto-fill,minmax(360px,1fr));gap:16px}"
+    "figure{margin:0;background:#1c1c1c;border:1px solid #333;border-radius:4px;overflow:hidden}"
+    "figcaption{display:flex;justify-content:space-between;padding:6px 10px;font-weight:bold}"
+    "figcaption span{font-weight:normal;font-size:.85em;color:#999}figcaption span.live{color:#3c3}"
+    "figcaption span.down{color:#f55}img{display:block;width:100%;height:auto;background:#000}"
+)
+# Each <img> reports its stream's state in its caption; a failed stream is retried every 3 s.
+_PAGE_SCRIPT = (
+    "function setState(img,cls,text){var s=img.parentNode.querySelector('figcaption span');"
+    "s.className=cls;s.textContent=text}"
+    "function streamUp(img){setState(img,'live','live')}"
+    "function streamDown(img){setState(img,'down','stream down, retrying');"
+    "setTimeout(function(){img.src=img.src.split('?')[0]+'?retry='+Date.now()},3000)}"
+)
+
+
 def index_page(cameras: Sequence[str]) -> bytes:
-    items = "\n".join(
-        f'<figure><img src="/stream/{html.escape(c)}.mjpg" alt="{html.escape(c)}">'
-        f"<figcaption>{html.escape(c)}</figcaption></figure>"
+    figures = "\n".join(
+        f'<figure id="cam-{html.escape(c)}"><figcaption>{html.escape(c)} <span>waiting for frames</span></figcaption>'
+        f'<img src="/stream/{html.escape(c)}.mjpg" alt="camera {html.escape(c)}" '
+        'onload="streamUp(this)" onerror="streamDown(this)"></figure>'
         for c in cameras
     )
+    count = f"{len(cameras)} camera{'s' if len(cameras) != 1 else ''}"
     return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>emopipe</title>"
-        "<style>body{font-family:sans-serif;background:#111;color:#eee}"
-        "figure{display:inline-block;margin:8px}img{min-width:320px}</style></head>"
-        f"<body><h1>emopipe live</h1>{items or '<p>no cameras yet</p>'}</body></html>"
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width,initial-scale=1'>"
+        f"<title>emopipe live ({count})</title><style>{_PAGE_STYLE}</style><script>{_PAGE_SCRIPT}</script></head>"
+        f"<body><h1>emopipe live <small>{count}, annotated frames</small></h1>"
+        f"<main>{figures or '<p>no cameras yet</p>'}</main></body></html>"
     ).encode()
 
 
 def make_handler(store: FrameStore) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-            if self.path in ("/", "/index.html"):
+            path = self.path.split("?", 1)[0]  # the page retries a failed stream with a ?retry=... query
+            if path in ("/", "/index.html"):
                 self._send(200, "text/html; charset=utf-8", index_page(store.cameras))
                 return
-            match = _PATH.match(self.path)
+            match = _PATH.match(path)
             if match is None or (match.group(1) == "stream") != (match.group(3) == "mjpg"):
-                self._send(404, "text/plain", f"not found: {self.path}\n".encode())
+                self._send(404, "text/plain", f"not found: {path}\n".encode())
                 return
             if match.group(1) == "snapshot":
                 self._snapshot(match.group(2))
