@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -62,3 +70,51 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
             proc.kill()
             proc.wait()
     return int(proc.returncode)
+
+
+def launch(config: Path, log: Path, *args: str) -> subprocess.Popen[bytes]:
+    with log.open("wb") as fh:
+        return subprocess.Popen(
+            [sys.executable, "-m", "deploy.launcher", "run", "--config", str(config), *args],
+            cwd=REPO,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def stage_pids(log: Path) -> dict[str, int]:
+    return {name: int(pid) for name, pid in re.findall(r"started (\w+) \(pid (\d+)\)", log.read_text())}
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def reap(proc: subprocess.Popen[bytes], log: Path) -> None:
+    """Stop the launcher; kill any stage it left behind (a test failure, not the normal case)."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    for pid in stage_pids(log).values():
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def fetch(url: str, deadline: float) -> bytes:
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                return resp.read()
+        except (urllib.error.URLError, ConnectionError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def green_pixels(image: np.ndarray) -> int:
+    b, g, r = (image[..., i].astype(int) for i in range(3))
+    return int(np.count_nonzero((g > 170) & (r < 90) & (b < 90)))

@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,41 +17,9 @@ import numpy as np
 import pytest
 
 from emopipe.labels import EMOTIONS
-from helpers import REPO, free_port, pipeline_toml
+from helpers import alive, fetch, free_port, green_pixels, launch, pipeline_toml, reap, stage_pids
 
 RUN_TIMEOUT_S = 120
-
-
-def launch(config: Path, log: Path, *args: str) -> subprocess.Popen[bytes]:
-    with log.open("wb") as fh:
-        return subprocess.Popen(
-            [sys.executable, "-m", "deploy.launcher", "run", "--config", str(config), *args],
-            cwd=REPO,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
-
-
-def stage_pids(log: Path) -> dict[str, int]:
-    return {name: int(pid) for name, pid in re.findall(r"started (\w+) \(pid (\d+)\)", log.read_text())}
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def reap(proc: subprocess.Popen[bytes], log: Path) -> None:
-    """Stop the launcher; kill any stage it left behind (a test failure, not the normal case)."""
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-    for pid in stage_pids(log).values():
-        if alive(pid):
-            os.kill(pid, signal.SIGKILL)
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:
@@ -189,22 +152,6 @@ def test_realtime_run_drops_stale_frames_while_detect_is_stalled_instead_of_queu
     assert largest_gap >= 20, f"frames captured during the stall were queued, not dropped: {frames}"
     # newest wins: after the stall the pipeline is back at the live edge and keeps up to the end
     assert frames[-1] >= len(carphone_frames) - 10, frames
-
-
-def fetch(url: str, deadline: float) -> bytes:
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as resp:
-                return resp.read()
-        except (urllib.error.URLError, ConnectionError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-
-
-def green_pixels(image: np.ndarray) -> int:
-    b, g, r = (image[..., i].astype(int) for i in range(3))
-    return int(np.count_nonzero((g > 170) & (r < 90) & (b < 90)))
 
 
 def test_viewer_serves_annotated_frames_during_a_looped_run_and_ctrl_c_stops_everything(

@@ -17,9 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from test_pipeline import alive, fetch, green_pixels, launch, reap, stage_pids
 
-from helpers import free_port, pipeline_toml
+from helpers import alive, fetch, free_port, green_pixels, launch, pipeline_toml, reap, stage_pids
 from services.sink.viewer import index_page
 
 CHROMIUM = shutil.which("chromium")
