@@ -70,9 +70,9 @@ RECIPES: dict[str, Recipe] = {
     #   emopipe-train --recipe emonet-refine --init runs/emonet/best.keras
     "emonet-refine": Recipe(
         architecture="emonet",
-        epochs=10,
+        epochs=12,
         optimizer="adamw",
-        learning_rate=5e-4,
+        learning_rate=1e-3,
         weight_decay=0.01,
         label_smoothing=0.1,
         augmentation=Augmentation(rotation_deg=10, shift=0.1, zoom=0.1, flip=True, erase_prob=0.1),
