@@ -113,7 +113,7 @@ def serve(
         subscribe_timeout_s=cfg.bus.subscribe_timeout_s,
         stop=stop,
     )
-    log.info("%s: %s from %s -> %s", stage, kind, endpoint, target)
+    log.info("%s: %s messages from %s -> %s", stage, kind, endpoint, target)
     try:
         run(stage, sub, pub, expected, handle, metrics, stop)
         return 0
