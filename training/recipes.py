@@ -66,18 +66,11 @@ RECIPES: dict[str, Recipe] = {
         label_smoothing=0.1,
         augmentation=Augmentation(rotation_deg=10, shift=0.1, zoom=0.1, flip=True, erase_prob=0.1),
     ),
-    # A second, gentler cosine cycle (a warm restart) from the weights of an emonet run:
-    #   emopipe-train --recipe emonet-refine --init runs/emonet/best.keras
-    "emonet-refine": Recipe(
-        architecture="emonet",
-        epochs=12,
-        optimizer="adamw",
-        learning_rate=1e-3,
-        weight_decay=0.01,
-        label_smoothing=0.1,
-        augmentation=Augmentation(rotation_deg=10, shift=0.1, zoom=0.1, flip=True, erase_prob=0.1),
-    ),
 }
+
+# A second, gentler cosine cycle (a warm restart) from the weights of an emonet run:
+#   emopipe-train --recipe emonet-refine --init runs/emonet/best.keras
+RECIPES["emonet-refine"] = replace(RECIPES["emonet"], epochs=12, learning_rate=1e-3, warmup_epochs=0)
 
 
 def recipe(name: str, **overrides: Any) -> Recipe:
