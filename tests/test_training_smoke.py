@@ -16,11 +16,11 @@ keras = pytest.importorskip("keras")
 ort = pytest.importorskip("onnxruntime")
 
 from emopipe.labels import EMOTIONS  # noqa: E402
-from training.data import load_folder  # noqa: E402
+from training.data import DEFAULT_DATA, load_folder  # noqa: E402
 from training.evaluate import evaluate  # noqa: E402
 from training.export import export  # noqa: E402
 from training.recipes import recipe  # noqa: E402
-from training.train import DEFAULT_DATA, train  # noqa: E402
+from training.train import train  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -28,9 +28,15 @@ if not (DEFAULT_DATA / "train").is_dir():
     pytest.skip(f"FER-2013 not found at {DEFAULT_DATA}", allow_module_level=True)
 
 
-def _real_faces(count: int) -> np.ndarray:
-    images, _ = load_folder(DEFAULT_DATA / "test")
-    return images[np.random.default_rng(0).choice(len(images), count, replace=False)]
+@pytest.fixture(scope="module")
+def public_test() -> tuple[np.ndarray, np.ndarray]:
+    """The real PublicTest faces and labels, read once for the module."""
+    return load_folder(DEFAULT_DATA / "test")
+
+
+def _sample(images: np.ndarray, count: int) -> np.ndarray:
+    """``count`` real faces as serving feeds them: raw 0..255, float32 [N,48,48,1]."""
+    return images[np.random.default_rng(0).choice(len(images), count, replace=False)][..., None].astype("float32")
 
 
 @pytest.fixture(scope="module")
@@ -56,12 +62,14 @@ def test_interrupted_run_resumes_at_next_epoch_with_all_artifacts(run: Path) -> 
     assert json.loads((run / "recipe.json").read_text())["architecture"] == "emonet"
 
 
-def test_exported_onnx_matches_keras_on_real_faces(run: Path, tmp_path: Path) -> None:
+def test_exported_onnx_matches_keras_on_real_faces(
+    run: Path, tmp_path: Path, public_test: tuple[np.ndarray, np.ndarray]
+) -> None:
     model = keras.models.load_model(run / "best.keras")
     path = tmp_path / "emotion.onnx"
     export(model, path)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    faces = _real_faces(64)[..., None].astype("float32")  # raw 0..255, as serving feeds it
+    faces = _sample(public_test[0], 64)
     onnx_probs = session.run(None, {session.get_inputs()[0].name: faces})[0]
     keras_probs = keras.ops.convert_to_numpy(model(faces, training=False))
     assert onnx_probs.shape == (64, 7)
@@ -84,12 +92,13 @@ def test_onnx_contract_dynamic_batch_and_self_description(run: Path, tmp_path: P
         assert probs.shape == (batch, 7)
 
 
-def test_evaluate_counts_confusion_and_recall(run: Path, tmp_path: Path) -> None:
+def test_evaluate_counts_confusion_and_recall(
+    run: Path, tmp_path: Path, public_test: tuple[np.ndarray, np.ndarray]
+) -> None:
     path = tmp_path / "emotion.onnx"
     export(keras.models.load_model(run / "best.keras"), path)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    images, labels = load_folder(DEFAULT_DATA / "test")
-    images, labels = images[:400], labels[:400]
+    images, labels = public_test[0][:400], public_test[1][:400]
     report = evaluate(session, images, labels, "PublicTest")
     confusion = np.array(report.confusion)
     assert confusion.sum() == 400 and report.faces == 400
@@ -99,13 +108,15 @@ def test_evaluate_counts_confusion_and_recall(run: Path, tmp_path: Path) -> None
         assert report.recall[name] == pytest.approx(confusion[i, i] / row if row else 0.0)
 
 
-def test_refine_run_starts_from_the_init_checkpoint_weights(run: Path, tmp_path: Path) -> None:
+def test_refine_run_starts_from_the_init_checkpoint_weights(
+    run: Path, tmp_path: Path, public_test: tuple[np.ndarray, np.ndarray]
+) -> None:
     from training.train import _model
 
     best = keras.models.load_model(run / "best.keras")
     model, first_epoch = _model(recipe("emonet-refine"), tmp_path, steps_per_epoch=5, init=run / "best.keras")
     assert first_epoch == 0
-    faces = _real_faces(8)[..., None].astype("float32")
+    faces = _sample(public_test[0], 8)
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(model(faces, training=False)),
         keras.ops.convert_to_numpy(best(faces, training=False)),

@@ -25,6 +25,9 @@ from emopipe.labels import EMOTIONS, FACE_SIZE
 
 log = logging.getLogger(__name__)
 
+#: The copy beside the repository (``../shared/fer2013``): train/ is Training, test/ PublicTest.
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "fer2013"
+
 USAGES = ("Training", "PublicTest", "PrivateTest")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".pgm")
 _PIXELS = FACE_SIZE * FACE_SIZE

@@ -18,11 +18,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from training.data import load_csv, load_folder
+from training.data import DEFAULT_DATA, load_csv, load_folder
 from training.plots import plot_confusion
-
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "fer2013"
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import numpy as np
 
 from emopipe.labels import NUM_CLASSES
 from training.augment import Augmentation, augment_batch
-from training.data import Split, cached_splits
+from training.data import DEFAULT_DATA, Split, cached_splits
 from training.models import build
 from training.plots import plot_curves
 from training.recipes import RECIPES, Recipe, recipe
@@ -31,7 +31,6 @@ from training.recipes import RECIPES, Recipe, recipe
 log = logging.getLogger("emopipe.train")
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "fer2013"
 
 
 class FaceBatches(keras.utils.PyDataset):
