@@ -5,7 +5,8 @@
 The contract: input float32 ``[N,48,48,1]`` of raw grey pixels 0..255 (scaling is inside the
 graph), output ``[N,7]`` softmax probabilities in FER-2013 order, dynamic batch. The model
 describes itself: ``labels`` (JSON list) and ``input_size`` are written into its metadata,
-and serving reads them from there.
+and serving reads them from there. Constant scales are folded into the weights they feed
+(``training.fold``), so the input scaling costs no separate pass over the pixels.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 import onnx
 
 from emopipe.labels import EMOTIONS, FACE_SIZE
+from training.fold import fold_scales
 
 INPUT_FORMAT = "float32 [N,48,48,1], raw grey pixel values 0..255 (normalised inside the graph)"
 OUTPUT_FORMAT = "float32 [N,7], softmax probabilities in the order of 'labels'"
@@ -41,6 +43,7 @@ def export(model: keras.Model, path: Path, extra_metadata: dict[str, str] | None
         model.export(str(raw), format="onnx", verbose=False)
         proto = onnx.load(str(raw))
     _with_dynamic_batch(proto)
+    fold_scales(proto)  # exact: the input scaling moves into the first convolution's weights
     metadata = {
         "labels": json.dumps(list(EMOTIONS)),
         "input_size": str(FACE_SIZE),
