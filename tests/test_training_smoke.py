@@ -48,7 +48,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     train(r, DEFAULT_DATA, out, cache, limit=300, stop_after=1)
     with (out / "history.csv").open() as handle:
         assert [row["epoch"] for row in csv.DictReader(handle)] == ["0"]
-    train(r, DEFAULT_DATA, out, cache, limit=300)
+    train(r, DEFAULT_DATA, out, cache, limit=300, snapshots_from=2)
     return out
 
 
@@ -60,6 +60,7 @@ def test_interrupted_run_resumes_at_next_epoch_with_all_artifacts(run: Path) -> 
     for name in ("last.keras", "best.keras", "recipe.json", "curves.png"):
         assert (run / name).stat().st_size > 0, name
     assert json.loads((run / "recipe.json").read_text())["architecture"] == "emonet"
+    assert sorted(p.name for p in (run / "epochs").iterdir()) == ["epoch-02.keras"]
 
 
 def test_exported_onnx_matches_keras_on_real_faces(

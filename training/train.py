@@ -5,7 +5,8 @@
 
 Each epoch prints one progress line and writes, under ``--out``: ``last.keras`` (model and
 optimizer state, to resume), ``best.keras`` (best PublicTest accuracy so far), ``recipe.json``,
-``history.csv`` and ``curves.png``. Run the same command again to resume an interrupted run.
+``history.csv`` and ``curves.png`` (with ``--snapshots-from``, also ``epochs/epoch-NN.keras``).
+Run the same command again to resume an interrupted run.
 Works on any Keras 3 backend: ``KERAS_BACKEND=torch`` trains on a CUDA machine without TensorFlow.
 """
 
@@ -68,6 +69,20 @@ class StopAfter(keras.callbacks.Callback):
         self.seen += 1
         if self.seen >= self.epochs:
             self.model.stop_training = True
+
+
+class Snapshots(keras.callbacks.Callback):
+    """Keeps ``epochs/epoch-NN.keras`` for every epoch from ``first`` on (for ``training.average``)."""
+
+    def __init__(self, folder: Path, first: int) -> None:
+        super().__init__()
+        self.folder = folder
+        self.first = first
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if epoch + 1 >= self.first:
+            self.folder.mkdir(exist_ok=True)
+            self.model.save(self.folder / f"epoch-{epoch + 1:02d}.keras")
 
 
 class EpochArtifacts(keras.callbacks.Callback):
@@ -160,7 +175,14 @@ def _callbacks(r: Recipe, out: Path) -> list[keras.callbacks.Callback]:
 
 
 def train(
-    r: Recipe, data: Path, out: Path, cache: Path, limit: int = 0, stop_after: int = 0, init: Path | None = None
+    r: Recipe,
+    data: Path,
+    out: Path,
+    cache: Path,
+    limit: int = 0,
+    stop_after: int = 0,
+    init: Path | None = None,
+    snapshots_from: int = 0,
 ) -> keras.Model:
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "recipe.json"
@@ -184,6 +206,8 @@ def train(
     )
     val = (val_split[0][..., None].astype("float32"), keras.utils.to_categorical(val_split[1], NUM_CLASSES))
     callbacks = _callbacks(r, out) + ([StopAfter(stop_after)] if stop_after else [])
+    if snapshots_from:
+        callbacks.append(Snapshots(out / "epochs", snapshots_from))
     model.fit(
         batches, validation_data=val, epochs=r.epochs, initial_epoch=initial_epoch, callbacks=callbacks, verbose=2
     )
@@ -207,12 +231,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--init", type=Path, help="start from the weights of this .keras checkpoint (same architecture)"
     )
+    parser.add_argument(
+        "--snapshots-from",
+        type=int,
+        default=0,
+        metavar="EPOCH",
+        help="also keep epochs/epoch-NN.keras from this epoch on, to average with training.average",
+    )
     args = parser.parse_args(argv)
     if args.init is not None and not args.init.is_file():
         parser.error(f"--init {args.init}: checkpoint not found")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     r = recipe(args.recipe, epochs=args.epochs, batch_size=args.batch_size)
-    train(r, args.data, args.out or REPO / "runs" / args.recipe, args.cache, args.limit, args.stop_after, args.init)
+    out = args.out or REPO / "runs" / args.recipe
+    train(r, args.data, out, args.cache, args.limit, args.stop_after, args.init, args.snapshots_from)
     return 0
 
 
