@@ -19,10 +19,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from training.data import DEFAULT_DATA, cached_splits
+from training.data import DEFAULT_CACHE, DEFAULT_DATA, cached_splits
 
 log = logging.getLogger("emopipe.average")
-REPO = Path(__file__).resolve().parents[1]
 
 
 def average_weights(models: list[keras.Model]) -> keras.Model:
@@ -63,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkpoints", type=Path, nargs="+", help=".keras checkpoints of one architecture")
     parser.add_argument("--out", type=Path, required=True, help="where to write the averaged .keras model")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="image-folder root or Kaggle CSV")
-    parser.add_argument("--cache", type=Path, default=REPO / ".cache")
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where the packed data set is kept")
     parser.add_argument("--no-recalibrate", dest="recalibrate", action="store_false")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

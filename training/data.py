@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 #: The copy beside the repository (``../shared/fer2013``): train/ is Training, test/ PublicTest.
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "fer2013"
+#: Where ``cached_splits`` keeps the packed arrays by default (ignored by git).
+DEFAULT_CACHE = Path(__file__).resolve().parents[1] / ".cache"
 
 USAGES = ("Training", "PublicTest", "PrivateTest")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".pgm")

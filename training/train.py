@@ -24,7 +24,7 @@ import numpy as np
 
 from emopipe.labels import NUM_CLASSES
 from training.augment import Augmentation, augment_batch
-from training.data import DEFAULT_DATA, Split, cached_splits
+from training.data import DEFAULT_CACHE, DEFAULT_DATA, Split, cached_splits
 from training.models import build
 from training.plots import plot_curves
 from training.recipes import RECIPES, Recipe, recipe
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         "--data", type=Path, default=DEFAULT_DATA, help="image-folder root (train/, test/) or Kaggle fer2013.csv"
     )
     parser.add_argument("--out", type=Path, help="run folder (default: runs/<recipe>)")
-    parser.add_argument("--cache", type=Path, default=REPO / ".cache", help="where the packed data set is kept")
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where the packed data set is kept")
     parser.add_argument("--epochs", type=int, help="override the recipe's epoch count")
     parser.add_argument("--batch-size", type=int, help="override the recipe's batch size")
     parser.add_argument(
