@@ -30,7 +30,7 @@ def _model(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], out_shape
     return model
 
 
-def _keras_like(offset: float = 0.0, shared_weight: bool = False) -> onnx.ModelProto:
+def _keras_like(offset: float = 0.0, second_reader: bool = False) -> onnx.ModelProto:
     """pixels*s (+o) -> Reshape NCHW -> Conv -> Relu -> GAP -> Squeeze -> MatMul*g+b, the shape
     of a Keras export with Rescaling and a batch-normed dense layer."""
     conv_w = RNG.normal(size=(4, 1, 3, 3))
@@ -57,7 +57,7 @@ def _keras_like(offset: float = 0.0, shared_weight: bool = False) -> onnx.ModelP
         _const("gamma", RNG.normal(size=5)),
         _const("beta", RNG.normal(size=5)),
     ]
-    if shared_weight:  # a second Conv reads the scaled input (and the same weights)
+    if second_reader:  # a second Conv reads the scaled input (and the same weights)
         nodes[-1] = helper.make_node("Add", ["mg", "beta"], ["y"])
         nodes += [
             helper.make_node("Conv", ["x", "w"], ["c2"], pads=[1, 1, 1, 1]),
@@ -103,7 +103,7 @@ def test_a_nonzero_offset_keeps_the_input_scaling() -> None:
 
 
 def test_a_scaled_input_read_twice_is_left_alone() -> None:
-    model = _keras_like(shared_weight=True)
+    model = _keras_like(second_reader=True)
     x = _pixels()
     before = _run(model, x)
     assert fold_scales(model) == 1
