@@ -65,7 +65,13 @@ def emonet() -> keras.Model:
     return vgg(((24, 1), (48, 1), (96, 2), (192, 2)), name="emonet")
 
 
-ARCHITECTURES: dict[str, Callable[[], keras.Model]] = {"paper": paper, "emonet": emonet}
+def emonet_slim() -> keras.Model:
+    """emonet with its last two stages narrowed to 80 and 160 filters (24% fewer multiply-adds),
+    made by pruning a trained emonet (``training.prune``) and fine-tuning it."""
+    return vgg(((24, 1), (48, 1), (80, 2), (160, 2)), name="emonet_slim")
+
+
+ARCHITECTURES: dict[str, Callable[[], keras.Model]] = {"paper": paper, "emonet": emonet, "emonet-slim": emonet_slim}
 
 
 def build(name: str) -> keras.Model:

@@ -71,6 +71,13 @@ RECIPES: dict[str, Recipe] = {
 # A second, gentler cosine cycle (a warm restart) from the weights of an emonet run:
 #   emopipe-train --recipe emonet-refine --init runs/emonet/best.keras
 RECIPES["emonet-refine"] = replace(RECIPES["emonet"], epochs=12, learning_rate=1e-3, warmup_epochs=0)
+# A short, low-peak cycle that stays in the basin of the weights it starts from; its later
+# epochs are kept (--snapshots-from) and averaged with training.average:
+#   emopipe-train --recipe emonet-polish --init <averaged.keras> --snapshots-from 8
+RECIPES["emonet-polish"] = replace(RECIPES["emonet"], epochs=18, learning_rate=4e-4, warmup_epochs=0)
+# Fine-tuning emonet-slim after training.prune has narrowed a trained emonet into it:
+#   emopipe-train --recipe emonet-slim-tune --init <pruned.keras> --snapshots-from 9
+RECIPES["emonet-slim-tune"] = replace(RECIPES["emonet-polish"], architecture="emonet-slim", epochs=16)
 
 
 def recipe(name: str, **overrides: Any) -> Recipe:
