@@ -68,7 +68,7 @@ def emonet() -> keras.Model:
 def emonet_slim() -> keras.Model:
     """emonet with its last two stages narrowed to 80 and 160 filters (24% fewer multiply-adds),
     made by pruning a trained emonet (``training.prune``) and fine-tuning it."""
-    return vgg(((24, 1), (48, 1), (80, 2), (160, 2)), name="emonet_slim")
+    return vgg(((24, 1), (48, 1), (80, 2), (160, 2)), name="emonet-slim")
 
 
 ARCHITECTURES: dict[str, Callable[[], keras.Model]] = {"paper": paper, "emonet": emonet, "emonet-slim": emonet_slim}
