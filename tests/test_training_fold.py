@@ -30,7 +30,7 @@ def _model(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], out_shape
     return model
 
 
-def _keras_like(offset: float = 0.0, second_reader: bool = False) -> onnx.ModelProto:
+def _keras_like(offset: float = 0.0, second_reader: bool = False, shared_weights: bool = False) -> onnx.ModelProto:
     """pixels*s (+o) -> Reshape NCHW -> Conv -> Relu -> GAP -> Squeeze -> MatMul*g+b, the shape
     of a Keras export with Rescaling and a batch-normed dense layer."""
     conv_w = RNG.normal(size=(4, 1, 3, 3))
@@ -63,6 +63,16 @@ def _keras_like(offset: float = 0.0, second_reader: bool = False) -> onnx.ModelP
             helper.make_node("Conv", ["x", "w"], ["c2"], pads=[1, 1, 1, 1]),
             helper.make_node("ReduceSum", ["c2"], ["z"], keepdims=0),
             helper.make_node("Add", ["y", "z"], ["out"]),
+        ]
+    if shared_weights:  # the conv and dense weights are read a second time, by unscaled paths
+        nodes[-1] = helper.make_node("Add", ["mg", "beta"], ["y"])
+        nodes += [
+            helper.make_node("Reshape", ["pixels", "nchw"], ["raw"]),
+            helper.make_node("Conv", ["raw", "w"], ["c3"], pads=[1, 1, 1, 1]),
+            helper.make_node("ReduceMean", ["c3"], ["z3"], keepdims=0),
+            helper.make_node("MatMul", ["f", "dense"], ["m2"]),
+            helper.make_node("Add", ["y", "m2"], ["y2"]),
+            helper.make_node("Add", ["y2", "z3"], ["out"]),
         ]
     return _model(nodes, inits, ["N", 5])
 
@@ -108,6 +118,15 @@ def test_a_scaled_input_read_twice_is_left_alone() -> None:
     before = _run(model, x)
     assert fold_scales(model) == 1
     assert _ops(model)[0] == "Mul"
+    np.testing.assert_allclose(_run(model, x), before, rtol=1e-5, atol=1e-5)
+
+
+def test_weights_read_by_another_node_are_left_alone() -> None:
+    model = _keras_like(shared_weights=True)
+    x = _pixels()
+    before = _run(model, x)
+    assert fold_scales(model) == 0
+    assert _ops(model)[:2] == ["Mul", "Add"] and "gamma" in {t.name for t in model.graph.initializer}
     np.testing.assert_allclose(_run(model, x), before, rtol=1e-5, atol=1e-5)
 
 
