@@ -36,6 +36,8 @@ def _weighted_layers(model: keras.Model) -> list[keras.layers.Layer]:
 
 def _strongest(norm: keras.layers.Layer, count: int) -> np.ndarray:
     """Indices of the ``count`` channels with the largest ``|gamma|``, in channel order."""
+    if norm.gamma is None:
+        raise ValueError(f"{norm.name} has no scale (gamma) to rank its channels by")
     gamma = np.abs(keras.ops.convert_to_numpy(norm.gamma))
     return np.sort(np.argsort(-gamma, kind="stable")[:count])
 
