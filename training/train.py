@@ -37,12 +37,14 @@ REPO = Path(__file__).resolve().parents[1]
 class FaceBatches(keras.utils.PyDataset):
     """Shuffled, freshly augmented training batches of raw 0..255 float32 pixels."""
 
-    def __init__(self, split: Split, batch_size: int, aug: Augmentation, seed: int) -> None:
+    def __init__(self, split: Split, batch_size: int, aug: Augmentation, seed: int, first_epoch: int = 0) -> None:
         super().__init__()
         self.images, self.labels = split
         self.batch_size = batch_size
         self.aug = aug
-        self.rng = np.random.default_rng(seed)
+        # A resumed run draws new orders and augmentations; seeded by ``seed`` alone it would
+        # replay the exact batches of the run's first epochs, which the model has already seen.
+        self.rng = np.random.default_rng(seed if first_epoch == 0 else (seed, first_epoch))
         self.order = self.rng.permutation(len(self.labels))
 
     def __len__(self) -> int:
@@ -192,8 +194,8 @@ def train(
     keras.utils.set_random_seed(r.seed)
     train_split, val_split = cached_splits(data, cache)
     train_split, val_split = _subset(train_split, limit, r.seed), _subset(val_split, limit, r.seed)
-    batches = FaceBatches(train_split, r.batch_size, r.augmentation, r.seed)
-    model, initial_epoch = _model(r, out, len(batches), init)
+    model, initial_epoch = _model(r, out, math.ceil(len(train_split[1]) / r.batch_size), init)
+    batches = FaceBatches(train_split, r.batch_size, r.augmentation, r.seed, initial_epoch)
     if initial_epoch >= r.epochs:
         log.info("%s already finished %d epochs", out, initial_epoch)
         return model
