@@ -57,6 +57,13 @@ def recalibrate_batch_norm(model: keras.Model, images: np.ndarray, batch_size: i
     return batches
 
 
+def recalibrate_on_training(model: keras.Model, data: Path, cache: Path) -> None:
+    """``recalibrate_batch_norm`` over FER-2013 Training (from ``data``), in a fixed shuffled order."""
+    (images, _), _ = cached_splits(data, cache)
+    shuffled = images[np.random.default_rng(0).permutation(len(images))]
+    log.info("recalibrated batch norm over %d batches of Training", recalibrate_batch_norm(model, shuffled))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoints", type=Path, nargs="+", help=".keras checkpoints of one architecture")
@@ -72,9 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     model = average_weights([keras.models.load_model(p) for p in args.checkpoints])
     log.info("averaged %d checkpoints", len(args.checkpoints))
     if args.recalibrate:
-        (images, _), _ = cached_splits(args.data, args.cache)
-        shuffled = images[np.random.default_rng(0).permutation(len(images))]
-        log.info("recalibrated batch norm over %d batches of Training", recalibrate_batch_norm(model, shuffled))
+        recalibrate_on_training(model, args.data, args.cache)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     model.save(args.out)
     print(f"wrote {args.out}")

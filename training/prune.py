@@ -21,8 +21,8 @@ import keras
 import numpy as np
 from keras import layers
 
-from training.average import recalibrate_batch_norm
-from training.data import DEFAULT_CACHE, DEFAULT_DATA, cached_splits
+from training.average import recalibrate_on_training
+from training.data import DEFAULT_CACHE, DEFAULT_DATA
 from training.models import ARCHITECTURES, build
 
 log = logging.getLogger("emopipe.prune")
@@ -93,9 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info(
         "pruned %s (%d parameters) into %s (%d)", args.checkpoint, source.count_params(), args.to, model.count_params()
     )
-    (images, _), _ = cached_splits(args.data, args.cache)
-    shuffled = images[np.random.default_rng(0).permutation(len(images))]
-    log.info("recalibrated batch norm over %d batches of Training", recalibrate_batch_norm(model, shuffled))
+    recalibrate_on_training(model, args.data, args.cache)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     model.save(args.out)
     print(f"wrote {args.out}")
