@@ -60,7 +60,7 @@ def prune_into(source: keras.Model, target: keras.Model) -> keras.Model:
         kernel, rest = weights[0], weights[1:]
         if kept_in is not None:
             kernel = kernel[..., kept_in, :]
-        out_old, out_new = old.get_weights()[0].shape[-1], new.get_weights()[0].shape[-1]
+        out_old, out_new = weights[0].shape[-1], new.kernel.shape[-1]
         if out_new > out_old:
             raise ValueError(f"{new.name} has {out_new} outputs, more than the {out_old} of {old.name}")
         if out_new == out_old:
