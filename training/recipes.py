@@ -20,6 +20,7 @@ class Recipe:
     weight_decay: float = 0.0
     warmup_epochs: int = 0
     label_smoothing: float = 0.0
+    teacher_weight: float = 0.0  # share of the targets taken from a teacher model (training.distill)
     early_stopping_patience: int = 0  # 0: off
     plateau_patience: int = 0  # 0: off; ReduceLROnPlateau on PublicTest accuracy
     augmentation: Augmentation = field(default_factory=Augmentation)
@@ -78,6 +79,13 @@ RECIPES["emonet-polish"] = replace(RECIPES["emonet"], epochs=18, learning_rate=4
 # Fine-tuning emonet-slim after training.prune has narrowed a trained emonet into it:
 #   emopipe-train --recipe emonet-slim-tune --init <pruned.keras> --snapshots-from 9
 RECIPES["emonet-slim-tune"] = replace(RECIPES["emonet-polish"], architecture="emonet-slim", epochs=16)
+# Distilling the shipped model's flip-averaged predictions into emonet-slim (training.distill);
+# the teacher's soft targets replace label smoothing:
+#   emopipe-train --recipe emonet-slim-distill --teacher services/classify/models/emotion.onnx \
+#       --init runs/emonet-slim/averaged.keras --snapshots-from 21
+RECIPES["emonet-slim-distill"] = replace(
+    RECIPES["emonet-slim-tune"], epochs=30, label_smoothing=0.0, teacher_weight=0.6
+)
 
 
 def recipe(name: str, **overrides: Any) -> Recipe:

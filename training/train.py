@@ -25,6 +25,7 @@ import numpy as np
 from emopipe.labels import NUM_CLASSES
 from training.augment import Augmentation, augment_batch
 from training.data import DEFAULT_CACHE, DEFAULT_DATA, Split, cached_splits
+from training.distill import Teacher, soft_targets
 from training.models import build
 from training.plots import plot_curves
 from training.recipes import RECIPES, Recipe, recipe
@@ -37,11 +38,22 @@ REPO = Path(__file__).resolve().parents[1]
 class FaceBatches(keras.utils.PyDataset):
     """Shuffled, freshly augmented training batches of raw 0..255 float32 pixels."""
 
-    def __init__(self, split: Split, batch_size: int, aug: Augmentation, seed: int, first_epoch: int = 0) -> None:
+    def __init__(
+        self,
+        split: Split,
+        batch_size: int,
+        aug: Augmentation,
+        seed: int,
+        first_epoch: int = 0,
+        teacher: Teacher | None = None,
+        teacher_weight: float = 0.0,
+    ) -> None:
         super().__init__()
         self.images, self.labels = split
         self.batch_size = batch_size
         self.aug = aug
+        self.teacher = teacher
+        self.teacher_weight = teacher_weight
         # A resumed run draws new orders and augmentations; seeded by ``seed`` alone it would
         # replay the exact batches of the run's first epochs, which the model has already seen.
         self.rng = np.random.default_rng(seed if first_epoch == 0 else (seed, first_epoch))
@@ -53,7 +65,12 @@ class FaceBatches(keras.utils.PyDataset):
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         picked = self.order[index * self.batch_size : (index + 1) * self.batch_size]
         images = augment_batch(self.images[picked], self.rng, self.aug)
-        return images[..., None].astype("float32"), keras.utils.to_categorical(self.labels[picked], NUM_CLASSES)
+        labels = self.labels[picked]
+        if self.teacher is None:
+            targets = keras.utils.to_categorical(labels, NUM_CLASSES)
+        else:
+            targets = soft_targets(labels, self.teacher.probabilities(images), self.teacher_weight)
+        return images[..., None].astype("float32"), targets
 
     def on_epoch_end(self) -> None:
         self.order = self.rng.permutation(len(self.labels))
@@ -185,7 +202,14 @@ def train(
     stop_after: int = 0,
     init: Path | None = None,
     snapshots_from: int = 0,
+    teacher: Path | None = None,
 ) -> keras.Model:
+    if (teacher is None) != (r.teacher_weight == 0):
+        raise SystemExit(
+            f"recipe with teacher_weight {r.teacher_weight} needs a teacher model (--teacher)"
+            if teacher is None
+            else f"--teacher {teacher} given, but the recipe's teacher_weight is 0"
+        )
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "recipe.json"
     if saved.is_file() and Recipe.load(saved) != r:
@@ -195,7 +219,15 @@ def train(
     train_split, val_split = cached_splits(data, cache)
     train_split, val_split = _subset(train_split, limit, r.seed), _subset(val_split, limit, r.seed)
     model, initial_epoch = _model(r, out, math.ceil(len(train_split[1]) / r.batch_size), init)
-    batches = FaceBatches(train_split, r.batch_size, r.augmentation, r.seed, initial_epoch)
+    batches = FaceBatches(
+        train_split,
+        r.batch_size,
+        r.augmentation,
+        r.seed,
+        initial_epoch,
+        Teacher(teacher) if teacher is not None else None,
+        r.teacher_weight,
+    )
     if initial_epoch >= r.epochs:
         log.info("%s already finished %d epochs", out, initial_epoch)
         return model
@@ -240,13 +272,21 @@ def main(argv: list[str] | None = None) -> int:
         metavar="EPOCH",
         help="also keep epochs/epoch-NN.keras from this epoch on, to average with training.average",
     )
+    parser.add_argument(
+        "--teacher",
+        type=Path,
+        help="exported .onnx model whose flip-averaged predictions make part of the targets "
+        "(recipes with teacher_weight > 0; also on resume)",
+    )
     args = parser.parse_args(argv)
+    if args.teacher is not None and not args.teacher.is_file():
+        parser.error(f"--teacher {args.teacher}: model not found")
     if args.init is not None and not args.init.is_file():
         parser.error(f"--init {args.init}: checkpoint not found")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     r = recipe(args.recipe, epochs=args.epochs, batch_size=args.batch_size)
     out = args.out or REPO / "runs" / args.recipe
-    train(r, args.data, out, args.cache, args.limit, args.stop_after, args.init, args.snapshots_from)
+    train(r, args.data, out, args.cache, args.limit, args.stop_after, args.init, args.snapshots_from, args.teacher)
     return 0
 
 

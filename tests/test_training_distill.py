@@ -1,0 +1,88 @@
+"""training.distill: the teacher's flip-averaged targets, on the shipped model and real faces."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("keras")
+
+from emopipe.labels import EMOTIONS  # noqa: E402
+from training.augment import Augmentation  # noqa: E402
+from training.data import DEFAULT_DATA, load_folder  # noqa: E402
+from training.distill import Teacher, soft_targets  # noqa: E402
+from training.evaluate import predict  # noqa: E402
+from training.recipes import recipe  # noqa: E402
+from training.train import FaceBatches, train  # noqa: E402
+
+if not (DEFAULT_DATA / "test").is_dir():
+    pytest.skip(f"FER-2013 not found at {DEFAULT_DATA}", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def faces() -> tuple[np.ndarray, np.ndarray]:
+    """64 real PublicTest faces and their labels."""
+    images, labels = load_folder(DEFAULT_DATA / "test")
+    picked = np.random.default_rng(0).choice(len(labels), 64, replace=False)
+    return images[picked], labels[picked]
+
+
+def test_soft_targets_blend_one_hot_labels_and_teacher() -> None:
+    labels = np.array([0, 3, 6])
+    teacher = np.full((3, 7), 1 / 7, np.float32)
+    blended = soft_targets(labels, teacher, 0.6)
+    np.testing.assert_allclose(blended.sum(axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(blended[1], [0.6 / 7] * 3 + [0.4 + 0.6 / 7] + [0.6 / 7] * 3, atol=1e-6)
+    np.testing.assert_array_equal(soft_targets(labels, teacher, 0.0), np.eye(7)[labels])
+    np.testing.assert_allclose(soft_targets(labels, teacher, 1.0), teacher)
+    with pytest.raises(ValueError, match="outside"):
+        soft_targets(labels, teacher, 1.5)
+    with pytest.raises(ValueError, match=r"shape \(2, 7\)"):
+        soft_targets(labels, teacher[:2], 0.5)
+
+
+def test_the_teacher_averages_each_face_with_its_mirror(model_path: Path, faces) -> None:
+    images, _ = faces
+    teacher = Teacher(model_path)
+    probs = teacher.probabilities(images)
+    plain, mirrored = predict(teacher.session, images), predict(teacher.session, images[:, :, ::-1])
+    np.testing.assert_allclose(probs, (plain + mirrored) / 2, atol=1e-6)
+    np.testing.assert_allclose(teacher.probabilities(images[:, :, ::-1]), probs, atol=1e-5)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert np.abs(plain - mirrored).max() > 0.05  # the mirror really changes some answers
+
+
+def test_a_teacher_with_other_labels_is_refused(model_path: Path, tmp_path: Path) -> None:
+    model = onnx.load(str(model_path))
+    for entry in model.metadata_props:
+        if entry.key == "labels":
+            entry.value = json.dumps(list(reversed(EMOTIONS)))
+    swapped = tmp_path / "swapped.onnx"
+    onnx.save(model, str(swapped))
+    with pytest.raises(ValueError, match="swapped.onnx has labels"):
+        Teacher(swapped)
+    with pytest.raises(FileNotFoundError, match="missing.onnx"):
+        Teacher(tmp_path / "missing.onnx")
+
+
+def test_batches_carry_the_teachers_targets(model_path: Path, faces) -> None:
+    images, labels = faces
+    teacher = Teacher(model_path)
+    aug = Augmentation(rotation_deg=10, shift=0.1, zoom=0.1, flip=True, erase_prob=0.5)
+    batches = FaceBatches((images, labels), 16, aug, seed=1, teacher=teacher, teacher_weight=0.6)
+    batch, targets = batches[1]
+    picked = batches.order[16:32]
+    expected = 0.4 * np.eye(7)[labels[picked]] + 0.6 * teacher.probabilities(batch[..., 0])
+    np.testing.assert_allclose(targets, expected, atol=1e-5)
+    assert not np.allclose(targets, np.eye(7)[labels[picked]])
+
+
+def test_teacher_and_recipe_must_agree(model_path: Path, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="needs a teacher model"):
+        train(recipe("emonet-slim-distill"), DEFAULT_DATA, tmp_path / "a", tmp_path / "cache")
+    with pytest.raises(SystemExit, match="teacher_weight is 0"):
+        train(recipe("emonet"), DEFAULT_DATA, tmp_path / "b", tmp_path / "cache", teacher=model_path)
