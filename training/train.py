@@ -24,10 +24,16 @@ import numpy as np
 
 from emopipe.labels import NUM_CLASSES
 from training.augment import Augmentation, augment_batch
+from training.callbacks import (
+    EpochArtifacts,
+    ResumableEarlyStopping,
+    ResumableReduceLROnPlateau,
+    Snapshots,
+    StopAfter,
+)
 from training.data import DEFAULT_CACHE, DEFAULT_DATA, Split, cached_splits
 from training.distill import Teacher, soft_targets
 from training.models import build
-from training.plots import plot_curves
 from training.recipes import RECIPES, Recipe, recipe
 
 log = logging.getLogger("emopipe.train")
@@ -74,45 +80,6 @@ class FaceBatches(keras.utils.PyDataset):
 
     def on_epoch_end(self) -> None:
         self.order = self.rng.permutation(len(self.labels))
-
-
-class StopAfter(keras.callbacks.Callback):
-    """Ends this invocation after ``epochs`` epochs; the run resumes from ``last.keras`` next time."""
-
-    def __init__(self, epochs: int) -> None:
-        super().__init__()
-        self.epochs = epochs
-        self.seen = 0
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self.seen += 1
-        if self.seen >= self.epochs:
-            self.model.stop_training = True
-
-
-class Snapshots(keras.callbacks.Callback):
-    """Keeps ``epochs/epoch-NN.keras`` for every epoch from ``first`` on (for ``training.average``)."""
-
-    def __init__(self, folder: Path, first: int) -> None:
-        super().__init__()
-        self.folder = folder
-        self.first = first
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if epoch + 1 >= self.first:
-            self.folder.mkdir(exist_ok=True)
-            self.model.save(self.folder / f"epoch-{epoch + 1:02d}.keras")
-
-
-class EpochArtifacts(keras.callbacks.Callback):
-    """Redraws the learning curves after every epoch, so an interrupted run still has them."""
-
-    def __init__(self, out: Path) -> None:
-        super().__init__()
-        self.out = out
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        plot_curves(self.out / "history.csv", self.out / "curves.png")
 
 
 def _optimizer(r: Recipe, steps_per_epoch: int) -> keras.optimizers.Optimizer:
@@ -166,8 +133,10 @@ def _model(r: Recipe, out: Path, steps_per_epoch: int, init: Path | None) -> tup
     return model, 0
 
 
-def _callbacks(r: Recipe, out: Path) -> list[keras.callbacks.Callback]:
-    best_so_far = max((float(row["val_accuracy"]) for row in _history(out)), default=None)
+def _callbacks(r: Recipe, out: Path, model: keras.Model) -> tuple[list[keras.callbacks.Callback], bool]:
+    """The run's callbacks, with plateau and early-stopping patience carried over from the
+    epochs already in ``history.csv``; and whether those epochs had already stopped the run."""
+    past = [float(row["val_accuracy"]) for row in _history(out)]
     callbacks: list[keras.callbacks.Callback] = [
         keras.callbacks.CSVLogger(str(out / "history.csv"), append=True),
         keras.callbacks.ModelCheckpoint(str(out / "last.keras")),
@@ -176,21 +145,31 @@ def _callbacks(r: Recipe, out: Path) -> list[keras.callbacks.Callback]:
             monitor="val_accuracy",
             mode="max",
             save_best_only=True,
-            initial_value_threshold=best_so_far,
+            initial_value_threshold=max(past, default=None),
         ),
         EpochArtifacts(out),
     ]
+    stopped = False
     if r.plateau_patience:
-        callbacks.append(
-            keras.callbacks.ReduceLROnPlateau(
-                monitor="val_accuracy", mode="max", factor=0.5, patience=r.plateau_patience, min_lr=1e-5
+        plateau = ResumableReduceLROnPlateau(
+            monitor="val_accuracy", mode="max", factor=0.5, patience=r.plateau_patience, min_lr=1e-5
+        )
+        _, replayed_lr = plateau.replay(past, r.learning_rate)
+        current_lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+        if past and not math.isclose(replayed_lr, current_lr, rel_tol=1e-3):
+            log.warning(
+                "the checkpoint's learning rate %.3g differs from %.3g, what the plateau rule gives for "
+                "this history (an invocation before patience carried over resumes); keeping %.3g",
+                current_lr,
+                replayed_lr,
+                current_lr,
             )
-        )
+        callbacks.append(plateau)
     if r.early_stopping_patience:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=r.early_stopping_patience)
-        )
-    return callbacks
+        early = ResumableEarlyStopping(monitor="val_accuracy", mode="max", patience=r.early_stopping_patience)
+        stopped, _ = early.replay(past, r.learning_rate)
+        callbacks.append(early)
+    return callbacks, stopped
 
 
 def train(
@@ -238,8 +217,13 @@ def train(
         len(train_split[1]),
         len(val_split[1]),
     )
+    callbacks, stopped = _callbacks(r, out, model)
+    if stopped:
+        log.info("%s stopped early: no better PublicTest accuracy for %d epochs", out, r.early_stopping_patience)
+        return model
+    if stop_after:
+        callbacks.append(StopAfter(stop_after))
     val = (val_split[0][..., None].astype("float32"), keras.utils.to_categorical(val_split[1], NUM_CLASSES))
-    callbacks = _callbacks(r, out) + ([StopAfter(stop_after)] if stop_after else [])
     if snapshots_from:
         callbacks.append(Snapshots(out / "epochs", snapshots_from))
     model.fit(
