@@ -1,11 +1,12 @@
 """Knowledge distillation: a trained model's predictions as part of the training targets.
 
-The teacher is an exported ONNX model (the shipped one, say). It sees exactly the augmented
-batch the student sees, and its probabilities are averaged with those for the mirrored batch,
-so the student learns the teacher's flip-averaged answer (worth +1.4 points on PublicTest for
-the shipped model) at the cost of one forward pass, not two:
+The teacher is an exported ONNX model (for the shipped model: ``emonet``, exported from
+``runs/emonet-refine-30/averaged.keras``). It sees exactly the augmented batch the student
+sees, and its probabilities are averaged with those for the mirrored batch, so the student
+learns the teacher's flip-averaged answer (worth +1.4 points on PublicTest for ``emonet``)
+at the cost of one forward pass, not two:
 
-    emopipe-train --recipe emonet-slim-distill --teacher services/classify/models/emotion.onnx \\
+    emopipe-train --recipe emonet-slim-distill --teacher runs/emonet-teacher.onnx \\
         --init runs/emonet-slim/averaged.keras --out runs/emonet-slim-distill
 """
 

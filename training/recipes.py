@@ -79,9 +79,9 @@ RECIPES["emonet-polish"] = replace(RECIPES["emonet"], epochs=18, learning_rate=4
 # Fine-tuning emonet-slim after training.prune has narrowed a trained emonet into it:
 #   emopipe-train --recipe emonet-slim-tune --init <pruned.keras> --snapshots-from 9
 RECIPES["emonet-slim-tune"] = replace(RECIPES["emonet-polish"], architecture="emonet-slim", epochs=16)
-# Distilling the shipped model's flip-averaged predictions into emonet-slim (training.distill);
-# the teacher's soft targets replace label smoothing:
-#   emopipe-train --recipe emonet-slim-distill --teacher services/classify/models/emotion.onnx \
+# Distilling a trained emonet's flip-averaged predictions into emonet-slim (training.distill);
+# the teacher's soft targets replace label smoothing (the shipped model, see its card):
+#   emopipe-train --recipe emonet-slim-distill --teacher runs/emonet-teacher.onnx \
 #       --init runs/emonet-slim/averaged.keras --snapshots-from 21
 RECIPES["emonet-slim-distill"] = replace(
     RECIPES["emonet-slim-tune"], epochs=30, label_smoothing=0.0, teacher_weight=0.6
