@@ -24,16 +24,13 @@ from training.evaluate import model_labels, predict
 class Teacher:
     """Flip-averaged class probabilities of an exported emotion model."""
 
-    def __init__(self, path: Path, threads: int = 0) -> None:
+    def __init__(self, path: Path) -> None:
         if not Path(path).is_file():
             raise FileNotFoundError(f"teacher model {path} not found")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         labels = model_labels(self.session)
         if labels != list(EMOTIONS):
             raise ValueError(f"teacher model {path} has labels {labels}, not FER-2013's {list(EMOTIONS)}")
-        self.path = path
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """``[N,7]`` probabilities for raw 0..255 ``[N,48,48]`` faces, averaged over each face
