@@ -198,15 +198,6 @@ def train(
     train_split, val_split = cached_splits(data, cache)
     train_split, val_split = _subset(train_split, limit, r.seed), _subset(val_split, limit, r.seed)
     model, initial_epoch = _model(r, out, math.ceil(len(train_split[1]) / r.batch_size), init)
-    batches = FaceBatches(
-        train_split,
-        r.batch_size,
-        r.augmentation,
-        r.seed,
-        initial_epoch,
-        Teacher(teacher) if teacher is not None else None,
-        r.teacher_weight,
-    )
     if initial_epoch >= r.epochs:
         log.info("%s already finished %d epochs", out, initial_epoch)
         return model
@@ -223,6 +214,15 @@ def train(
         return model
     if stop_after:
         callbacks.append(StopAfter(stop_after))
+    batches = FaceBatches(
+        train_split,
+        r.batch_size,
+        r.augmentation,
+        r.seed,
+        initial_epoch,
+        Teacher(teacher) if teacher is not None else None,
+        r.teacher_weight,
+    )
     val = (val_split[0][..., None].astype("float32"), keras.utils.to_categorical(val_split[1], NUM_CLASSES))
     if snapshots_from:
         callbacks.append(Snapshots(out / "epochs", snapshots_from))
