@@ -19,6 +19,7 @@ from emopipe.labels import EMOTIONS  # noqa: E402
 from training.data import DEFAULT_DATA, load_folder  # noqa: E402
 from training.evaluate import evaluate  # noqa: E402
 from training.export import export  # noqa: E402
+from training.models import ARCHITECTURES, build  # noqa: E402
 from training.recipes import recipe  # noqa: E402
 from training.train import train  # noqa: E402
 
@@ -123,3 +124,26 @@ def test_refine_run_starts_from_the_init_checkpoint_weights(
         keras.ops.convert_to_numpy(best(faces, training=False)),
         atol=1e-6,
     )
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_every_architecture_exports_with_parity(
+    name: str, tmp_path: Path, public_test: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """Untrained nets with random batch-norm statistics, so export's folds have work to do."""
+    model = build(name)
+    rng = np.random.default_rng(1)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            size = layer.moving_mean.shape
+            layer.moving_mean.assign(rng.normal(0.0, 0.1, size).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, size).astype("float32"))
+            layer.gamma.assign(rng.uniform(0.5, 1.5, size).astype("float32"))
+    path = tmp_path / f"{name}.onnx"
+    export(model, path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    faces = _sample(public_test[0], 32)
+    onnx_probs = session.run(None, {session.get_inputs()[0].name: faces})[0]
+    keras_probs = keras.ops.convert_to_numpy(model(faces, training=False))
+    assert onnx_probs.shape == (32, 7)
+    np.testing.assert_allclose(onnx_probs, keras_probs, atol=1e-4)

@@ -69,6 +69,10 @@ RECIPES: dict[str, Recipe] = {
     ),
 }
 
+# The paper's recipe with one change: batch norm between each conv or dense layer and its ReLU
+# (the plain net underfits under the paper's dropout; see the model card).
+RECIPES["paper-bn"] = replace(RECIPES["paper"], architecture="paper-bn")
+
 # A second, gentler cosine cycle (a warm restart) from the weights of an emonet run:
 #   emopipe-train --recipe emonet-refine --init runs/emonet/best.keras
 RECIPES["emonet-refine"] = replace(RECIPES["emonet"], epochs=12, learning_rate=1e-3, warmup_epochs=0)
