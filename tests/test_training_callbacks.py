@@ -9,7 +9,8 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from training.callbacks import ResumableEarlyStopping, ResumableReduceLROnPlateau  # noqa: E402
+from training import callbacks as callbacks_module  # noqa: E402
+from training.callbacks import ResumableEarlyStopping, ResumableReduceLROnPlateau, StopBefore  # noqa: E402
 from training.recipes import recipe  # noqa: E402
 from training.train import _callbacks  # noqa: E402
 
@@ -86,3 +87,18 @@ def test_a_run_its_history_has_already_stopped_is_not_trained_further(tmp_path: 
     early.set_model(_model())
     early.on_train_begin()
     assert (early.wait, early.best) == (11, 0.5)
+
+
+def test_stop_before_ends_after_the_last_epoch_that_fits_the_time_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = iter([0.0, 100.0, 190.0, 300.0, 420.0])  # construction, then the end of each epoch
+    monkeypatch.setattr(callbacks_module.time, "monotonic", lambda: next(clock))
+    stop = StopBefore(530)
+    model = _model()
+    stop.set_model(model)
+    flags = []
+    for epoch in range(4):
+        stop.on_epoch_end(epoch)
+        flags.append(model.stop_training)
+    # Epochs take 100, 90, 110, 120 s. After 300 s one more of the longest (110 s) ends at 410,
+    # within 530; after 420 s one more of 120 s would end at 540, past it: the run stops there.
+    assert flags == [False, False, False, True]

@@ -11,6 +11,7 @@ import pytest
 
 from emopipe.labels import EMOTIONS
 from training.data import DatasetError, load_csv, load_folder, load_splits
+from training.pack import pack
 
 
 def _pixels(value: int, count: int = 48 * 48) -> str:
@@ -138,3 +139,62 @@ def test_splits_from_csv_give_training_and_publictest(tmp_path: Path) -> None:
     (train_x, train_y), (val_x, val_y) = load_splits(path)
     assert train_y.tolist() == [5] and val_y.tolist() == [4]
     assert val_x[0, 0, 0] == 2
+
+
+def _write_noise_face(path: Path, seed: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), np.random.default_rng(seed).integers(0, 256, (48, 48), dtype=np.uint8))
+
+
+def _fer_folders(root: Path) -> Path:
+    for split, count in (("train", 5), ("test", 3)):
+        for i in range(count):
+            emotion = EMOTIONS[(i * 3) % len(EMOTIONS)]
+            _write_noise_face(root / split / emotion / f"{split}_{i}.jpg", seed=i + 10 * count)
+    return root
+
+
+def test_pack_round_trips_the_folders_pixel_for_pixel(tmp_path: Path) -> None:
+    root = _fer_folders(tmp_path / "fer")
+    counts = pack(root, tmp_path / "packed.npz")
+    assert counts == {"train": 5, "test": 3}
+    (train_x, train_y), (test_x, test_y) = load_splits(tmp_path / "packed.npz")
+    (want_train_x, want_train_y), (want_test_x, want_test_y) = load_splits(root)
+    np.testing.assert_array_equal(train_x, want_train_x)
+    np.testing.assert_array_equal(test_x, want_test_x)
+    assert train_y.tolist() == want_train_y.tolist() and test_y.tolist() == want_test_y.tolist()
+    assert train_y.dtype == np.int64 and train_x.std() > 50  # noise faces, really decoded
+    with np.load(tmp_path / "packed.npz") as packed:
+        prefix = len(packed["train_prefix"])
+        stored = len(packed["train_bytes"])
+    files = sum(p.stat().st_size for p in (root / "train").rglob("*.jpg"))
+    assert prefix > 100 and stored == files - 5 * prefix  # the shared JPEG header is kept once
+
+
+def test_pack_stops_at_a_bad_image_and_names_it(tmp_path: Path) -> None:
+    root = _fer_folders(tmp_path / "fer")
+    _write_face(root / "test" / "happy" / "big.png", 1, size=(64, 64))
+    with pytest.raises(DatasetError, match=r"big\.png: image is 64x64"):
+        pack(root, tmp_path / "packed.npz")
+    assert not (tmp_path / "packed.npz").exists()
+
+
+def test_a_damaged_or_foreign_archive_is_named(tmp_path: Path) -> None:
+    root = _fer_folders(tmp_path / "fer")
+    pack(root, tmp_path / "packed.npz")
+    with np.load(tmp_path / "packed.npz") as packed:
+        arrays = {key: packed[key] for key in packed.files}
+    first = arrays["test_names"][0].decode()
+    arrays["test_prefix"][:2] = 0  # no JPEG start-of-image marker: no test image decodes
+    np.savez(tmp_path / "damaged.npz", **arrays)
+    with pytest.raises(DatasetError, match=rf"damaged\.npz:{first}: not a readable image"):
+        load_splits(tmp_path / "damaged.npz")
+    arrays["train_labels"][0] = 9
+    np.savez(tmp_path / "label.npz", **arrays)
+    with pytest.raises(DatasetError, match=r"train has a label outside 0\.\.6"):
+        load_splits(tmp_path / "label.npz")
+    np.savez(tmp_path / "foreign.npz", x_train=np.zeros(3))
+    with pytest.raises(DatasetError, match="not a training.pack archive"):
+        load_splits(tmp_path / "foreign.npz")
+    with pytest.raises(DatasetError, match="packed data set not found"):
+        load_splits(tmp_path / "absent.npz")

@@ -9,15 +9,19 @@ import numpy as np
 import pytest
 
 onnx = pytest.importorskip("onnx")
-pytest.importorskip("keras")
+keras = pytest.importorskip("keras")
+import onnxruntime as ort  # noqa: E402
 
 from emopipe.labels import EMOTIONS  # noqa: E402
 from training.augment import Augmentation  # noqa: E402
 from training.data import DEFAULT_DATA, load_folder  # noqa: E402
 from training.distill import Teacher, soft_targets  # noqa: E402
 from training.evaluate import predict  # noqa: E402
+from training.models import build  # noqa: E402
 from training.recipes import recipe  # noqa: E402
 from training.train import FaceBatches, train  # noqa: E402
+
+SHIPPED_WEIGHTS = Path(__file__).resolve().parents[1] / "training" / "checkpoints" / "emonet-slim.weights.h5"
 
 if not (DEFAULT_DATA / "test").is_dir():
     pytest.skip(f"FER-2013 not found at {DEFAULT_DATA}", allow_module_level=True)
@@ -49,7 +53,8 @@ def test_the_teacher_averages_each_face_with_its_mirror(model_path: Path, faces)
     images, _ = faces
     teacher = Teacher(model_path)
     probs = teacher.probabilities(images)
-    plain, mirrored = predict(teacher.session, images), predict(teacher.session, images[:, :, ::-1])
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    plain, mirrored = predict(session, images), predict(session, images[:, :, ::-1])
     np.testing.assert_allclose(probs, (plain + mirrored) / 2, atol=1e-6)
     np.testing.assert_allclose(teacher.probabilities(images[:, :, ::-1]), probs, atol=1e-5)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
@@ -67,6 +72,25 @@ def test_a_teacher_with_other_labels_is_refused(model_path: Path, tmp_path: Path
         Teacher(swapped)
     with pytest.raises(FileNotFoundError, match="missing.onnx"):
         Teacher(tmp_path / "missing.onnx")
+
+
+def test_a_keras_teacher_answers_as_its_exported_model_does(model_path: Path, faces, tmp_path: Path) -> None:
+    """The shipped model's Keras checkpoint as a teacher (how a GPU machine runs one) against
+    the shipped ONNX file it was exported from."""
+    images, _ = faces
+    model = build("emonet-slim")
+    model.load_weights(SHIPPED_WEIGHTS)
+    model.save(tmp_path / "teacher.keras")
+    from_keras = Teacher(tmp_path / "teacher.keras").probabilities(images)
+    np.testing.assert_allclose(from_keras, Teacher(model_path).probabilities(images), atol=1e-4)
+    assert from_keras.shape == (len(images), 7) and from_keras.dtype == np.float32
+
+
+def test_a_keras_teacher_must_answer_seven_classes(tmp_path: Path) -> None:
+    inputs = keras.Input((48, 48, 1))
+    keras.Model(inputs, keras.layers.Dense(5)(keras.layers.Flatten()(inputs))).save(tmp_path / "five.keras")
+    with pytest.raises(ValueError, match=r"five\.keras has output shape \(None, 5\)"):
+        Teacher(tmp_path / "five.keras")
 
 
 def test_batches_carry_the_teachers_targets(model_path: Path, faces) -> None:

@@ -20,6 +20,7 @@ import keras
 import numpy as np
 
 from training.data import DEFAULT_CACHE, DEFAULT_DATA, cached_splits
+from training.models import load_checkpoint
 
 log = logging.getLogger("emopipe.average")
 
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     missing = [str(p) for p in args.checkpoints if not p.is_file()]
     if missing:
         parser.error(f"checkpoint(s) not found: {', '.join(missing)}")
-    model = average_weights([keras.models.load_model(p) for p in args.checkpoints])
+    model = average_weights([load_checkpoint(p) for p in args.checkpoints])
     log.info("averaged %d checkpoints", len(args.checkpoints))
     if args.recalibrate:
         recalibrate_on_training(model, args.data, args.cache)

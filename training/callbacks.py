@@ -3,6 +3,7 @@ snapshots, redrawing curves, and patience that carries over a resume."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,6 +23,26 @@ class StopAfter(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self.seen += 1
         if self.seen >= self.epochs:
+            self.model.stop_training = True
+
+
+class StopBefore(keras.callbacks.Callback):
+    """Ends this invocation after the last epoch that can finish within ``seconds`` of the
+    start (judged by the longest epoch so far), so a machine lent for a fixed time hands back
+    whole checkpoints, never one cut off while being written; the run resumes next time."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.start = time.monotonic()
+        self.last = self.start
+        self.longest = 0.0
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        now = time.monotonic()
+        self.longest = max(self.longest, now - self.last)
+        self.last = now
+        if now - self.start + self.longest > self.seconds:
             self.model.stop_training = True
 
 

@@ -5,6 +5,8 @@
   PrivateTest. The split comes from that column, never from row positions.
 * The image-folder layout: ``<root>/<emotion>/*.jpg`` (e.g. ``train/happy/x.jpg``),
   folder names being the lower-case labels.
+* That layout packed by ``training.pack`` into one ``.npz`` holding the image files' bytes
+  (what travels to a GPU machine: FER-2013's JPEGs are smaller than their pixels compressed).
 
 Both return ``(images uint8 [N,48,48], labels int64 [N])`` with labels in FER-2013's
 id order (``emopipe.labels.EMOTIONS``). Anything malformed stops the load with a
@@ -92,25 +94,54 @@ def load_csv(path: str | Path) -> dict[str, Split]:
     }
 
 
-def _read_face(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+def _decode_face(encoded: np.ndarray, where: str | Path) -> np.ndarray:
+    image = cv2.imdecode(encoded, cv2.IMREAD_GRAYSCALE)
     if image is None:
-        raise DatasetError(f"{path}: not a readable image")
+        raise DatasetError(f"{where}: not a readable image")
     if image.shape != (FACE_SIZE, FACE_SIZE):
-        raise DatasetError(f"{path}: image is {image.shape[1]}x{image.shape[0]}, expected 48x48")
+        raise DatasetError(f"{where}: image is {image.shape[1]}x{image.shape[0]}, expected 48x48")
     return image
 
 
-def load_folder(root: str | Path) -> Split:
-    """Read ``<root>/<emotion>/*`` images; every sub-folder must be one of the 7 labels."""
+def read_face(path: Path) -> np.ndarray:
+    return _decode_face(np.fromfile(path, np.uint8), path)
+
+
+def load_packed(path: str | Path) -> tuple[Split, Split]:
+    """(Training, PublicTest) from a ``training.pack`` archive, decoding its image files."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: packed data set not found")
+    splits = []
+    with np.load(path) as packed:
+        for split in ("train", "test"):
+            keys = [f"{split}_{k}" for k in ("prefix", "bytes", "offsets", "labels", "names")]
+            missing = [k for k in keys if k not in packed.files]
+            if missing:
+                raise DatasetError(f"{path}: not a training.pack archive (no {', '.join(missing)})")
+            prefix, blob, offsets, labels, names = (packed[k] for k in keys)
+            if len(offsets) != len(labels) + 1 or len(names) != len(labels) or not len(labels):
+                raise DatasetError(f"{path}: {split} has {len(labels)} labels, {len(offsets)} offsets")
+            if labels.min() < 0 or labels.max() >= len(EMOTIONS):
+                raise DatasetError(f"{path}: {split} has a label outside 0..{len(EMOTIONS) - 1}")
+            images = [
+                _decode_face(np.concatenate([prefix, blob[start:end]]), f"{path}:{name.decode()}")
+                for start, end, name in zip(offsets[:-1], offsets[1:], names, strict=True)
+            ]
+            splits.append((np.stack(images), labels.astype(np.int64)))
+    return splits[0], splits[1]
+
+
+def folder_files(root: str | Path) -> list[tuple[Path, int]]:
+    """``(image file, label)`` for every file under ``<root>/<emotion>/``, checked for layout
+    (every sub-folder one of the 7 labels, none empty, only image files) but not decoded."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: folder not found")
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
     if not class_dirs:
         raise DatasetError(f"{root}: no emotion sub-folders")
-    images: list[np.ndarray] = []
-    labels: list[int] = []
+    found: list[tuple[Path, int]] = []
     for class_dir in class_dirs:
         if class_dir.name not in EMOTIONS:
             raise DatasetError(f"{class_dir}: unknown emotion folder (expected one of {', '.join(EMOTIONS)})")
@@ -121,17 +152,26 @@ def load_folder(root: str | Path) -> Split:
         for file in files:
             if file.suffix.lower() not in IMAGE_SUFFIXES:
                 raise DatasetError(f"{file}: not an image file ({', '.join(IMAGE_SUFFIXES)})")
-            images.append(_read_face(file))
-            labels.append(label)
-    return np.stack(images), np.array(labels, np.int64)
+            found.append((file, label))
+    return found
+
+
+def load_folder(root: str | Path) -> Split:
+    """Read ``<root>/<emotion>/*`` images; every sub-folder must be one of the 7 labels."""
+    found = folder_files(root)
+    images = [read_face(file) for file, _ in found]
+    return np.stack(images), np.array([label for _, label in found], np.int64)
 
 
 def load_splits(source: str | Path) -> tuple[Split, Split]:
-    """(Training, PublicTest) from a Kaggle CSV file or an image-folder root with train/ and test/."""
+    """(Training, PublicTest) from a Kaggle CSV file, a ``training.pack`` archive (.npz) or an
+    image-folder root with train/ and test/."""
     source = Path(source)
     if source.suffix.lower() == ".csv":
         splits = load_csv(source)
         return splits["Training"], splits["PublicTest"]
+    if source.suffix.lower() == ".npz":
+        return load_packed(source)
     return load_folder(source / "train"), load_folder(source / "test")
 
 

@@ -1,7 +1,9 @@
 """Knowledge distillation: a trained model's predictions as part of the training targets.
 
-The teacher is an exported ONNX model (for the shipped model: ``emonet``, exported from
-``runs/emonet-refine-30/averaged.keras``). It sees exactly the augmented batch the student
+The teacher is an exported ONNX model, run by onnxruntime on the CPU (for the shipped model:
+``emonet``, exported from ``runs/emonet-refine-30/averaged.keras``), or a ``.keras``
+checkpoint, run by the training backend itself (on a GPU machine, a teacher too large for the
+CPU to keep up with). It sees exactly the augmented batch the student
 sees, and its probabilities are averaged with those for the mirrored batch, so the student
 learns the teacher's flip-averaged answer (worth +1.4 points on PublicTest for ``emonet``)
 at the cost of one forward pass, not two:
@@ -14,29 +16,44 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import keras
 import numpy as np
 import onnxruntime as ort
 
 from emopipe.labels import EMOTIONS, NUM_CLASSES
 from training.evaluate import model_labels, predict
+from training.models import load_checkpoint
 
 
 class Teacher:
-    """Flip-averaged class probabilities of an exported emotion model."""
+    """Flip-averaged class probabilities of an exported (.onnx) or a Keras (.keras) emotion model."""
 
     def __init__(self, path: Path) -> None:
-        if not Path(path).is_file():
+        path = Path(path)
+        if not path.is_file():
             raise FileNotFoundError(f"teacher model {path} not found")
-        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        labels = model_labels(self.session)
+        if path.suffix == ".keras":
+            model = load_checkpoint(path)
+            if model.output_shape != (None, NUM_CLASSES):
+                raise ValueError(f"teacher model {path} has output shape {model.output_shape}, not (None, 7)")
+            self._predict = lambda images: _keras_predict(model, images)
+            return
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        labels = model_labels(session)
         if labels != list(EMOTIONS):
             raise ValueError(f"teacher model {path} has labels {labels}, not FER-2013's {list(EMOTIONS)}")
+        self._predict = lambda images: predict(session, images)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """``[N,7]`` probabilities for raw 0..255 ``[N,48,48]`` faces, averaged over each face
         and its mirror image."""
-        both = predict(self.session, np.concatenate([images, images[:, :, ::-1]]))
+        both = self._predict(np.concatenate([images, images[:, :, ::-1]]))
         return (both[: len(images)] + both[len(images) :]) / 2
+
+
+def _keras_predict(model: keras.Model, images: np.ndarray) -> np.ndarray:
+    pixels = images[..., None].astype("float32")
+    return np.asarray(keras.ops.convert_to_numpy(model(pixels, training=False)), np.float32)
 
 
 def soft_targets(labels: np.ndarray, teacher: np.ndarray, weight: float) -> np.ndarray:

@@ -23,6 +23,7 @@ import onnx
 
 from emopipe.labels import EMOTIONS, FACE_SIZE
 from training.fold import fold_scales
+from training.models import load_checkpoint
 
 INPUT_FORMAT = "float32 [N,48,48,1], raw grey pixel values 0..255 (normalised inside the graph)"
 OUTPUT_FORMAT = "float32 [N,7], softmax probabilities in the order of 'labels'"
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         if not sep or not key:
             parser.error(f"--meta {item!r}: expected KEY=VALUE")
         extra[key] = value
-    export(keras.models.load_model(args.checkpoint), args.output, extra)
+    export(load_checkpoint(args.checkpoint), args.output, extra)
     print(f"wrote {args.output}")
     return 0
 

@@ -8,6 +8,7 @@ exported graph carries its own normalisation and serving cannot get it wrong.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import keras
 from keras import layers
@@ -79,11 +80,19 @@ def emonet_slim() -> keras.Model:
     return vgg(((24, 1), (48, 1), (80, 2), (160, 2)), name="emonet-slim")
 
 
+def emonet_wide() -> keras.Model:
+    """A teacher for GPU training, 18x emonet's multiply-adds: two convolutions in every stage,
+    64-128-256-384 filters, a dense layer of 512. Far too slow for the classify stage's budget;
+    it exists to be distilled into ``emonet-slim``."""
+    return vgg(((64, 2), (128, 2), (256, 2), (384, 2)), head=512, name="emonet-wide")
+
+
 ARCHITECTURES: dict[str, Callable[[], keras.Model]] = {
     "paper": paper,
     "paper-bn": lambda: paper(batch_norm=True),
     "emonet": emonet,
     "emonet-slim": emonet_slim,
+    "emonet-wide": emonet_wide,
 }
 
 
@@ -92,6 +101,18 @@ def build(name: str) -> keras.Model:
         return ARCHITECTURES[name]()
     except KeyError:
         raise ValueError(f"unknown architecture {name!r} (choose from {', '.join(ARCHITECTURES)})") from None
+
+
+# A checkpoint names its optimizer's class by module, and the PyTorch backend's optimizers live
+# in a module of their own (keras.src.backend.torch.optimizers), which TensorFlow cannot import.
+# Naming the portable classes here lets a run trained on a GPU with KERAS_BACKEND=torch be
+# resumed, averaged, pruned and exported under TensorFlow, and the other way round.
+_PORTABLE_OPTIMIZERS = {"Adam": keras.optimizers.Adam, "AdamW": keras.optimizers.AdamW}
+
+
+def load_checkpoint(path: Path) -> keras.Model:
+    """A ``.keras`` checkpoint (model and optimizer state), saved under any Keras backend."""
+    return keras.models.load_model(path, custom_objects=_PORTABLE_OPTIMIZERS)
 
 
 def multiply_adds(model: keras.Model) -> int:

@@ -23,7 +23,7 @@ from keras import layers
 
 from training.average import recalibrate_on_training
 from training.data import DEFAULT_CACHE, DEFAULT_DATA
-from training.models import ARCHITECTURES, build
+from training.models import ARCHITECTURES, build, load_checkpoint
 
 log = logging.getLogger("emopipe.prune")
 
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.checkpoint.is_file():
         parser.error(f"checkpoint not found: {args.checkpoint}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    source = keras.models.load_model(args.checkpoint)
+    source = load_checkpoint(args.checkpoint)
     model = prune_into(source, build(args.to))
     log.info(
         "pruned %s (%d parameters) into %s (%d)", args.checkpoint, source.count_params(), args.to, model.count_params()

@@ -91,6 +91,40 @@ RECIPES["emonet-slim-distill"] = replace(
     RECIPES["emonet-slim-tune"], epochs=30, label_smoothing=0.0, teacher_weight=0.6
 )
 
+# Long schedules for a CUDA GPU machine (KERAS_BACKEND=torch; see the model card): batches of
+# 256 (the PyTorch backend launches one kernel per operation, so small batches leave the GPU
+# waiting), stronger augmentation. ``emonet-wide`` is a teacher, not a model to ship.
+_GPU_AUGMENTATION = Augmentation(rotation_deg=15, shift=0.12, zoom=0.15, flip=True, erase_prob=0.5)
+RECIPES["emonet-wide"] = replace(
+    RECIPES["emonet"],
+    architecture="emonet-wide",
+    epochs=50,
+    batch_size=256,
+    learning_rate=3e-3,
+    weight_decay=0.05,
+    warmup_epochs=3,
+    augmentation=_GPU_AUGMENTATION,
+)
+RECIPES["emonet-slim-long"] = replace(
+    RECIPES["emonet-wide"],
+    architecture="emonet-slim",
+    epochs=55,
+    weight_decay=0.01,
+    augmentation=replace(_GPU_AUGMENTATION, erase_prob=0.25),
+)
+# emonet-slim-long taught by a trained emonet-wide (a .keras teacher, run on the GPU), from
+# emonet-slim-long's weights, on a lower-peak cycle:
+#   emopipe-train --recipe emonet-slim-kd --teacher runs/emonet-wide/best.keras \
+#       --init runs/emonet-slim-long/best.keras --snapshots-from 33
+RECIPES["emonet-slim-kd"] = replace(
+    RECIPES["emonet-slim-long"],
+    epochs=40,
+    learning_rate=1.5e-3,
+    warmup_epochs=1,
+    label_smoothing=0.0,
+    teacher_weight=0.7,
+)
+
 
 def recipe(name: str, **overrides: Any) -> Recipe:
     try:

@@ -30,10 +30,11 @@ from training.callbacks import (
     ResumableReduceLROnPlateau,
     Snapshots,
     StopAfter,
+    StopBefore,
 )
 from training.data import DEFAULT_CACHE, DEFAULT_DATA, Split, cached_splits
 from training.distill import Teacher, soft_targets
-from training.models import build
+from training.models import build, load_checkpoint
 from training.recipes import RECIPES, Recipe, recipe
 
 log = logging.getLogger("emopipe.train")
@@ -120,7 +121,7 @@ def _model(r: Recipe, out: Path, steps_per_epoch: int, init: Path | None) -> tup
     done = len(_history(out))
     if last.is_file() and done:
         log.info("resuming %s after epoch %d", last, done)
-        return keras.models.load_model(last), done
+        return load_checkpoint(last), done
     model = build(r.architecture)
     if init is not None:
         log.info("starting from the weights of %s", init)
@@ -182,6 +183,7 @@ def train(
     init: Path | None = None,
     snapshots_from: int = 0,
     teacher: Path | None = None,
+    time_limit: float = 0.0,
 ) -> keras.Model:
     if (teacher is None) != (r.teacher_weight == 0):
         raise SystemExit(
@@ -214,6 +216,8 @@ def train(
         return model
     if stop_after:
         callbacks.append(StopAfter(stop_after))
+    if time_limit:
+        callbacks.append(StopBefore(time_limit))
     batches = FaceBatches(
         train_split,
         r.batch_size,
@@ -247,6 +251,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--stop-after", type=int, default=0, help="stop this invocation after N epochs (resume later)")
     parser.add_argument(
+        "--time-limit",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="stop this invocation after the last epoch that ends within SECONDS (resume later)",
+    )
+    parser.add_argument(
         "--init", type=Path, help="start from the weights of this .keras checkpoint (same architecture)"
     )
     parser.add_argument(
@@ -270,7 +281,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     r = recipe(args.recipe, epochs=args.epochs, batch_size=args.batch_size)
     out = args.out or REPO / "runs" / args.recipe
-    train(r, args.data, out, args.cache, args.limit, args.stop_after, args.init, args.snapshots_from, args.teacher)
+    train(
+        r,
+        args.data,
+        out,
+        args.cache,
+        args.limit,
+        args.stop_after,
+        args.init,
+        args.snapshots_from,
+        args.teacher,
+        args.time_limit,
+    )
     return 0
 
 
