@@ -115,7 +115,7 @@ RECIPES["emonet-slim-long"] = replace(
 # emonet-slim-long taught by a trained emonet-wide (a .keras teacher, run on the GPU), from
 # emonet-slim-long's weights, on a lower-peak cycle:
 #   emopipe-train --recipe emonet-slim-kd --teacher runs/emonet-wide/best.keras \
-#       --init runs/emonet-slim-long/best.keras --snapshots-from 33
+#       --init runs/emonet-slim-long/best.keras --snapshots-from 36
 RECIPES["emonet-slim-kd"] = replace(
     RECIPES["emonet-slim-long"],
     epochs=40,
