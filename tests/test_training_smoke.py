@@ -64,18 +64,23 @@ def test_interrupted_run_resumes_at_next_epoch_with_all_artifacts(run: Path) -> 
     assert sorted(p.name for p in (run / "epochs").iterdir()) == ["epoch-02.keras"]
 
 
+def _exported_matches_keras(model: keras.Model, path: Path, faces: np.ndarray) -> np.ndarray:
+    """Exports ``model`` to ``path``, asserts onnxruntime and Keras agree to 1e-4 on ``faces``
+    and returns onnxruntime's probabilities."""
+    export(model, path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    onnx_probs = session.run(None, {session.get_inputs()[0].name: faces})[0]
+    keras_probs = keras.ops.convert_to_numpy(model(faces, training=False))
+    assert onnx_probs.shape == (len(faces), 7)
+    np.testing.assert_allclose(onnx_probs, keras_probs, atol=1e-4)
+    return onnx_probs
+
+
 def test_exported_onnx_matches_keras_on_real_faces(
     run: Path, tmp_path: Path, public_test: tuple[np.ndarray, np.ndarray]
 ) -> None:
     model = keras.models.load_model(run / "best.keras")
-    path = tmp_path / "emotion.onnx"
-    export(model, path)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    faces = _sample(public_test[0], 64)
-    onnx_probs = session.run(None, {session.get_inputs()[0].name: faces})[0]
-    keras_probs = keras.ops.convert_to_numpy(model(faces, training=False))
-    assert onnx_probs.shape == (64, 7)
-    np.testing.assert_allclose(onnx_probs, keras_probs, atol=1e-4)
+    onnx_probs = _exported_matches_keras(model, tmp_path / "emotion.onnx", _sample(public_test[0], 64))
     np.testing.assert_allclose(onnx_probs.sum(axis=1), 1.0, atol=1e-4)
 
 
@@ -139,11 +144,4 @@ def test_every_architecture_exports_with_parity(
             layer.moving_mean.assign(rng.normal(0.0, 0.1, size).astype("float32"))
             layer.moving_variance.assign(rng.uniform(0.5, 2.0, size).astype("float32"))
             layer.gamma.assign(rng.uniform(0.5, 1.5, size).astype("float32"))
-    path = tmp_path / f"{name}.onnx"
-    export(model, path)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    faces = _sample(public_test[0], 32)
-    onnx_probs = session.run(None, {session.get_inputs()[0].name: faces})[0]
-    keras_probs = keras.ops.convert_to_numpy(model(faces, training=False))
-    assert onnx_probs.shape == (32, 7)
-    np.testing.assert_allclose(onnx_probs, keras_probs, atol=1e-4)
+    _exported_matches_keras(model, tmp_path / f"{name}.onnx", _sample(public_test[0], 32))

@@ -94,7 +94,7 @@ def load_csv(path: str | Path) -> dict[str, Split]:
     }
 
 
-def _decode_face(encoded: np.ndarray, where: str | Path) -> np.ndarray:
+def decode_face(encoded: np.ndarray, where: str | Path) -> np.ndarray:
     image = cv2.imdecode(encoded, cv2.IMREAD_GRAYSCALE)
     if image is None:
         raise DatasetError(f"{where}: not a readable image")
@@ -104,7 +104,7 @@ def _decode_face(encoded: np.ndarray, where: str | Path) -> np.ndarray:
 
 
 def read_face(path: Path) -> np.ndarray:
-    return _decode_face(np.fromfile(path, np.uint8), path)
+    return decode_face(np.fromfile(path, np.uint8), path)
 
 
 def load_packed(path: str | Path) -> tuple[Split, Split]:
@@ -125,7 +125,7 @@ def load_packed(path: str | Path) -> tuple[Split, Split]:
             if labels.min() < 0 or labels.max() >= len(EMOTIONS):
                 raise DatasetError(f"{path}: {split} has a label outside 0..{len(EMOTIONS) - 1}")
             images = [
-                _decode_face(np.concatenate([prefix, blob[start:end]]), f"{path}:{name.decode()}")
+                decode_face(np.concatenate([prefix, blob[start:end]]), f"{path}:{name.decode()}")
                 for start, end, name in zip(offsets[:-1], offsets[1:], names, strict=True)
             ]
             splits.append((np.stack(images), labels.astype(np.int64)))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data import DEFAULT_DATA, folder_files, read_face
+from training.data import DEFAULT_DATA, decode_face, folder_files
 
 
 def _common_prefix(files: list[np.ndarray]) -> np.ndarray:
@@ -38,10 +38,9 @@ def pack(root: Path, out: Path) -> dict[str, int]:
     counts = {}
     for split in ("train", "test"):
         found = folder_files(root / split)
-        files = []
-        for file, _ in found:
-            read_face(file)
-            files.append(np.fromfile(file, np.uint8))
+        files = [np.fromfile(file, np.uint8) for file, _ in found]
+        for data, (file, _) in zip(files, found, strict=True):
+            decode_face(data, file)
         prefix = _common_prefix(files)
         chunks = [data[len(prefix) :] for data in files]
         arrays[f"{split}_prefix"] = prefix
