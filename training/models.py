@@ -81,7 +81,7 @@ def emonet_slim() -> keras.Model:
 
 
 def emonet_wide() -> keras.Model:
-    """A teacher for GPU training, 18x emonet's multiply-adds: two convolutions in every stage,
+    """A teacher for GPU training, 10x emonet's multiply-adds (421 M): two convolutions in every stage,
     64-128-256-384 filters, a dense layer of 512. Far too slow for the classify stage's budget;
     it exists to be distilled into ``emonet-slim``."""
     return vgg(((64, 2), (128, 2), (256, 2), (384, 2)), head=512, name="emonet-wide")

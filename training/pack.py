@@ -6,8 +6,9 @@
 The archive holds each image file's bytes (FER-2013's JPEGs take 60 MB; their decoded pixels
 compress to about 71 MB), less the prefix all files of a split share (the 328-byte JPEG header
 with its quantisation and Huffman tables, stored once: 11 MB less), with labels and file
-names; ``training.data`` decodes them exactly as it decodes the folder itself. Every image is decoded and checked
-here first, so a bad file stops the pack with its name rather than the training run.
+names; ``training.data`` decodes them exactly as it decodes the folder itself. Every image is
+decoded and checked here first, so a bad file stops the pack with its name rather than the
+training run.
 """
 
 from __future__ import annotations
