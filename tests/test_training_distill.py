@@ -1,4 +1,4 @@
-"""training.distill: the teacher's flip-averaged targets, on the shipped model and real faces."""
+"""training.distill: the teacher's flip-averaged targets, on the committed weights and real faces."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from training.augment import Augmentation  # noqa: E402
 from training.data import DEFAULT_DATA, load_folder  # noqa: E402
 from training.distill import Teacher, soft_targets  # noqa: E402
 from training.evaluate import predict  # noqa: E402
+from training.export import export  # noqa: E402
 from training.models import build  # noqa: E402
 from training.recipes import recipe  # noqa: E402
 from training.train import FaceBatches, train  # noqa: E402
@@ -25,6 +26,17 @@ SHIPPED_WEIGHTS = Path(__file__).resolve().parents[1] / "training" / "checkpoint
 
 if not (DEFAULT_DATA / "test").is_dir():
     pytest.skip(f"FER-2013 not found at {DEFAULT_DATA}", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def teacher_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The committed weights exported as a plain float ONNX model: a teacher that answers a face
+    and its mirror image differently (the shipped model averages the two inside its graph)."""
+    model = build("emonet-slim")
+    model.load_weights(SHIPPED_WEIGHTS)
+    path = tmp_path_factory.mktemp("teacher") / "teacher.onnx"
+    export(model, path)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +61,11 @@ def test_soft_targets_blend_one_hot_labels_and_teacher() -> None:
         soft_targets(labels, teacher[:2], 0.5)
 
 
-def test_the_teacher_averages_each_face_with_its_mirror(model_path: Path, faces) -> None:
+def test_the_teacher_averages_each_face_with_its_mirror(teacher_path: Path, faces) -> None:
     images, _ = faces
-    teacher = Teacher(model_path)
+    teacher = Teacher(teacher_path)
     probs = teacher.probabilities(images)
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(teacher_path), providers=["CPUExecutionProvider"])
     plain, mirrored = predict(session, images), predict(session, images[:, :, ::-1])
     np.testing.assert_allclose(probs, (plain + mirrored) / 2, atol=1e-6)
     np.testing.assert_allclose(teacher.probabilities(images[:, :, ::-1]), probs, atol=1e-5)
@@ -61,8 +73,8 @@ def test_the_teacher_averages_each_face_with_its_mirror(model_path: Path, faces)
     assert np.abs(plain - mirrored).max() > 0.05  # the mirror really changes some answers
 
 
-def test_a_teacher_with_other_labels_is_refused(model_path: Path, tmp_path: Path) -> None:
-    model = onnx.load(str(model_path))
+def test_a_teacher_with_other_labels_is_refused(teacher_path: Path, tmp_path: Path) -> None:
+    model = onnx.load(str(teacher_path))
     for entry in model.metadata_props:
         if entry.key == "labels":
             entry.value = json.dumps(list(reversed(EMOTIONS)))
@@ -74,15 +86,15 @@ def test_a_teacher_with_other_labels_is_refused(model_path: Path, tmp_path: Path
         Teacher(tmp_path / "missing.onnx")
 
 
-def test_a_keras_teacher_answers_as_its_exported_model_does(model_path: Path, faces, tmp_path: Path) -> None:
-    """The shipped model's Keras checkpoint as a teacher (how a GPU machine runs one) against
-    the shipped ONNX file it was exported from."""
+def test_a_keras_teacher_answers_as_its_exported_model_does(teacher_path: Path, faces, tmp_path: Path) -> None:
+    """The committed weights as a Keras teacher (how a GPU machine runs one) against the ONNX
+    file exported from them."""
     images, _ = faces
     model = build("emonet-slim")
     model.load_weights(SHIPPED_WEIGHTS)
     model.save(tmp_path / "teacher.keras")
     from_keras = Teacher(tmp_path / "teacher.keras").probabilities(images)
-    np.testing.assert_allclose(from_keras, Teacher(model_path).probabilities(images), atol=1e-4)
+    np.testing.assert_allclose(from_keras, Teacher(teacher_path).probabilities(images), atol=1e-4)
     assert from_keras.shape == (len(images), 7) and from_keras.dtype == np.float32
 
 
@@ -93,9 +105,9 @@ def test_a_keras_teacher_must_answer_seven_classes(tmp_path: Path) -> None:
         Teacher(tmp_path / "five.keras")
 
 
-def test_batches_carry_the_teachers_targets(model_path: Path, faces) -> None:
+def test_batches_carry_the_teachers_targets(teacher_path: Path, faces) -> None:
     images, labels = faces
-    teacher = Teacher(model_path)
+    teacher = Teacher(teacher_path)
     aug = Augmentation(rotation_deg=10, shift=0.1, zoom=0.1, flip=True, erase_prob=0.5)
     batches = FaceBatches((images, labels), 16, aug, seed=1, teacher=teacher, teacher_weight=0.6)
     batch, targets = batches[1]
@@ -105,8 +117,8 @@ def test_batches_carry_the_teachers_targets(model_path: Path, faces) -> None:
     assert not np.allclose(targets, np.eye(7)[labels[picked]])
 
 
-def test_teacher_and_recipe_must_agree(model_path: Path, tmp_path: Path) -> None:
+def test_teacher_and_recipe_must_agree(teacher_path: Path, tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="needs a teacher model"):
         train(recipe("emonet-slim-distill"), DEFAULT_DATA, tmp_path / "a", tmp_path / "cache")
     with pytest.raises(SystemExit, match="teacher_weight is 0"):
-        train(recipe("emonet"), DEFAULT_DATA, tmp_path / "b", tmp_path / "cache", teacher=model_path)
+        train(recipe("emonet"), DEFAULT_DATA, tmp_path / "b", tmp_path / "cache", teacher=teacher_path)

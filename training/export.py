@@ -7,6 +7,15 @@ graph), output ``[N,7]`` softmax probabilities in FER-2013 order, dynamic batch.
 describes itself: ``labels`` (JSON list) and ``input_size`` are written into its metadata,
 and serving reads them from there. Constant scales are folded into the weights they feed
 (``training.fold``), so the input scaling costs no separate pass over the pixels.
+
+Two options make the shipped model (both recorded in the metadata):
+
+    emopipe-export averaged.keras emotion.onnx --flip-average --int8
+
+``--flip-average`` averages each face's answer with its mirror image's inside the graph
+(``training.flip``); ``--int8`` quantizes the graph, calibrated on Training faces
+(``training.quantize``), which makes it about 1.45x faster on one CPU core. The float
+export matches Keras to 1e-4; the int8 one is an approximation whose accuracy is measured.
 """
 
 from __future__ import annotations
@@ -22,8 +31,13 @@ import numpy as np
 import onnx
 
 from emopipe.labels import EMOTIONS, FACE_SIZE
+from training.data import DEFAULT_DATA
+from training.flip import METADATA_VALUE as FLIP_METADATA
+from training.flip import add_flip_average
 from training.fold import fold_scales
 from training.models import load_checkpoint
+from training.quantize import METADATA_VALUE as INT8_METADATA
+from training.quantize import calibration_faces, quantize
 
 INPUT_FORMAT = "float32 [N,48,48,1], raw grey pixel values 0..255 (normalised inside the graph)"
 OUTPUT_FORMAT = "float32 [N,7], softmax probabilities in the order of 'labels'"
@@ -36,8 +50,18 @@ def _with_dynamic_batch(model: onnx.ModelProto) -> None:
         dim.dim_param = "N"
 
 
-def export(model: keras.Model, path: Path, extra_metadata: dict[str, str] | None = None) -> None:
-    """Write ``model`` as ONNX to ``path`` with its self-description in the metadata."""
+def export(
+    model: keras.Model,
+    path: Path,
+    extra_metadata: dict[str, str] | None = None,
+    flip_average: bool = False,
+    int8_calibration: np.ndarray | None = None,
+) -> None:
+    """Write ``model`` as ONNX to ``path`` with its self-description in the metadata.
+
+    ``flip_average`` adds test-time flip averaging to the graph; ``int8_calibration``
+    (uint8 ``[N,48,48]`` Training faces) quantizes it to int8, calibrated on those faces.
+    """
     model(np.zeros((1, FACE_SIZE, FACE_SIZE, 1), "float32"))  # a loaded model must be called once before export
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "model.onnx"
@@ -45,6 +69,13 @@ def export(model: keras.Model, path: Path, extra_metadata: dict[str, str] | None
         proto = onnx.load(str(raw))
     _with_dynamic_batch(proto)
     fold_scales(proto)  # exact: the input scaling moves into the first convolution's weights
+    options: dict[str, str] = {}
+    if flip_average:
+        add_flip_average(proto)
+        options["test_time_augmentation"] = FLIP_METADATA
+    if int8_calibration is not None:
+        proto = quantize(proto, int8_calibration)
+        options["precision"] = INT8_METADATA
     metadata = {
         "labels": json.dumps(list(EMOTIONS)),
         "input_size": str(FACE_SIZE),
@@ -52,6 +83,7 @@ def export(model: keras.Model, path: Path, extra_metadata: dict[str, str] | None
         "output_format": OUTPUT_FORMAT,
         "architecture": model.name,
         "parameters": str(model.count_params()),
+        **options,
         **(extra_metadata or {}),
     }
     del proto.metadata_props[:]
@@ -68,6 +100,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkpoint", type=Path, help="a .keras file written by emopipe-train")
     parser.add_argument("output", type=Path, help="where to write the .onnx model")
     parser.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE", help="extra metadata entry")
+    parser.add_argument(
+        "--flip-average", action="store_true", help="average each face's answer with its mirror image's, in the graph"
+    )
+    parser.add_argument("--int8", action="store_true", help="quantize to int8, calibrated on Training faces")
+    parser.add_argument(
+        "--calibration-data",
+        type=Path,
+        default=DEFAULT_DATA,
+        help="FER-2013 (image-folder root, .npz or Kaggle CSV) whose Training faces calibrate --int8",
+    )
+    parser.add_argument("--calibration-faces", type=int, default=512, help="how many Training faces calibrate --int8")
     args = parser.parse_args(argv)
     if not args.checkpoint.is_file():
         parser.error(f"{args.checkpoint}: checkpoint not found")
@@ -77,7 +120,12 @@ def main(argv: list[str] | None = None) -> int:
         if not sep or not key:
             parser.error(f"--meta {item!r}: expected KEY=VALUE")
         extra[key] = value
-    export(load_checkpoint(args.checkpoint), args.output, extra)
+    calibration = None
+    if args.int8:
+        if not args.calibration_data.exists():
+            parser.error(f"--calibration-data {args.calibration_data}: not found")
+        calibration = calibration_faces(args.calibration_data, args.calibration_faces)
+    export(load_checkpoint(args.checkpoint), args.output, extra, args.flip_average, calibration)
     print(f"wrote {args.output}")
     return 0
 

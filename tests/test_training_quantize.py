@@ -1,0 +1,117 @@
+"""training.quantize: int8 export of the shipped weights, checked against the float graph on real faces."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+keras = pytest.importorskip("keras")
+import onnxruntime as ort  # noqa: E402
+
+from emopipe.labels import EMOTIONS  # noqa: E402
+from training.data import DEFAULT_DATA, load_folder  # noqa: E402
+from training.evaluate import predict  # noqa: E402
+from training.export import export  # noqa: E402
+from training.export import main as export_main  # noqa: E402
+from training.models import build  # noqa: E402
+from training.quantize import METADATA_VALUE, calibration_faces  # noqa: E402
+
+SHIPPED_WEIGHTS = Path(__file__).resolve().parents[1] / "training" / "checkpoints" / "emonet-slim.weights.h5"
+
+if not (DEFAULT_DATA / "train").is_dir():
+    pytest.skip(f"FER-2013 not found at {DEFAULT_DATA}", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The shipped weights exported flip-averaged, as float32 and as int8 (64 calibration faces)."""
+    model = build("emonet-slim")
+    model.load_weights(SHIPPED_WEIGHTS)
+    folder = tmp_path_factory.mktemp("int8")
+    export(model, folder / "float.onnx", flip_average=True)
+    export(model, folder / "int8.onnx", flip_average=True, int8_calibration=calibration_faces(DEFAULT_DATA, 64))
+    return folder / "float.onnx", folder / "int8.onnx"
+
+
+@pytest.fixture(scope="module")
+def faces() -> tuple[np.ndarray, np.ndarray]:
+    """400 real PublicTest faces and their labels."""
+    images, labels = load_folder(DEFAULT_DATA / "test")
+    picked = np.random.default_rng(2).choice(len(labels), 400, replace=False)
+    return images[picked], labels[picked]
+
+
+def _session(path: Path, optimized: Path | None = None) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    if optimized is not None:
+        options.optimized_model_filepath = str(optimized)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def test_int8_model_answers_like_the_float_model_on_real_faces(exported: tuple[Path, Path], faces) -> None:
+    images, labels = faces
+    float_probs = predict(_session(exported[0]), images)
+    int8_probs = predict(_session(exported[1]), images)
+    assert int8_probs.shape == (400, 7)
+    np.testing.assert_allclose(int8_probs.sum(axis=1), 1.0, atol=1e-4)
+    assert (int8_probs.argmax(axis=1) == float_probs.argmax(axis=1)).mean() >= 0.95
+    assert np.abs(int8_probs - float_probs).mean() < 0.01
+    float_accuracy = (float_probs.argmax(axis=1) == labels).mean()
+    assert abs((int8_probs.argmax(axis=1) == labels).mean() - float_accuracy) <= 0.02
+    # Not the float graph under another name: quantization moves the numbers.
+    assert np.abs(int8_probs - float_probs).max() > 1e-4
+
+
+def test_int8_answers_do_not_depend_on_the_rest_of_the_batch(exported: tuple[Path, Path], faces) -> None:
+    session = _session(exported[1])
+    batch = faces[0][:32, ..., None].astype(np.float32)
+    whole = session.run(None, {"pixels": batch})[0]
+    one_by_one = np.concatenate([session.run(None, {"pixels": batch[i : i + 1]})[0] for i in range(32)])
+    np.testing.assert_allclose(one_by_one, whole, atol=1e-6)
+
+
+def test_int8_graph_runs_integer_convolutions_after_the_float_first_one(
+    exported: tuple[Path, Path], tmp_path: Path
+) -> None:
+    proto = onnx.load(str(exported[1]))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["precision"] == METADATA_VALUE and json.loads(meta["labels"]) == list(EMOTIONS)
+    weights = {t.name for t in proto.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    assert convs[0].input[1] in weights  # the first convolution keeps float32 weights
+    assert all(n.input[1] not in weights for n in convs[1:])  # the others read int8 through DequantizeLinear
+    assert [n.op_type for n in proto.graph.node if n.name.endswith("/guard")] == ["Relu"]
+    # onnxruntime fuses the QDQ pairs into integer kernels, and no pool reads a quantized
+    # tensor in NCHW layout (the slow path the guard Relu prevents).
+    _session(exported[1], tmp_path / "optimized.onnx")
+    optimized = onnx.load(str(tmp_path / "optimized.onnx")).graph.node
+    assert [n.op_type for n in optimized].count("QLinearConv") == len(convs) - 1
+    quantized = {n.output[0] for n in optimized if n.op_type == "QuantizeLinear"}
+    assert not [n.name for n in optimized if n.op_type == "MaxPool" and n.domain == "" and n.input[0] in quantized]
+
+
+def test_calibration_draws_training_faces_reproducibly(tmp_path: Path) -> None:
+    first, again = calibration_faces(DEFAULT_DATA, 20, seed=3), calibration_faces(DEFAULT_DATA, 20, seed=3)
+    assert first.shape == (20, 48, 48) and first.dtype == np.uint8
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, calibration_faces(DEFAULT_DATA, 20, seed=4))
+    tiny = tmp_path / "tiny"
+    (tiny / "train" / "happy").mkdir(parents=True)
+    cv2.imwrite(str(tiny / "train" / "happy" / "a.png"), np.zeros((48, 48), np.uint8))
+    with pytest.raises(ValueError, match=r"tiny/train has 1 faces, fewer than the 5"):
+        calibration_faces(tiny, 5)
+
+
+def test_export_command_rejects_missing_calibration_data(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "model.keras"
+    build("emonet-slim").save(checkpoint)
+    with pytest.raises(SystemExit):
+        export_main(
+            [str(checkpoint), str(tmp_path / "out.onnx"), "--int8", "--calibration-data", str(tmp_path / "nope")]
+        )
+    assert not (tmp_path / "out.onnx").exists()
