@@ -107,11 +107,14 @@ def test_calibration_draws_training_faces_reproducibly(tmp_path: Path) -> None:
         calibration_faces(tiny, 5)
 
 
-def test_export_command_rejects_missing_calibration_data(tmp_path: Path) -> None:
+def test_export_command_rejects_bad_calibration_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     checkpoint = tmp_path / "model.keras"
     build("emonet-slim").save(checkpoint)
+    out = str(tmp_path / "out.onnx")
     with pytest.raises(SystemExit):
-        export_main(
-            [str(checkpoint), str(tmp_path / "out.onnx"), "--int8", "--calibration-data", str(tmp_path / "nope")]
-        )
+        export_main([str(checkpoint), out, "--int8", "--calibration-data", str(tmp_path / "nope")])
+    with pytest.raises(SystemExit):
+        export_main([str(checkpoint), out, "--int8", "--calibration-faces", "0"])
     assert not (tmp_path / "out.onnx").exists()
+    err = capsys.readouterr().err
+    assert "nope: not found" in err and "--calibration-faces 0: need at least one face" in err

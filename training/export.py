@@ -122,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         extra[key] = value
     calibration = None
     if args.int8:
+        if args.calibration_faces < 1:
+            parser.error(f"--calibration-faces {args.calibration_faces}: need at least one face")
         if not args.calibration_data.exists():
             parser.error(f"--calibration-data {args.calibration_data}: not found")
         calibration = calibration_faces(args.calibration_data, args.calibration_faces)

@@ -33,9 +33,9 @@ from onnxruntime.quantization import (
     CalibrationMethod,
     QuantFormat,
     QuantType,
+    quant_pre_process,
     quantize_static,
 )
-from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from training.data import folder_files, load_splits, read_face
 

@@ -125,11 +125,12 @@ RECIPES["emonet-slim-kd"] = replace(
     teacher_weight=0.7,
 )
 
-# A short, low-peak distillation cycle on the CPU from the shipped weights (same teacher),
-# whose last snapshots are averaged again (stochastic weight averaging over a second cycle):
-#   emopipe-train --recipe emonet-slim-kd-polish --teacher runs/emonet-wide/best.keras \
-#       --init runs/emonet-slim-kd/averaged.keras --snapshots-from 8
-RECIPES["emonet-slim-kd-polish"] = replace(RECIPES["emonet-slim-kd"], epochs=12, learning_rate=3e-4, warmup_epochs=0)
+# A short, low-peak distillation cycle on the CPU from the shipped weights (the same teacher,
+# exported, run by onnxruntime), whose last snapshots are averaged again (stochastic weight
+# averaging over a second cycle):
+#   emopipe-train --recipe emonet-slim-kd-polish --teacher runs/emonet-wide/emonet-wide.onnx \
+#       --init runs/emonet-slim-kd/averaged.keras --snapshots-from 4
+RECIPES["emonet-slim-kd-polish"] = replace(RECIPES["emonet-slim-kd"], epochs=6, learning_rate=3e-4, warmup_epochs=0)
 
 
 def recipe(name: str, **overrides: Any) -> Recipe:
