@@ -12,10 +12,13 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
+# The shipped model's weights (its model card's --init for a further cycle).
+SHIPPED_WEIGHTS = REPO / "training" / "checkpoints" / "emonet-slim.weights.h5"
 
 
 def free_port() -> int:
@@ -118,3 +121,12 @@ def fetch(url: str, deadline: float) -> bytes:
 def green_pixels(image: np.ndarray) -> int:
     b, g, r = (image[..., i].astype(int) for i in range(3))
     return int(np.count_nonzero((g > 170) & (r < 90) & (b < 90)))
+
+
+def shipped_keras_model() -> Any:
+    """The shipped weights in a Keras ``emonet-slim`` (needs the training extra)."""
+    from training.models import build
+
+    model = build("emonet-slim")
+    model.load_weights(SHIPPED_WEIGHTS)
+    return model

@@ -13,16 +13,14 @@ keras = pytest.importorskip("keras")
 import onnxruntime as ort  # noqa: E402
 
 from emopipe.labels import EMOTIONS  # noqa: E402
+from helpers import shipped_keras_model  # noqa: E402
 from training.augment import Augmentation  # noqa: E402
 from training.data import DEFAULT_DATA, load_folder  # noqa: E402
 from training.distill import Teacher, soft_targets  # noqa: E402
 from training.evaluate import predict  # noqa: E402
 from training.export import export  # noqa: E402
-from training.models import build  # noqa: E402
 from training.recipes import recipe  # noqa: E402
 from training.train import FaceBatches, train  # noqa: E402
-
-SHIPPED_WEIGHTS = Path(__file__).resolve().parents[1] / "training" / "checkpoints" / "emonet-slim.weights.h5"
 
 if not (DEFAULT_DATA / "test").is_dir():
     pytest.skip(f"FER-2013 not found at {DEFAULT_DATA}", allow_module_level=True)
@@ -32,8 +30,7 @@ if not (DEFAULT_DATA / "test").is_dir():
 def teacher_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The committed weights exported as a plain float ONNX model: a teacher that answers a face
     and its mirror image differently (the shipped model averages the two inside its graph)."""
-    model = build("emonet-slim")
-    model.load_weights(SHIPPED_WEIGHTS)
+    model = shipped_keras_model()
     path = tmp_path_factory.mktemp("teacher") / "teacher.onnx"
     export(model, path)
     return path
@@ -90,8 +87,7 @@ def test_a_keras_teacher_answers_as_its_exported_model_does(teacher_path: Path, 
     """The committed weights as a Keras teacher (how a GPU machine runs one) against the ONNX
     file exported from them."""
     images, _ = faces
-    model = build("emonet-slim")
-    model.load_weights(SHIPPED_WEIGHTS)
+    model = shipped_keras_model()
     model.save(tmp_path / "teacher.keras")
     from_keras = Teacher(tmp_path / "teacher.keras").probabilities(images)
     np.testing.assert_allclose(from_keras, Teacher(teacher_path).probabilities(images), atol=1e-4)

@@ -11,12 +11,10 @@ onnx = pytest.importorskip("onnx")
 keras = pytest.importorskip("keras")
 import onnxruntime as ort  # noqa: E402
 
+from helpers import shipped_keras_model  # noqa: E402
 from training.data import DEFAULT_DATA, load_folder  # noqa: E402
 from training.export import export  # noqa: E402
 from training.flip import METADATA_VALUE, add_flip_average  # noqa: E402
-from training.models import build  # noqa: E402
-
-SHIPPED_WEIGHTS = Path(__file__).resolve().parents[1] / "training" / "checkpoints" / "emonet-slim.weights.h5"
 
 if not (DEFAULT_DATA / "test").is_dir():
     pytest.skip(f"FER-2013 not found at {DEFAULT_DATA}", allow_module_level=True)
@@ -24,8 +22,7 @@ if not (DEFAULT_DATA / "test").is_dir():
 
 @pytest.fixture(scope="module")
 def model() -> keras.Model:
-    model = build("emonet-slim")
-    model.load_weights(SHIPPED_WEIGHTS)
+    model = shipped_keras_model()
     return model
 
 

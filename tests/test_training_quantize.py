@@ -14,14 +14,13 @@ keras = pytest.importorskip("keras")
 import onnxruntime as ort  # noqa: E402
 
 from emopipe.labels import EMOTIONS  # noqa: E402
+from helpers import shipped_keras_model  # noqa: E402
 from training.data import DEFAULT_DATA, load_folder  # noqa: E402
 from training.evaluate import predict  # noqa: E402
 from training.export import export  # noqa: E402
 from training.export import main as export_main  # noqa: E402
 from training.models import build  # noqa: E402
 from training.quantize import METADATA_VALUE, calibration_faces  # noqa: E402
-
-SHIPPED_WEIGHTS = Path(__file__).resolve().parents[1] / "training" / "checkpoints" / "emonet-slim.weights.h5"
 
 if not (DEFAULT_DATA / "train").is_dir():
     pytest.skip(f"FER-2013 not found at {DEFAULT_DATA}", allow_module_level=True)
@@ -30,8 +29,7 @@ if not (DEFAULT_DATA / "train").is_dir():
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The shipped weights exported flip-averaged, as float32 and as int8 (64 calibration faces)."""
-    model = build("emonet-slim")
-    model.load_weights(SHIPPED_WEIGHTS)
+    model = shipped_keras_model()
     folder = tmp_path_factory.mktemp("int8")
     export(model, folder / "float.onnx", flip_average=True)
     export(model, folder / "int8.onnx", flip_average=True, int8_calibration=calibration_faces(DEFAULT_DATA, 64))
