@@ -25,8 +25,9 @@ def paper(dropout: float = 0.3, dense_dropout: float = 0.4, batch_norm: bool = F
     """The paper's network: 4 conv layers 32-64-128-256, each with max-pooling and dropout,
     dense 512 and 256 with dropout, softmax over 7 (about 34 M multiply-adds a face).
 
-    ``batch_norm`` puts batch normalisation between every conv or dense layer and its ReLU,
-    the one change the ``paper-bn`` recipe makes to the paper's."""
+    ``dropout`` follows each conv block and ``dense_dropout`` each dense layer; ``batch_norm``
+    puts batch normalisation between every conv or dense layer and its ReLU, the one change
+    the ``paper-bn`` recipe makes to the paper's."""
     raw, x = _inputs()
     plain = None if batch_norm else "relu"  # with batch norm, the ReLU comes after it
     for filters in (32, 64, 128, 256):

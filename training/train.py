@@ -270,8 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--teacher",
         type=Path,
-        help="exported .onnx model whose flip-averaged predictions make part of the targets "
-        "(recipes with teacher_weight > 0; also on resume)",
+        help="exported .onnx model or .keras checkpoint (a float16 copy from training.half too) whose "
+        "flip-averaged predictions make part of the targets (recipes with teacher_weight > 0; also on resume)",
     )
     args = parser.parse_args(argv)
     if args.teacher is not None and not args.teacher.is_file():
