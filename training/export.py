@@ -37,8 +37,8 @@ from training.flip import METADATA_VALUE as FLIP_METADATA
 from training.flip import add_flip_average
 from training.fold import fold_scales
 from training.models import load_checkpoint
+from training.quantize import CALIBRATION_FACES, calibration_faces, quantize
 from training.quantize import METADATA_VALUE as INT8_METADATA
-from training.quantize import calibration_faces, quantize
 
 INPUT_FORMAT = "float32 [N,48,48,1], raw grey pixel values 0..255 (normalised inside the graph)"
 OUTPUT_FORMAT = "float32 [N,7], softmax probabilities in the order of 'labels'"
@@ -111,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_DATA,
         help="FER-2013 (image-folder root, .npz or Kaggle CSV) whose Training faces calibrate --int8",
     )
-    parser.add_argument("--calibration-faces", type=int, default=512, help="how many Training faces calibrate --int8")
+    parser.add_argument(
+        "--calibration-faces", type=int, default=CALIBRATION_FACES, help="how many Training faces calibrate --int8"
+    )
     args = parser.parse_args(argv)
     if not args.checkpoint.is_file():
         parser.error(f"{args.checkpoint}: checkpoint not found")

@@ -40,9 +40,11 @@ from onnxruntime.quantization import (
 from training.data import folder_files, load_splits, read_face
 
 METADATA_VALUE = "int8 (static, per-channel weights, uint8 activations; first convolution float32)"
+# How many Training faces calibrate the shipped model (emopipe-export --calibration-faces).
+CALIBRATION_FACES = 512
 
 
-def calibration_faces(source: Path, count: int = 512, seed: int = 0) -> np.ndarray:
+def calibration_faces(source: Path, count: int = CALIBRATION_FACES, seed: int = 0) -> np.ndarray:
     """``count`` Training faces, uint8 ``[count,48,48]``, drawn at random with ``seed``."""
     source = Path(source)
     rng = np.random.default_rng(seed)
