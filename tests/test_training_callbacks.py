@@ -76,17 +76,19 @@ def _history(folder: Path, values: list[float]) -> None:
 
 
 def test_a_run_its_history_has_already_stopped_is_not_trained_further(tmp_path: Path) -> None:
-    r = recipe("paper")  # patience: plateau 5, early stopping 12
-    _history(tmp_path / "stalled", [0.5] + [0.49] * 12)
-    _, stopped = _callbacks(r, tmp_path / "stalled", _model(5e-4))
+    r = recipe("paper")
+    patience = r.early_stopping_patience
+    assert patience > r.plateau_patience
+    _history(tmp_path / "stalled", [0.5] + [0.49] * patience)
+    _, stopped = _callbacks(r, tmp_path / "stalled", _model(1e-5))
     assert stopped
-    _history(tmp_path / "going", [0.5] + [0.49] * 11)
-    callbacks, stopped = _callbacks(r, tmp_path / "going", _model(5e-4))
+    _history(tmp_path / "going", [0.5] + [0.49] * (patience - 1))
+    callbacks, stopped = _callbacks(r, tmp_path / "going", _model(1e-5))
     assert not stopped
     early = next(c for c in callbacks if isinstance(c, ResumableEarlyStopping))
     early.set_model(_model())
     early.on_train_begin()
-    assert (early.wait, early.best) == (11, 0.5)
+    assert (early.wait, early.best) == (patience - 1, 0.5)
 
 
 def test_stop_before_ends_after_the_last_epoch_that_fits_the_time_limit(monkeypatch: pytest.MonkeyPatch) -> None:
