@@ -28,19 +28,19 @@ def faces() -> np.ndarray:
     return images[np.random.default_rng(0).choice(len(images), 128, replace=False)]
 
 
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "training.half", *args], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+
+
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The shipped weights as a float32 ``.keras`` file and the CLI's float16 copy of it."""
     folder = tmp_path_factory.mktemp("half")
     full, copy16 = folder / "slim.keras", folder / "slim-fp16.keras"
     shipped_keras_model().save(full)
-    done = subprocess.run(
-        [sys.executable, "-m", "training.half", str(full), str(copy16)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = _cli(str(full), str(copy16))
     assert done.returncode == 0, done.stderr
     assert f"wrote {copy16}" in done.stdout
     return full, copy16
@@ -69,12 +69,6 @@ def test_half_file_is_about_half_and_loads_as_a_teacher(saved: tuple[Path, Path]
     assert got.dtype == np.float32 and got.shape == (len(faces), 7)
     np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=2e-3)
     assert np.abs(got - expected).max() < 5e-3
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "training.half", *args], cwd=REPO, capture_output=True, text=True, timeout=300
-    )
 
 
 def test_cli_names_a_missing_checkpoint(tmp_path: Path) -> None:
