@@ -79,6 +79,13 @@ RECIPES["paper-bn"] = replace(RECIPES["paper"], architecture="paper-bn")
 # 100 epochs are about 15 minutes on a CUDA GPU, 4-8 hours on a 2-core CPU.
 RECIPES["paper-light"] = replace(RECIPES["paper"], architecture="paper-light")
 RECIPES["paper-bn-light"] = replace(RECIPES["paper"], architecture="paper-bn-light")
+# A second stage for the CPU: paper-bn's weights go on training with the dropout lowered to
+# 0.25 (paper-bn-light) at the learning rate paper-bn had reached (2.5e-4), a fixed 24 epochs
+# (no early stopping), the last five kept and averaged with training.average:
+#   emopipe-train --recipe paper-bn-light-tune --init runs/paper-bn/best.keras --snapshots-from 20
+RECIPES["paper-bn-light-tune"] = replace(
+    RECIPES["paper-bn-light"], epochs=24, learning_rate=2.5e-4, early_stopping_patience=0, plateau_patience=3
+)
 
 # A second, gentler cosine cycle (a warm restart) from the weights of an emonet run:
 #   emopipe-train --recipe emonet-refine --init runs/emonet/best.keras
