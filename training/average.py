@@ -4,7 +4,7 @@
 
 The checkpoints must share an architecture (epochs near the end of one run, where the
 weights lie in one basin). Batch-norm statistics of averaged weights are not the average of
-the statistics, so they are measured again (``--recalibrate``, on by default): the averaged
+the statistics, so they are measured again (unless ``--no-recalibrate``): the averaged
 model runs over FER-2013 Training in training mode, without augmentation, and each batch-norm
 layer's moving mean and variance become the mean of its per-batch statistics.
 
