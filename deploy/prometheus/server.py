@@ -219,12 +219,12 @@ def launch(stage_ports: Mapping[str, int], listen: str = DEFAULT_LISTEN) -> Prom
     Returns None, after printing why, when there is no binary, no stage serves
     metrics, or Prometheus does not come up; the pipeline runs anyway.
     """
+    if not any(stage_ports.values()):  # nothing to scrape: whether the binary exists does not matter
+        print("prometheus: not started: every stage has metrics_port = 0", flush=True)
+        return None
     if find_binary() is None:
         print(f"prometheus: not started: {INSTALL_HINT}", flush=True)
         print("  (or run both in containers: docker compose -f deploy/compose.yml up prometheus grafana)", flush=True)
-        return None
-    if not any(stage_ports.values()):
-        print("prometheus: not started: every stage has metrics_port = 0", flush=True)
         return None
     prometheus = start_for_pipeline(stage_ports, listen)
     try:
