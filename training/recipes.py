@@ -76,7 +76,8 @@ RECIPES: dict[str, Recipe] = {
 RECIPES["paper-bn"] = replace(RECIPES["paper"], architecture="paper-bn")
 # The paper's recipe on the paper's network with dropout at the low end of its 0.25-0.4 (both
 # runs above stopped underfitting: train accuracy 58% and 63% against the paper's 78.9%);
-# 100 epochs are about 15 minutes on a CUDA GPU, 4-8 hours on a 2-core CPU.
+# 100 epochs: 80 minutes on a 2-core CPU with AVX-512 (paper-light: 63.25%, see the model
+# card), about 4 hours on the slower hosts of earlier sessions (132-145 s an epoch).
 RECIPES["paper-light"] = replace(RECIPES["paper"], architecture="paper-light")
 RECIPES["paper-bn-light"] = replace(RECIPES["paper"], architecture="paper-bn-light")
 # A second stage for the CPU: paper-bn's weights go on training with the dropout lowered to
