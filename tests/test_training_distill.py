@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -16,11 +17,11 @@ from emopipe.labels import EMOTIONS  # noqa: E402
 from helpers import shipped_keras_model  # noqa: E402
 from training.augment import Augmentation  # noqa: E402
 from training.data import DEFAULT_DATA, load_folder  # noqa: E402
-from training.distill import Teacher, soft_targets  # noqa: E402
+from training.distill import Teacher, Teachers, soft_targets  # noqa: E402
 from training.evaluate import predict  # noqa: E402
 from training.export import export  # noqa: E402
 from training.recipes import recipe  # noqa: E402
-from training.train import FaceBatches, train  # noqa: E402
+from training.train import FaceBatches, main, train  # noqa: E402
 
 if not (DEFAULT_DATA / "test").is_dir():
     pytest.skip(f"FER-2013 not found at {DEFAULT_DATA}", allow_module_level=True)
@@ -94,6 +95,28 @@ def test_a_keras_teacher_answers_as_its_exported_model_does(teacher_path: Path, 
     assert from_keras.shape == (len(images), 7) and from_keras.dtype == np.float32
 
 
+def test_several_teachers_teach_the_mean_of_their_answers(teacher_path: Path, faces, tmp_path: Path) -> None:
+    """Two different real teachers: the committed weights, and the same network with its last
+    dense layer's bias shifted towards happy (a teacher that disagrees with the first)."""
+    images, _ = faces
+    model = shipped_keras_model()
+    last = model.layers[-1]
+    kernel, bias = last.get_weights()
+    last.set_weights([kernel, bias + np.eye(7, dtype=np.float32)[3] * 2.0])
+    other = tmp_path / "happier.onnx"
+    export(model, other)
+    first, second = Teacher(teacher_path).probabilities(images), Teacher(other).probabilities(images)
+    assert np.abs(first - second).max() > 0.1
+    both = Teachers([teacher_path, other]).probabilities(images)
+    np.testing.assert_allclose(both, (first + second) / 2, atol=1e-6)
+    assert both.shape == (len(images), 7) and both.dtype == np.float32
+    np.testing.assert_allclose(Teachers([teacher_path]).probabilities(images), first, atol=1e-7)
+    with pytest.raises(ValueError, match="no teacher models"):
+        Teachers([])
+    with pytest.raises(FileNotFoundError, match="absent.keras"):
+        Teachers([teacher_path, tmp_path / "absent.keras"])
+
+
 def test_a_keras_teacher_must_answer_seven_classes(tmp_path: Path) -> None:
     inputs = keras.Input((48, 48, 1))
     keras.Model(inputs, keras.layers.Dense(5)(keras.layers.Flatten()(inputs))).save(tmp_path / "five.keras")
@@ -117,4 +140,23 @@ def test_teacher_and_recipe_must_agree(teacher_path: Path, tmp_path: Path) -> No
     with pytest.raises(SystemExit, match="needs a teacher model"):
         train(recipe("emonet-slim-distill"), DEFAULT_DATA, tmp_path / "a", tmp_path / "cache")
     with pytest.raises(SystemExit, match="teacher_weight is 0"):
-        train(recipe("emonet"), DEFAULT_DATA, tmp_path / "b", tmp_path / "cache", teacher=teacher_path)
+        train(recipe("emonet"), DEFAULT_DATA, tmp_path / "b", tmp_path / "cache", teachers=[teacher_path])
+
+
+def test_the_command_takes_several_teachers_and_a_seed(
+    teacher_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One real epoch of emonet-slim-distill on 64 faces, taught by two teachers, seeded 7."""
+    second = tmp_path / "second.keras"
+    shipped_keras_model().save(second)
+    common = ["--data", str(DEFAULT_DATA), "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "run")]
+    common += ["--recipe", "emonet-slim-distill", "--epochs", "1", "--batch-size", "32", "--limit", "64"]
+    assert main([*common, "--teacher", str(teacher_path), "--teacher", str(second), "--seed", "7"]) == 0
+    assert json.loads((tmp_path / "run" / "recipe.json").read_text())["seed"] == 7
+    with (tmp_path / "run" / "history.csv").open() as handle:
+        assert [row["epoch"] for row in csv.DictReader(handle)] == ["0"]
+    with pytest.raises(SystemExit, match="different recipe"):  # resuming under another seed
+        main([*common, "--teacher", str(teacher_path), "--seed", "8"])
+    with pytest.raises(SystemExit):
+        main([*common, "--teacher", str(teacher_path), "--teacher", str(tmp_path / "gone.onnx")])
+    assert "gone.onnx: model not found" in capsys.readouterr().err

@@ -10,10 +10,15 @@ at the cost of one forward pass, not two:
 
     emopipe-train --recipe emonet-slim-distill --teacher runs/emonet-teacher.onnx \\
         --init runs/emonet-slim/averaged.keras --out runs/emonet-slim-distill
+
+Given several teachers (``--teacher`` repeated), the student learns the mean of their
+flip-averaged probabilities: an ensemble of independently trained networks answers better than
+any one of them, and teaches better.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import keras
@@ -49,6 +54,20 @@ class Teacher:
         and its mirror image."""
         both = self._predict(np.concatenate([images, images[:, :, ::-1]]))
         return (both[: len(images)] + both[len(images) :]) / 2
+
+
+class Teachers:
+    """Several teachers as one: the mean of their flip-averaged probabilities."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        if not paths:
+            raise ValueError("no teacher models given")
+        self.members = [Teacher(path) for path in paths]
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """``[N,7]``: each member's :meth:`Teacher.probabilities`, averaged."""
+        stacked = np.stack([member.probabilities(images) for member in self.members])
+        return stacked.mean(axis=0, dtype=np.float32)
 
 
 def _keras_predict(model: keras.Model, images: np.ndarray) -> np.ndarray:

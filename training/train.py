@@ -17,6 +17,7 @@ import csv
 import logging
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import keras
@@ -33,7 +34,7 @@ from training.callbacks import (
     StopBefore,
 )
 from training.data import DEFAULT_CACHE, DEFAULT_DATA, Split, cached_splits
-from training.distill import Teacher, soft_targets
+from training.distill import Teacher, Teachers, soft_targets
 from training.models import build, load_checkpoint
 from training.recipes import RECIPES, Recipe, recipe
 
@@ -52,7 +53,7 @@ class FaceBatches(keras.utils.PyDataset):
         aug: Augmentation,
         seed: int,
         first_epoch: int = 0,
-        teacher: Teacher | None = None,
+        teacher: Teacher | Teachers | None = None,
         teacher_weight: float = 0.0,
     ) -> None:
         super().__init__()
@@ -182,14 +183,14 @@ def train(
     stop_after: int = 0,
     init: Path | None = None,
     snapshots_from: int = 0,
-    teacher: Path | None = None,
+    teachers: Sequence[Path] = (),
     time_limit: float = 0.0,
 ) -> keras.Model:
-    if (teacher is None) != (r.teacher_weight == 0):
+    if (not teachers) != (r.teacher_weight == 0):
         raise SystemExit(
             f"recipe with teacher_weight {r.teacher_weight} needs a teacher model (--teacher)"
-            if teacher is None
-            else f"--teacher {teacher} given, but the recipe's teacher_weight is 0"
+            if not teachers
+            else f"--teacher {', '.join(map(str, teachers))} given, but the recipe's teacher_weight is 0"
         )
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "recipe.json"
@@ -224,7 +225,7 @@ def train(
         r.augmentation,
         r.seed,
         initial_epoch,
-        Teacher(teacher) if teacher is not None else None,
+        Teachers(teachers) if teachers else None,
         r.teacher_weight,
     )
     val = (val_split[0][..., None].astype("float32"), keras.utils.to_categorical(val_split[1], NUM_CLASSES))
@@ -270,16 +271,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--teacher",
         type=Path,
+        action="append",
+        default=[],
         help="exported .onnx model or .keras checkpoint (a float16 copy from training.half too) whose "
-        "flip-averaged predictions make part of the targets (recipes with teacher_weight > 0; also on resume)",
+        "flip-averaged predictions make part of the targets (recipes with teacher_weight > 0; also on "
+        "resume); repeat it to be taught by the mean of several teachers",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        help="override the recipe's seed (initial weights, batch order, augmentation): a second, "
+        "independent run of the same recipe, in its own --out",
     )
     args = parser.parse_args(argv)
-    if args.teacher is not None and not args.teacher.is_file():
-        parser.error(f"--teacher {args.teacher}: model not found")
+    for teacher in args.teacher:
+        if not teacher.is_file():
+            parser.error(f"--teacher {teacher}: model not found")
     if args.init is not None and not args.init.is_file():
         parser.error(f"--init {args.init}: checkpoint not found")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    r = recipe(args.recipe, epochs=args.epochs, batch_size=args.batch_size)
+    r = recipe(args.recipe, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed)
     out = args.out or REPO / "runs" / args.recipe
     train(
         r,
