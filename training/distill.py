@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import keras
 import numpy as np
@@ -28,6 +29,12 @@ import onnxruntime as ort
 from emopipe.labels import EMOTIONS, NUM_CLASSES
 from training.evaluate import model_labels, predict
 from training.models import load_checkpoint
+
+
+class SoftTargets(Protocol):
+    """What teaches: flip-averaged ``[N,7]`` probabilities for raw ``[N,48,48]`` faces."""
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray: ...
 
 
 class Teacher:

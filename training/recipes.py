@@ -44,6 +44,15 @@ class Recipe:
     def load(cls, path: Path) -> Recipe:
         return cls.from_json(path.read_text())
 
+    def claim(self, out: Path) -> None:
+        """Make ``out`` this recipe's run folder (``recipe.json``); a folder that holds a run of
+        another recipe is refused, so a resume never mixes two."""
+        out.mkdir(parents=True, exist_ok=True)
+        saved = out / "recipe.json"
+        if saved.is_file() and Recipe.load(saved) != self:
+            raise SystemExit(f"{out} holds a run with a different recipe ({saved}); choose another --out")
+        saved.write_text(self.to_json())
+
 
 RECIPES: dict[str, Recipe] = {
     # The paper: Adam 1e-3, batch 128, up to 100 epochs, early stopping, reduce-LR-on-plateau,

@@ -34,13 +34,14 @@ from training.callbacks import (
     StopBefore,
 )
 from training.data import DEFAULT_CACHE, DEFAULT_DATA, Split, cached_splits
-from training.distill import Teacher, Teachers, soft_targets
+from training.distill import SoftTargets, Teachers, soft_targets
 from training.models import build, load_checkpoint
 from training.recipes import RECIPES, Recipe, recipe
 
 log = logging.getLogger("emopipe.train")
 
 REPO = Path(__file__).resolve().parents[1]
+TORCH_CHECKPOINT = "last.pt"  # training.torch_train's resumable state, in place of last.keras
 
 
 class FaceBatches(keras.utils.PyDataset):
@@ -53,7 +54,7 @@ class FaceBatches(keras.utils.PyDataset):
         aug: Augmentation,
         seed: int,
         first_epoch: int = 0,
-        teacher: Teacher | Teachers | None = None,
+        teacher: SoftTargets | None = None,
         teacher_weight: float = 0.0,
     ) -> None:
         super().__init__()
@@ -88,16 +89,20 @@ def _optimizer(r: Recipe, steps_per_epoch: int) -> keras.optimizers.Optimizer:
     if r.optimizer == "adam":
         return keras.optimizers.Adam(r.learning_rate)
     if r.optimizer == "adamw":
-        total = r.epochs * steps_per_epoch
-        warmup = min(r.warmup_epochs * steps_per_epoch, total // 2)
-        schedule = keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=r.learning_rate / 100,
-            decay_steps=total - warmup,
-            warmup_target=r.learning_rate,
-            warmup_steps=warmup,
-        )
-        return keras.optimizers.AdamW(schedule, weight_decay=r.weight_decay)
+        return keras.optimizers.AdamW(cosine_schedule(r, steps_per_epoch), weight_decay=r.weight_decay)
     raise ValueError(f"unknown optimizer {r.optimizer!r} in recipe")
+
+
+def cosine_schedule(r: Recipe, steps_per_epoch: int) -> keras.optimizers.schedules.CosineDecay:
+    """The ``adamw`` recipes' learning rate: warm-up from 1/100 of the peak, then cosine to 0."""
+    total = r.epochs * steps_per_epoch
+    warmup = min(r.warmup_epochs * steps_per_epoch, total // 2)
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=r.learning_rate / 100,
+        decay_steps=total - warmup,
+        warmup_target=r.learning_rate,
+        warmup_steps=warmup,
+    )
 
 
 def _history(out: Path) -> list[dict[str, str]]:
@@ -108,7 +113,7 @@ def _history(out: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def _subset(split: Split, limit: int, seed: int) -> Split:
+def subset(split: Split, limit: int, seed: int) -> Split:
     if limit <= 0 or limit >= len(split[1]):
         return split
     picked = np.random.default_rng(seed).choice(len(split[1]), limit, replace=False)
@@ -174,6 +179,16 @@ def _callbacks(r: Recipe, out: Path, model: keras.Model) -> tuple[list[keras.cal
     return callbacks, stopped
 
 
+def check_teachers(r: Recipe, teachers: Sequence[Path]) -> None:
+    """A recipe with a teacher weight needs teachers, and one without refuses them."""
+    if (not teachers) != (r.teacher_weight == 0):
+        raise SystemExit(
+            f"recipe with teacher_weight {r.teacher_weight} needs a teacher model (--teacher)"
+            if not teachers
+            else f"--teacher {', '.join(map(str, teachers))} given, but the recipe's teacher_weight is 0"
+        )
+
+
 def train(
     r: Recipe,
     data: Path,
@@ -186,20 +201,13 @@ def train(
     teachers: Sequence[Path] = (),
     time_limit: float = 0.0,
 ) -> keras.Model:
-    if (not teachers) != (r.teacher_weight == 0):
-        raise SystemExit(
-            f"recipe with teacher_weight {r.teacher_weight} needs a teacher model (--teacher)"
-            if not teachers
-            else f"--teacher {', '.join(map(str, teachers))} given, but the recipe's teacher_weight is 0"
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    saved = out / "recipe.json"
-    if saved.is_file() and Recipe.load(saved) != r:
-        raise SystemExit(f"{out} holds a run with a different recipe ({saved}); choose another --out")
-    saved.write_text(r.to_json())
+    check_teachers(r, teachers)
+    if (out / TORCH_CHECKPOINT).is_file():
+        raise SystemExit(f"{out} holds a training.torch_train run ({TORCH_CHECKPOINT}); resume it with that command")
+    r.claim(out)
     keras.utils.set_random_seed(r.seed)
     train_split, val_split = cached_splits(data, cache)
-    train_split, val_split = _subset(train_split, limit, r.seed), _subset(val_split, limit, r.seed)
+    train_split, val_split = subset(train_split, limit, r.seed), subset(val_split, limit, r.seed)
     model, initial_epoch = _model(r, out, math.ceil(len(train_split[1]) / r.batch_size), init)
     if initial_epoch >= r.epochs:
         log.info("%s already finished %d epochs", out, initial_epoch)
@@ -237,8 +245,9 @@ def train(
     return model
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def run_arguments(doc: str | None) -> argparse.ArgumentParser:
+    """The options of a training run, shared by ``emopipe-train`` and ``training.torch_train``."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="emonet")
     parser.add_argument(
         "--data", type=Path, default=DEFAULT_DATA, help="image-folder root (train/, test/) or Kaggle fer2013.csv"
@@ -283,6 +292,11 @@ def main(argv: list[str] | None = None) -> int:
         help="override the recipe's seed (initial weights, batch order, augmentation): a second, "
         "independent run of the same recipe, in its own --out",
     )
+    return parser
+
+
+def parse_run_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parsed options, with the files they name checked; logging set up."""
     args = parser.parse_args(argv)
     for teacher in args.teacher:
         if not teacher.is_file():
@@ -290,6 +304,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.init is not None and not args.init.is_file():
         parser.error(f"--init {args.init}: checkpoint not found")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_run_arguments(run_arguments(__doc__), argv)
     r = recipe(args.recipe, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed)
     out = args.out or REPO / "runs" / args.recipe
     train(
