@@ -200,3 +200,20 @@ def test_the_command_refuses_recipes_and_folders_it_cannot_run(cache: Path, tmp_
     (tmp_path / "keras-run" / "last.keras").write_bytes(b"")
     with pytest.raises(SystemExit, match="holds an emopipe-train run"):
         main([*common, "--recipe", "emonet-slim-long", "--out", str(tmp_path / "keras-run")])
+
+
+def test_the_step_benchmark_times_all_four_ways(capsys: pytest.CaptureFixture[str]) -> None:
+    from training.step_speed import main as step_speed
+
+    assert step_speed(["--architecture", "emonet-slim", "--batch-size", "8", "--repeats", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("emonet-slim, batch 8, on ")
+    timed = [line for line in lines[1:] if ": median " in line]
+    assert [line.split(":")[0] for line in timed] == [
+        f"Keras ({keras.backend.backend()}), float32",
+        f"Keras ({keras.backend.backend()}), mixed_bfloat16",
+        "training.torch_train, float32",
+        "training.torch_train, bfloat16 autocast",
+    ]
+    seconds = [float(line.split("median ")[1].split(" s")[0]) for line in timed]
+    assert all(value > 0 for value in seconds) and "1.00x the fastest" in " ".join(timed)

@@ -55,6 +55,7 @@ from training.train import (
     check_teachers,
     parse_run_arguments,
     run_arguments,
+    run_options,
     subset,
 )
 
@@ -123,7 +124,7 @@ class Ensemble:
         return np.stack([m.probabilities(images) for m in self.members]).mean(axis=0, dtype=np.float32)
 
 
-def _loss(logits: torch.Tensor, targets: torch.Tensor, smoothing: float) -> torch.Tensor:
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, smoothing: float) -> torch.Tensor:
     """Categorical cross-entropy against (soft) targets, label smoothing as Keras applies it."""
     targets = targets * (1 - smoothing) + smoothing / NUM_CLASSES
     return -(targets * functional.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
@@ -142,7 +143,7 @@ def _validate(
         with precision.autocast():
             logits = net(x)
         onehot = functional.one_hot(y, NUM_CLASSES).float()
-        losses.append(float(_loss(logits, onehot, smoothing)) * len(y))
+        losses.append(float(soft_cross_entropy(logits, onehot, smoothing)) * len(y))
         correct += int((logits.argmax(1) == y).sum())
     return sum(losses) / len(labels), correct / len(labels)
 
@@ -243,7 +244,7 @@ def train(
             x, t = precision.tensor(images), precision.tensor(targets)
             with precision.autocast():
                 logits = net(x)
-            loss = _loss(logits, t, r.label_smoothing)
+            loss = soft_cross_entropy(logits, t, r.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -303,19 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_run_arguments(parser, argv)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     r = recipe(args.recipe, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed)
-    train(
-        r,
-        args.data,
-        args.out or REPO / "runs" / args.recipe,
-        args.cache,
-        Precision(device, args.precision),
-        args.limit,
-        args.stop_after,
-        args.init,
-        args.snapshots_from,
-        args.teacher,
-        args.time_limit,
-    )
+    out = args.out or REPO / "runs" / args.recipe
+    train(r, args.data, out, args.cache, Precision(device, args.precision), **run_options(args))
     return 0
 
 

@@ -19,6 +19,7 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -307,22 +308,23 @@ def parse_run_arguments(parser: argparse.ArgumentParser, argv: list[str] | None)
     return args
 
 
+def run_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of ``train`` that the parsed options give."""
+    return {
+        "limit": args.limit,
+        "stop_after": args.stop_after,
+        "init": args.init,
+        "snapshots_from": args.snapshots_from,
+        "teachers": args.teacher,
+        "time_limit": args.time_limit,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_run_arguments(run_arguments(__doc__), argv)
     r = recipe(args.recipe, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed)
     out = args.out or REPO / "runs" / args.recipe
-    train(
-        r,
-        args.data,
-        out,
-        args.cache,
-        args.limit,
-        args.stop_after,
-        args.init,
-        args.snapshots_from,
-        args.teacher,
-        args.time_limit,
-    )
+    train(r, args.data, out, args.cache, **run_options(args))
     return 0
 
 
