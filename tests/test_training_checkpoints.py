@@ -4,6 +4,9 @@ tests/data/make_torch_checkpoint.py with KERAS_BACKEND=torch."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -48,5 +51,16 @@ def test_a_torch_checkpoint_resumes_training_under_this_backend(tmp_path: Path) 
 
 
 def test_plain_load_model_fails_on_it_which_is_why_load_checkpoint_exists() -> None:
-    with pytest.raises(TypeError, match="AdamW"):
-        keras.models.load_model(CHECKPOINT)
+    """On a machine with TensorFlow and no PyTorch (this test's .venv has PyTorch too, for
+    training.torch_train, so a child process is kept from importing it)."""
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import keras\n"
+        "from training.models import load_checkpoint\n"
+        f"assert load_checkpoint({str(CHECKPOINT)!r}).optimizer.__class__.__name__ == 'AdamW'\n"
+        f"keras.models.load_model({str(CHECKPOINT)!r})\n"
+    )
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "TypeError" in result.stderr and "AdamW" in result.stderr
