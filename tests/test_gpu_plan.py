@@ -28,11 +28,11 @@ pytestmark = pytest.mark.slow
 
 SCRIPT = REPO / "training" / "gpu_plan.sh"
 OUTPUTS = {
-    "emonet-wide-fp16.keras",
     "emonet-wide-2-fp16.keras",
+    "emonet-wide-3-fp16.keras",
     "student-averaged.keras",
-    "emonet-wide-history.csv",
     "emonet-wide-2-history.csv",
+    "emonet-wide-3-history.csv",
     "student-history.csv",
 }
 
@@ -84,8 +84,8 @@ def test_plan_stops_resumes_and_finishes(tmp_path: Path, packed: Path) -> None:
 
     short = advance(tmp_path, packed, 60)  # under the two minutes a training step needs
     assert short.returncode == 0, short.stderr
-    assert "plan: too little time left for emonet-wide; call again" in short.stdout
-    assert not (runs / "emonet-wide").exists()
+    assert "plan: too little time left for emonet-wide-2; call again" in short.stdout
+    assert not (runs / "emonet-wide-2").exists()
 
     full = advance(tmp_path, packed, 1200)
     assert full.returncode == 0, full.stderr[-3000:]
@@ -93,12 +93,13 @@ def test_plan_stops_resumes_and_finishes(tmp_path: Path, packed: Path) -> None:
     assert {p.name for p in (tmp_path / "out").iterdir()} == OUTPUTS
     # Each re-measured model reports its accuracy: two teachers, then the averaged student.
     assert full.stdout.count(": PublicTest accuracy ") == 3
-    assert [len(history(runs / n)) for n in ("emonet-wide", "emonet-wide-2", "student")] == [1, 1, 2]
-    seeds = [json.loads((runs / n / "recipe.json").read_text())["seed"] for n in ("emonet-wide", "emonet-wide-2")]
-    assert seeds == [1, 2]
+    assert [len(history(runs / n)) for n in ("emonet-wide-2", "emonet-wide-3", "student")] == [1, 1, 2]
+    seeds = [json.loads((runs / n / "recipe.json").read_text())["seed"] for n in ("emonet-wide-2", "emonet-wide-3")]
+    assert seeds == [2, 3]
+    assert all((runs / n / "last.pt").is_file() for n in ("emonet-wide-2", "emonet-wide-3", "student"))
     assert sorted(p.name for p in (runs / "student" / "epochs").iterdir()) == ["epoch-01.keras", "epoch-02.keras"]
 
-    teacher = load_checkpoint(tmp_path / "out" / "emonet-wide-2-fp16.keras")
+    teacher = load_checkpoint(tmp_path / "out" / "emonet-wide-3-fp16.keras")
     assert teacher.name == "emonet-wide"
     assert {str(w.dtype) for w in teacher.weights} == {"float16"}
     student = load_checkpoint(tmp_path / "out" / "student-averaged.keras")
@@ -110,4 +111,4 @@ def test_plan_stops_resumes_and_finishes(tmp_path: Path, packed: Path) -> None:
     again = advance(tmp_path, packed, 1200)  # a finished plan trains nothing more
     assert again.returncode == 0, again.stderr[-3000:]
     assert "plan: done" in again.stdout and "PublicTest accuracy" not in again.stdout
-    assert [len(history(runs / n)) for n in ("emonet-wide", "emonet-wide-2", "student")] == [1, 1, 2]
+    assert [len(history(runs / n)) for n in ("emonet-wide-2", "emonet-wide-3", "student")] == [1, 1, 2]

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# The model card's GPU plan as one script that picks up where it stopped: two emonet-wide
-# teachers trained side by side, each with its batch norm re-measured, then emonet-slim-kd,
-# taught by both and started from the shipped weights. Its last five epochs are averaged.
+# The model card's GPU plan as one script that picks up where it stopped: two more emonet-wide
+# teachers (seeds 2 and 3) trained side by side, each with its batch norm re-measured, then
+# emonet-slim-kd, taught by them and by the committed teacher (training/checkpoints/
+# emonet-wide-fp16.keras) and started from the shipped weights. Its last five epochs are
+# averaged. Every run is training.torch_train (plain PyTorch, bfloat16 autocast on the GPU).
 #
 #   bash training/gpu_plan.sh prepare   # here: pack the data into .gpu/ and fetch Keras into .whl/
 #   bash training/gpu_plan.sh advance   # there: the device call's whole command, carrying .gpu and .whl
 #
 # Each `advance` goes on as far as BUDGET seconds (default 540) allow and stops only between
 # epochs, so every checkpoint is whole. It copies everything finished so far into $OUT:
-#  - the teachers' float16 copies, to commit;
+#  - the new teachers' float16 copies, to commit;
 #  - the averaged student, to export and evaluate here;
 #  - every run's history.csv.
 # Repeat the call until it prints "plan: done". The runs live in the device's ignored runs/,
@@ -17,7 +19,7 @@
 # Settings (environment): BUDGET, TEACHER_EPOCHS (50), STUDENT_EPOCHS (40), LIMIT (0: all
 # faces; a few hundred for a rehearsal), DATA (.gpu/fer2013.npz), RUNS (runs/gpu-plan),
 # CACHE ($RUNS/cache), OUT ($RUNS/out), PYTHON (python3; .venv/bin/python for prepare),
-# KERAS_BACKEND (torch).
+# KERAS_BACKEND (torch), DEVICE (auto: CUDA when there is one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,7 +33,9 @@ OUT=${OUT:-$RUNS/out}
 PYTHON_SET=${PYTHON:-}
 PYTHON=${PYTHON:-python3}
 CACHE=${CACHE:-$RUNS/cache}
-TEACHERS=(emonet-wide emonet-wide-2)
+TEACHERS=(emonet-wide-2 emonet-wide-3) # trained here, with seeds 2 and 3
+COMMITTED_TEACHER=training/checkpoints/emonet-wide-fp16.keras
+DEVICE=${DEVICE:-auto}
 STUDENT_INIT=training/checkpoints/emonet-slim.weights.h5
 WHEELS=(keras==3.15.1 namex==0.1.0 optree==0.20.0) # what the device lacks (KINDS.md's package list)
 start=$SECONDS
@@ -70,8 +74,8 @@ prepare() {
 train_in_background() {
   local out=$1 epochs=$2
   shift 2
-  "$PYTHON" -m training.train --data "$DATA" --cache "$CACHE" --limit "$LIMIT" --out "$out" --epochs "$epochs" \
-    --time-limit $(($(left) - 60)) "$@" >>"$out.log" 2>&1 &
+  "$PYTHON" -m training.torch_train --data "$DATA" --cache "$CACHE" --limit "$LIMIT" --out "$out" \
+    --epochs "$epochs" --device "$DEVICE" --time-limit $(($(left) - 60)) "$@" >>"$out.log" 2>&1 &
 }
 
 # Wait for background training jobs; each failure is named with its log's last lines.
@@ -110,6 +114,7 @@ advance() {
     "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   fi
   [ -f "$DATA" ] || die "no $DATA: run prepare where FER-2013 is and carry $(dirname "$DATA")"
+  [ -f "$COMMITTED_TEACHER" ] || die "no $COMMITTED_TEACHER: the committed teacher is missing from this checkout"
   mkdir -p "$RUNS"
   "$PYTHON" -c "import sys; from training.data import cached_splits; cached_splits(sys.argv[1], sys.argv[2])" \
     "$DATA" "$CACHE"
@@ -120,8 +125,7 @@ advance() {
   for name in "${TEACHERS[@]}"; do
     [ "$(epochs_done "$RUNS/$name")" -lt "$TEACHER_EPOCHS" ] || continue
     [ "$(left)" -gt 120 ] || { say "too little time left for $name; call again"; return 0; }
-    seed=1
-    [ "$name" = emonet-wide-2 ] && seed=2
+    seed=${name##*-}
     train_in_background "$RUNS/$name" "$TEACHER_EPOCHS" --recipe emonet-wide --seed $seed
     pids+=($!)
     jobs_out[$!]=$RUNS/$name
@@ -144,7 +148,8 @@ advance() {
     [ "$(left)" -gt 120 ] || { say "too little time left for the student; call again"; return 0; }
     mkdir -p "$student"
     train_in_background "$student" "$STUDENT_EPOCHS" --recipe emonet-slim-kd --init "$STUDENT_INIT" \
-      --teacher "$RUNS/${TEACHERS[0]}/recal.keras" --teacher "$RUNS/${TEACHERS[1]}/recal.keras" \
+      --teacher "$COMMITTED_TEACHER" --teacher "$RUNS/${TEACHERS[0]}/recal.keras" \
+      --teacher "$RUNS/${TEACHERS[1]}/recal.keras" \
       --snapshots-from "$first"
     jobs_out[$!]=$student
     wait_for $!
