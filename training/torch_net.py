@@ -3,8 +3,8 @@
 ``training.torch_train`` trains in plain PyTorch because Keras's PyTorch backend is slow
 for these networks: it transposes every activation between channels-last and PyTorch's
 layout around each convolution and builds batch norm from element-wise operations, so
-one ``emonet-wide`` step of 256 faces on a 2-core CPU took 4.2 s under
-``mixed_bfloat16``, against 1.1 s for the same network in PyTorch under bfloat16 autocast
+one ``emonet-wide`` step of 256 faces on a 2-core CPU takes 3.4 s there under
+``mixed_bfloat16``, against 1.05 s for the same network in PyTorch under bfloat16 autocast
 (see the model card). The Keras model stays the one definition of each architecture
 (``training.models``): :class:`TorchNet` is built by reading its layers, and
 :func:`copy_to_keras` writes trained weights back into it, so every checkpoint a run

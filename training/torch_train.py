@@ -10,9 +10,10 @@ so ``training.average``, ``training.half``, ``emopipe-export`` and ``--teacher``
 writes. The network is the Keras model of ``training.models``, its weights copied into
 PyTorch modules (``training.torch_net``) and back after every epoch. What differs:
 
-- it is 3-4x faster on a CPU with bfloat16 matrix units (Intel AMX): an ``emonet-wide`` step of
-  256 faces takes 1.1 s on 2 cores, against 2.8 s for Keras on TensorFlow (float32; its
-  ``mixed_bfloat16`` is slower still, 3.4 s) and 4.2 s on Keras's PyTorch backend;
+- it is faster on a CPU with bfloat16 matrix units (Intel AMX): an ``emonet-wide`` step of
+  256 faces takes 1.05 s on 2 cores, against 1.8 s for Keras on TensorFlow under
+  ``mixed_bfloat16`` (2.9 s in float32) and 3.4 s on Keras's PyTorch backend
+  (``python -m training.step_speed``; the model card has the table);
 - ``--precision bf16`` (the default) runs convolutions and dense layers under bfloat16
   autocast, weights and optimizer state in float32; ``fp32`` runs everything in float32;
 - it runs the cosine ``adamw`` recipes only (AdamW with Keras's epsilon, warm-up then
