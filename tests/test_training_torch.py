@@ -21,7 +21,7 @@ from training.half import half  # noqa: E402
 from training.models import ARCHITECTURES, build, load_checkpoint  # noqa: E402
 from training.recipes import recipe  # noqa: E402
 from training.torch_net import TorchNet, copy_from_keras, copy_to_keras  # noqa: E402
-from training.torch_train import Ensemble, Precision, learning_rate, main  # noqa: E402
+from training.torch_train import Precision, learning_rate, main  # noqa: E402
 
 if not (DEFAULT_DATA / "test").is_dir():
     pytest.skip(f"FER-2013 not found at {DEFAULT_DATA}", allow_module_level=True)
@@ -136,11 +136,11 @@ def test_a_keras_teacher_converted_answers_as_in_keras(faces, tmp_path: Path) ->
     # Keras computes the float16 copy in float16; PyTorch holds its rounded weights in float32.
     for path, tolerance in zip(paths, (1e-4, 5e-3), strict=True):
         np.testing.assert_allclose(
-            Ensemble([path], CPU32).probabilities(images), Teachers([path]).probabilities(images), atol=tolerance
+            Teachers([path], CPU32.runner).probabilities(images), Teachers([path]).probabilities(images), atol=tolerance
         )
-    both = Ensemble(paths, CPU32).probabilities(images)
+    both = Teachers(paths, CPU32.runner).probabilities(images)
     np.testing.assert_allclose(both, Teachers(paths).probabilities(images), atol=5e-3)
-    np.testing.assert_allclose(both, Ensemble(paths[:1], CPU32).probabilities(images), atol=2e-3)
+    np.testing.assert_allclose(both, Teachers(paths[:1], CPU32.runner).probabilities(images), atol=2e-3)
     assert both.dtype == np.float32 and both.shape == (len(images), 7)
 
 

@@ -18,9 +18,8 @@ any one of them, and teaches better.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
 
 import keras
 import numpy as np
@@ -30,17 +29,15 @@ from emopipe.labels import EMOTIONS, NUM_CLASSES
 from training.evaluate import model_labels, predict
 from training.models import load_checkpoint
 
-
-class SoftTargets(Protocol):
-    """What teaches: flip-averaged ``[N,7]`` probabilities for raw ``[N,48,48]`` faces."""
-
-    def probabilities(self, images: np.ndarray) -> np.ndarray: ...
+# How a .keras teacher runs: given the loaded model, a function from raw uint8 [N,48,48] faces
+# to [N,7] probabilities (by default Keras itself; training.torch_train converts it to PyTorch).
+KerasRunner = Callable[[keras.Model], Callable[[np.ndarray], np.ndarray]]
 
 
 class Teacher:
     """Flip-averaged class probabilities of an exported (.onnx) or a Keras (.keras) emotion model."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, runner: KerasRunner | None = None) -> None:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"teacher model {path} not found")
@@ -48,7 +45,7 @@ class Teacher:
             model = load_checkpoint(path)
             if model.output_shape != (None, NUM_CLASSES):
                 raise ValueError(f"teacher model {path} has output shape {model.output_shape}, not (None, 7)")
-            self._predict = lambda images: _keras_predict(model, images)
+            self._predict = (runner or _keras_runner)(model)
             return
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         labels = model_labels(session)
@@ -66,10 +63,10 @@ class Teacher:
 class Teachers:
     """Several teachers as one: the mean of their flip-averaged probabilities."""
 
-    def __init__(self, paths: Sequence[Path]) -> None:
+    def __init__(self, paths: Sequence[Path], runner: KerasRunner | None = None) -> None:
         if not paths:
             raise ValueError("no teacher models given")
-        self.members = [Teacher(path) for path in paths]
+        self.members = [Teacher(path, runner) for path in paths]
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """``[N,7]``: each member's :meth:`Teacher.probabilities`, averaged."""
@@ -77,9 +74,12 @@ class Teachers:
         return stacked.mean(axis=0, dtype=np.float32)
 
 
-def _keras_predict(model: keras.Model, images: np.ndarray) -> np.ndarray:
-    pixels = images[..., None].astype("float32")
-    return np.asarray(keras.ops.convert_to_numpy(model(pixels, training=False)), np.float32)
+def _keras_runner(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
+    def run(images: np.ndarray) -> np.ndarray:
+        pixels = images[..., None].astype("float32")
+        return np.asarray(keras.ops.convert_to_numpy(model(pixels, training=False)), np.float32)
+
+    return run
 
 
 def soft_targets(labels: np.ndarray, teacher: np.ndarray, weight: float) -> np.ndarray:

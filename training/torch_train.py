@@ -22,8 +22,9 @@ PyTorch modules (``training.torch_net``) and back after every epoch. What differ
 - ``last.pt`` (network, optimizer, history) replaces ``last.keras`` as what a run resumes
   from, so a run folder belongs to one of the two commands.
 
-Teachers given as ``.keras`` files are converted too and run under the same precision;
-``.onnx`` teachers run in onnxruntime as with ``emopipe-train``.
+Teachers given as ``.keras`` files are converted too and run under the same precision
+(``Precision.runner``, handed to ``training.distill.Teachers``); ``.onnx`` teachers run in
+onnxruntime as with ``emopipe-train``.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import keras
@@ -44,8 +45,8 @@ from torch.nn import functional
 
 from emopipe.labels import NUM_CLASSES
 from training.data import cached_splits
-from training.distill import Teacher
-from training.models import build, load_checkpoint
+from training.distill import Teachers
+from training.models import build
 from training.plots import plot_curves
 from training.recipes import Recipe, recipe
 from training.torch_net import TorchNet, copy_to_keras
@@ -90,39 +91,17 @@ class Precision:
     def tensor(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array, np.float32)).to(self.device, non_blocking=True)
 
+    def runner(self, model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
+        """A ``.keras`` teacher (``training.distill.KerasRunner``) converted to PyTorch and run
+        on this device under this precision; a float16 copy (training.half) is held in float32."""
+        net = TorchNet(model).to(self.device).eval()
 
-class TorchTeacher:
-    """A ``.keras`` teacher converted to PyTorch: flip-averaged probabilities, like
-    :class:`training.distill.Teacher`, computed on the training device."""
+        @torch.no_grad()
+        def run(images: np.ndarray) -> np.ndarray:
+            with self.autocast():
+                return net.probabilities(self.tensor(images[..., None])).cpu().numpy()
 
-    def __init__(self, path: Path, precision: Precision) -> None:
-        model = load_checkpoint(path)
-        if model.output_shape != (None, NUM_CLASSES):
-            raise ValueError(f"teacher model {path} has output shape {model.output_shape}, not (None, 7)")
-        # A float16 copy (training.half) has float16 weights; PyTorch keeps them as float32.
-        self.net = TorchNet(model).to(precision.device).eval()
-        self.precision = precision
-
-    @torch.no_grad()
-    def probabilities(self, images: np.ndarray) -> np.ndarray:
-        both = self.precision.tensor(np.concatenate([images, images[:, :, ::-1]])[..., None])
-        with self.precision.autocast():
-            probs = self.net.probabilities(both).cpu().numpy()
-        return (probs[: len(images)] + probs[len(images) :]) / 2
-
-
-class Ensemble:
-    """The mean of several teachers' flip-averaged probabilities (as ``training.distill.Teachers``)."""
-
-    def __init__(self, paths: Sequence[Path], precision: Precision) -> None:
-        if not paths:
-            raise ValueError("no teacher models given")
-        self.members = [
-            TorchTeacher(Path(p), precision) if Path(p).suffix == ".keras" else Teacher(Path(p)) for p in paths
-        ]
-
-    def probabilities(self, images: np.ndarray) -> np.ndarray:
-        return np.stack([m.probabilities(images) for m in self.members]).mean(axis=0, dtype=np.float32)
+        return run
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, smoothing: float) -> torch.Tensor:
@@ -227,7 +206,7 @@ def train(
         r.augmentation,
         r.seed,
         first,
-        Ensemble(teachers, precision) if teachers else None,
+        Teachers(teachers, precision.runner) if teachers else None,
         r.teacher_weight,
     )
     best = max((row["val_accuracy"] for row in rows), default=-1.0)

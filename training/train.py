@@ -35,7 +35,7 @@ from training.callbacks import (
     StopBefore,
 )
 from training.data import DEFAULT_CACHE, DEFAULT_DATA, Split, cached_splits
-from training.distill import SoftTargets, Teachers, soft_targets
+from training.distill import Teacher, Teachers, soft_targets
 from training.models import build, load_checkpoint
 from training.recipes import RECIPES, Recipe, recipe
 
@@ -55,7 +55,7 @@ class FaceBatches(keras.utils.PyDataset):
         aug: Augmentation,
         seed: int,
         first_epoch: int = 0,
-        teacher: SoftTargets | None = None,
+        teacher: Teacher | Teachers | None = None,
         teacher_weight: float = 0.0,
     ) -> None:
         super().__init__()
