@@ -215,7 +215,11 @@ def train(
     for epoch in range(first, r.epochs):
         began = time.monotonic()
         net.train()
-        loss_sum, correct, seen = 0.0, 0, 0
+        # Summed on the device and read once an epoch: reading them every step would make the
+        # host wait for each step on a GPU.
+        loss_sum = torch.zeros((), device=precision.device)
+        correct = torch.zeros((), dtype=torch.int64, device=precision.device)
+        seen = 0
         for index in range(steps):
             lr = learning_rate(r, epoch * steps + index, steps)
             for group in optimizer.param_groups:
@@ -228,16 +232,16 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += float(loss.detach()) * len(t)
-            correct += int((logits.argmax(1) == t.argmax(1)).sum())
+            loss_sum += loss.detach() * len(t)
+            correct += (logits.argmax(1) == t.argmax(1)).sum()
             seen += len(t)
         batches.on_epoch_end()
         val_loss, val_accuracy = _validate(net, val_images, val_labels, precision, r.label_smoothing)
         row = {
             "epoch": epoch,
-            "accuracy": correct / seen,
+            "accuracy": int(correct) / seen,
             "learning_rate": lr,
-            "loss": loss_sum / seen,
+            "loss": float(loss_sum) / seen,
             "val_accuracy": val_accuracy,
             "val_loss": val_loss,
         }
