@@ -74,14 +74,13 @@ class TorchNet(nn.Module):
         if not (isinstance(last, keras.layers.Dense) and last.get_config()["activation"] == "softmax"):
             raise ValueError(f"model {model.name!r} does not end in a softmax Dense layer")
         for index, layer in enumerate(model.layers):
-            self._index = index
-            module = self._convert(layer, softmax_ok=layer is last)
+            module = self._convert(index, layer, softmax_ok=layer is last)
             if module is not None:
                 modules.append(module)
         self.body = nn.Sequential(*modules)
         copy_from_keras(model, self)
 
-    def _convert(self, layer: keras.layers.Layer, softmax_ok: bool) -> nn.Module | None:
+    def _convert(self, index: int, layer: keras.layers.Layer, softmax_ok: bool) -> nn.Module | None:
         config = layer.get_config()
         if isinstance(layer, keras.layers.InputLayer):
             return None
@@ -98,16 +97,16 @@ class TorchNet(nn.Module):
             conv = nn.Conv2d(
                 layer.input.shape[-1], config["filters"], (kh, kw), padding=(kh // 2, kw // 2), bias=config["use_bias"]
             )
-            return self._pair(layer, conv, config["activation"], softmax_ok)
+            return self._pair(index, layer, conv, config["activation"], softmax_ok)
         if isinstance(layer, keras.layers.Dense):
             dense = nn.Linear(layer.input.shape[-1], config["units"], bias=config["use_bias"])
-            return self._pair(layer, dense, config["activation"], softmax_ok)
+            return self._pair(index, layer, dense, config["activation"], softmax_ok)
         if isinstance(layer, keras.layers.BatchNormalization):
             if not (config["center"] and config["scale"]):
                 raise ValueError(f"layer {layer.name}: batch norm without centre and scale does not convert")
             cls = nn.BatchNorm2d if len(layer.input.shape) == 4 else nn.BatchNorm1d
             norm = cls(layer.input.shape[-1], eps=config["epsilon"], momentum=1.0 - config["momentum"])
-            self.pairs.append((self._index, norm))
+            self.pairs.append((index, norm))
             return norm
         if isinstance(layer, keras.layers.ReLU):
             if config.get("max_value") is not None or config.get("negative_slope", 0.0) or config.get("threshold", 0.0):
@@ -125,10 +124,12 @@ class TorchNet(nn.Module):
             return nn.Dropout(config["rate"])
         raise ValueError(f"layer {layer.name} ({type(layer).__name__}) has no PyTorch counterpart here")
 
-    def _pair(self, layer: keras.layers.Layer, module: nn.Module, activation: str, softmax_ok: bool) -> nn.Module:
+    def _pair(
+        self, index: int, layer: keras.layers.Layer, module: nn.Module, activation: str, softmax_ok: bool
+    ) -> nn.Module:
         if activation not in _ACTIVATIONS or (activation == "softmax" and not softmax_ok):
             raise ValueError(f"layer {layer.name}: activation {activation!r} does not convert")
-        self.pairs.append((self._index, module))
+        self.pairs.append((index, module))
         act = _ACTIVATIONS[activation]
         return module if act is None else _Activated(module, act)
 
