@@ -22,7 +22,7 @@ PUBLIC_TEST = DEFAULT_DATA / "test"
 CARD = DEFAULT_MODEL.parent / "MODEL_CARD.md"
 # A regression floor, not the goal: the shipped model's PublicTest accuracy rounded down.
 # Raise it whenever a better model ships (the goal is 68% on the withheld PrivateTest).
-MIN_PUBLICTEST_ACCURACY = 0.685
+MIN_PUBLICTEST_ACCURACY = 0.690
 
 if not PUBLIC_TEST.is_dir():
     pytest.skip(f"FER-2013 PublicTest not found at {PUBLIC_TEST}", allow_module_level=True)
