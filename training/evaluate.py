@@ -2,6 +2,7 @@
 
     emopipe-evaluate services/classify/models/emotion.onnx               # PublicTest (test/)
     emopipe-evaluate emotion.onnx --data fer2013.csv --split PrivateTest  # from the Kaggle CSV
+    emopipe-evaluate new.onnx --against old.onnx   # also: faces only one of the two gets right
 
 Prints accuracy, per-class recall and the confusion matrix, and saves the matrix as PNG.
 The model is fed exactly what serving feeds it: raw 0..255 pixels, float32 [N,48,48,1].
@@ -19,6 +20,7 @@ import numpy as np
 import onnxruntime as ort
 
 from training.data import DEFAULT_DATA, load_csv, load_folder
+from training.paired import compare, format_paired
 from training.plots import plot_confusion
 
 
@@ -49,8 +51,11 @@ def predict(session: ort.InferenceSession, images: np.ndarray, batch: int = 256)
 
 
 def evaluate(session: ort.InferenceSession, images: np.ndarray, labels: np.ndarray, split: str) -> Report:
-    names = model_labels(session)
-    predicted = predict(session, images).argmax(axis=1)
+    return summarize(predict(session, images).argmax(axis=1), labels, model_labels(session), split)
+
+
+def summarize(predicted: np.ndarray, labels: np.ndarray, names: list[str], split: str) -> Report:
+    """The report for predicted class ids ``predicted`` against true ``labels``."""
     confusion = np.zeros((len(names), len(names)), np.int64)
     np.add.at(confusion, (labels, predicted), 1)
     recall = {name: float(confusion[i, i] / max(confusion[i].sum(), 1)) for i, name in enumerate(names)}
@@ -82,14 +87,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="PublicTest", choices=("Training", "PublicTest", "PrivateTest"))
     parser.add_argument("--confusion-png", type=Path, help="where to save the confusion matrix figure")
     parser.add_argument("--json", type=Path, help="also write the report as JSON")
+    parser.add_argument(
+        "--against", type=Path, help="a second model: print the paired comparison (training.paired) with it"
+    )
     args = parser.parse_args(argv)
-    if not args.model.is_file():
-        parser.error(f"{args.model}: model not found")
+    for path in (args.model, args.against):
+        if path is not None and not path.is_file():
+            parser.error(f"{path}: model not found")
     session = ort.InferenceSession(str(args.model), providers=["CPUExecutionProvider"])
     images, labels = load_split(args.data, args.split)
-    report = evaluate(session, images, labels, args.split)
     names = model_labels(session)
+    predicted = predict(session, images).argmax(axis=1)
+    report = summarize(predicted, labels, names, args.split)
     print(format_report(report, names))
+    if args.against:
+        other = ort.InferenceSession(str(args.against), providers=["CPUExecutionProvider"])
+        if model_labels(other) != names:
+            raise SystemExit(f"{args.against}: labels {model_labels(other)} differ from {args.model}'s {names}")
+        second = predict(other, images).argmax(axis=1)
+        print(format_paired(compare(predicted, second, labels), str(args.model), str(args.against)))
     if args.confusion_png:
         plot_confusion(
             np.array(report.confusion), names, args.confusion_png, f"{args.split}: accuracy {report.accuracy:.2%}"
