@@ -27,6 +27,7 @@ import keras
 import numpy as np
 
 from training.data import DEFAULT_CACHE, DEFAULT_DATA, cached_splits
+from training.ensemble import probabilities
 from training.models import load_checkpoint
 
 log = logging.getLogger("emopipe.average")
@@ -75,10 +76,8 @@ def recalibrate_on_training(model: keras.Model, data: Path, cache: Path) -> None
 def accuracy(model: keras.Model, images: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     """The model's accuracy on raw 0..255 faces: one pass, and each face's probabilities
     averaged with its mirror image's (what ``emopipe-export --flip-average`` builds)."""
-    faces = images[..., None].astype("float32")
-    plain = model.predict(faces, batch_size=256, verbose=0)
-    mirrored = model.predict(faces[:, :, ::-1], batch_size=256, verbose=0)
-    return float(np.mean(plain.argmax(1) == labels)), float(np.mean((plain + mirrored).argmax(1) == labels))
+    plain, flipped = probabilities(model, images)
+    return float(np.mean(plain.argmax(1) == labels)), float(np.mean(flipped.argmax(1) == labels))
 
 
 def main(argv: list[str] | None = None) -> int:
