@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from emopipe.config import DEFAULT_MODEL
 from training.data import DEFAULT_DATA, load_folder
 from training.paired import Paired, compare, format_paired, sign_test
 
-SHIPPED = Path(__file__).resolve().parents[1] / "services" / "classify" / "models" / "emotion.onnx"
+SHIPPED = DEFAULT_MODEL
 
 
 def test_sign_test_matches_the_binomial_tails_worked_by_hand() -> None:

@@ -95,15 +95,18 @@ def main(argv: list[str] | None = None) -> int:
         if path is not None and not path.is_file():
             parser.error(f"{path}: model not found")
     session = ort.InferenceSession(str(args.model), providers=["CPUExecutionProvider"])
-    images, labels = load_split(args.data, args.split)
     names = model_labels(session)
+    other = None
+    if args.against:
+        other = ort.InferenceSession(str(args.against), providers=["CPUExecutionProvider"])
+        other_names = model_labels(other)
+        if other_names != names:
+            raise SystemExit(f"{args.against}: labels {other_names} differ from {args.model}'s {names}")
+    images, labels = load_split(args.data, args.split)
     predicted = predict(session, images).argmax(axis=1)
     report = summarize(predicted, labels, names, args.split)
     print(format_report(report, names))
-    if args.against:
-        other = ort.InferenceSession(str(args.against), providers=["CPUExecutionProvider"])
-        if model_labels(other) != names:
-            raise SystemExit(f"{args.against}: labels {model_labels(other)} differ from {args.model}'s {names}")
+    if other is not None:
         second = predict(other, images).argmax(axis=1)
         print(format_paired(compare(predicted, second, labels), str(args.model), str(args.against)))
     if args.confusion_png:
