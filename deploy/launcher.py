@@ -1,6 +1,6 @@
 """``emopipe``: start the whole pipeline from one config, supervise it, stop it cleanly.
 
-    emopipe run [--source [ID=]SRC ...] [--events FILE] [--config FILE]
+    emopipe run [--source [ID=]SRC ...] [--events FILE] [--tracks FILE] [--config FILE]
                 [--realtime] [--loop] [--show] [--record FILE]
                 [--prometheus [--prometheus-listen HOST:PORT]]
     emopipe check-config FILE
@@ -78,6 +78,8 @@ def resolve(args: argparse.Namespace) -> Config:
         cfg = config_mod.replace(cfg, "pipeline", realtime=True)
     if args.events:
         cfg = config_mod.replace(cfg, "sink", events=str(Path(args.events).resolve()))
+    if args.tracks:
+        cfg = config_mod.replace(cfg, "sink", tracks=str(Path(args.tracks).resolve()))
     if args.record:
         cfg = config_mod.replace(cfg, "sink", record=str(Path(args.record).resolve()))
     if args.show:
@@ -221,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--source", action="append", metavar="[ID=]SRC", help="webcam index, video file, URL or folder; repeatable"
     )
     run.add_argument("--events", metavar="FILE", help="write results as JSON lines to FILE")
+    run.add_argument("--tracks", metavar="FILE", help="write one JSON line per ended face track to FILE")
     run.add_argument("--config", metavar="FILE", help="TOML config (default: built-in defaults)")
     run.add_argument("--realtime", action="store_true", help="files behave like cameras: drop stale frames")
     run.add_argument("--loop", action="store_true", help="replay file sources forever")
@@ -254,10 +257,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", exc)
         return EXIT_CONFIG
     setup_logging("launcher", cfg.pipeline.log_level)
-    if cfg.sink.events:  # the sink appends (a restarted sink continues): start each run empty
-        events = resolve_path(cfg.sink.events)
-        events.parent.mkdir(parents=True, exist_ok=True)
-        events.write_text("")
+    for lines in (cfg.sink.events, cfg.sink.tracks):  # the sink appends (a restarted sink continues)
+        if lines:  # so each run starts them empty
+            path = resolve_path(lines)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("")
     with tempfile.TemporaryDirectory(prefix="emopipe-run-") as tmp:
         config_path = Path(tmp) / "config.toml"
         config_path.write_text(config_mod.to_toml(cfg))

@@ -95,8 +95,22 @@ class DetectConfig:
     scale_factor: float = 1.1
     min_neighbors: int = 5
     min_size: int = 40  # pixels of the full frame
-    downscale: float = 1.0  # detect on a frame shrunk by this factor (1.0 = full frame)
+    downscale: float = 1.0  # every_frame only: detect on the frame shrunk by this factor
     face_size: int = 48
+    threads: int = 1  # cv2.setNumThreads: one core per detect process (OpenCV's default takes all)
+    # Scheduled detection (services/detect/schedule.py); defaults measured in BENCHMARKS.md
+    every_frame: bool = False  # the paper's way: the full-frame cascade on every frame
+    scan_interval_s: float = 0.5  # the whole frame is scanned once this often: a new face is found this fast
+    scan_scale_factor: float = 1.2  # the scan's cascade step between face sizes (tracks use scale_factor)
+    scan_tile: int = 240  # tile side (pixels of the shrunk frame) of the rolling scan's jobs
+    scan_max_jobs: int = 1  # scan jobs per frame at most (bounds the cost of a frame)
+    idle_rescan_s: float = 2.0  # a tile without motion is still rescanned this often
+    motion_fraction: float = 0.01  # a tile with less than this fraction of changed pixels is not rescanned
+    track_margin: float = 0.5  # re-detect a track within its box grown by this fraction of its size per side
+    max_tracks: int = 16  # tracks re-detected per frame at most (the rest coast)
+    track_min_iou: float = 0.2  # overlap a detection needs with a track's prediction to continue it
+    track_hold_s: float = 0.3  # a track missed by the detector keeps its predicted box this long
+    track_timeout_s: float = 1.0  # a track unseen this long has ended
 
 
 @dataclass(frozen=True)
@@ -117,6 +131,8 @@ class SinkConfig:
     record_fps: float = 25.0
     show: bool = False  # OpenCV window per camera
     match_timeout_s: float = 2.0  # live: a frame without results after this is dropped
+    tracks: str = ""  # JSON lines file, one line per ended face track; "" = none
+    smooth_s: float = 1.0  # time constant of each track's exponential average of probabilities
     jpeg_quality: int = 80
 
 
@@ -249,6 +265,19 @@ def _check_positive(cfg: Config) -> None:
         "detect.min_size": cfg.detect.min_size >= 1,
         "detect.downscale": cfg.detect.downscale >= 1.0,
         "detect.face_size": cfg.detect.face_size >= 1,
+        "detect.threads": cfg.detect.threads >= 0,
+        "detect.scan_interval_s": cfg.detect.scan_interval_s > 0,
+        "detect.scan_scale_factor": cfg.detect.scan_scale_factor > 1.0,
+        "detect.scan_tile": cfg.detect.scan_tile >= 2 * cfg.detect.min_size + 1,
+        "detect.scan_max_jobs": cfg.detect.scan_max_jobs >= 1,
+        "detect.idle_rescan_s": cfg.detect.idle_rescan_s >= 0,
+        "detect.motion_fraction": 0 <= cfg.detect.motion_fraction < 1,
+        "detect.track_margin": cfg.detect.track_margin >= 0,
+        "detect.max_tracks": cfg.detect.max_tracks >= 0,
+        "detect.track_min_iou": 0 < cfg.detect.track_min_iou <= 1,
+        "detect.track_hold_s": cfg.detect.track_hold_s >= 0,
+        "detect.track_timeout_s": cfg.detect.track_timeout_s >= cfg.detect.track_hold_s,
+        "sink.smooth_s": cfg.sink.smooth_s >= 0,
         "classify.intra_op_threads": cfg.classify.intra_op_threads >= 0,
         "bus.live_hwm": cfg.bus.live_hwm >= 1,
         "bus.lossless_hwm": cfg.bus.lossless_hwm >= 1,

@@ -1,6 +1,6 @@
 """Every message that travels on the emopipe bus, and its wire format.
 
-Schema version: 1 (``SCHEMA_VERSION``). A receiver rejects any other version.
+Schema version: 2 (``SCHEMA_VERSION``; 2 added face tracks). A receiver rejects any other version.
 
 Each message is one ZeroMQ multipart message of exactly three parts::
 
@@ -14,7 +14,7 @@ a prefix of ``b"frame.cam01."``) or every camera with ``b"frame."``.
 
 Header keys present in every message:
 
-    v       int    schema version (1)
+    v       int    schema version (2)
     kind    str    "frame" | "faces" | "results" | "eos"
     camera  str    camera id, [A-Za-z0-9_-]{1,64}
     seq     int    frame sequence number within the camera, from 0
@@ -28,8 +28,9 @@ Kind-specific header keys and payloads:
 
     frame    payload: the image, shape [H, W, 3], uint8, BGR
     faces    boxes: [[x, y, w, h], ...] in frame pixels, one per face;
+             tracks: [int] the face's track id (stable while it stays in view), one per box;
              payload: the face crops, shape [N, 48, 48], uint8 grey (N = len(boxes))
-    results  boxes: as in "faces"; emotions: [str] one label per face;
+    results  boxes, tracks: as in "faces"; emotions: [str] one label per face;
              confidences: [float]; labels: [str] the model's labels in output order;
              payload: the probabilities, shape [N, len(labels)], float32
     eos      payload: empty, shape [0], uint8 — the camera produced its last frame
@@ -49,7 +50,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 KINDS = ("frame", "faces", "results", "eos")
 MAX_HEADER_BYTES = 64 * 1024
 MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
@@ -93,6 +94,7 @@ class Faces:
     ts: float
     boxes: tuple[Box, ...]
     crops: np.ndarray  # [N, 48, 48] uint8
+    tracks: tuple[int, ...] = ()  # one per box; () only for messages built without tracking
     sent: float = 0.0
 
 
@@ -102,6 +104,7 @@ class FaceResult:
     emotion: str
     confidence: float
     probabilities: tuple[float, ...]
+    track: int = 0
 
 
 @dataclass(frozen=True)
@@ -172,9 +175,11 @@ def _payload_and_fields(msg: Message, header: dict[str, Any]) -> np.ndarray:
         return msg.image
     if isinstance(msg, Faces):
         header["boxes"] = [b.as_list() for b in msg.boxes]
+        header["tracks"] = list(msg.tracks) if msg.tracks else [0] * len(msg.boxes)
         return msg.crops
     if isinstance(msg, Results):
         header["boxes"] = [f.box.as_list() for f in msg.faces]
+        header["tracks"] = [f.track for f in msg.faces]
         header["emotions"] = [f.emotion for f in msg.faces]
         header["confidences"] = [f.confidence for f in msg.faces]
         header["labels"] = list(msg.labels)
@@ -284,6 +289,17 @@ def _boxes(header: dict[str, Any], count: int) -> tuple[Box, ...]:
     return tuple(boxes)
 
 
+def _tracks(header: dict[str, Any], count: int) -> tuple[int, ...]:
+    raw = header.get("tracks")
+    if (
+        not isinstance(raw, list)
+        or len(raw) != count
+        or not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < 2**63 for t in raw)
+    ):
+        raise MessageError("malformed", f"tracks {raw!r} do not match {count} boxes")
+    return tuple(raw)
+
+
 def _decode_frame(common: dict[str, Any], array: np.ndarray) -> Frame:
     if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
         raise MessageError("malformed", f"frame image must be [H, W, 3] uint8, got {list(array.shape)} {array.dtype}")
@@ -293,7 +309,8 @@ def _decode_frame(common: dict[str, Any], array: np.ndarray) -> Frame:
 def _decode_faces(common: dict[str, Any], header: dict[str, Any], array: np.ndarray) -> Faces:
     if array.ndim != 3 or array.dtype != np.uint8:
         raise MessageError("malformed", f"face crops must be [N, S, S] uint8, got {list(array.shape)} {array.dtype}")
-    return Faces(boxes=_boxes(header, array.shape[0]), crops=array, **common)
+    count = array.shape[0]
+    return Faces(boxes=_boxes(header, count), crops=array, tracks=_tracks(header, count), **common)
 
 
 def _decode_results(common: dict[str, Any], header: dict[str, Any], array: np.ndarray) -> Results:
@@ -304,6 +321,7 @@ def _decode_results(common: dict[str, Any], header: dict[str, Any], array: np.nd
         raise MessageError("malformed", f"probabilities must be [N, {len(labels)}] float32, got {list(array.shape)}")
     count = array.shape[0]
     boxes = _boxes(header, count)
+    tracks = _tracks(header, count)
     emotions = header.get("emotions")
     confidences = header.get("confidences")
     if not isinstance(emotions, list) or len(emotions) != count or not all(e in labels for e in emotions):
@@ -315,7 +333,9 @@ def _decode_results(common: dict[str, Any], header: dict[str, Any], array: np.nd
     ):
         raise MessageError("malformed", f"confidences {confidences!r} do not match face count")
     faces = tuple(
-        FaceResult(box=box, emotion=emotion, confidence=float(conf), probabilities=tuple(float(p) for p in row))
-        for box, emotion, conf, row in zip(boxes, emotions, confidences, array, strict=False)
+        FaceResult(
+            box=box, emotion=emotion, confidence=float(conf), probabilities=tuple(float(p) for p in row), track=track
+        )
+        for box, track, emotion, conf, row in zip(boxes, tracks, emotions, confidences, array, strict=False)
     )
     return Results(faces=faces, labels=tuple(labels), **common)

@@ -113,7 +113,7 @@ def test_detect_process_answers_every_frame_forwards_eos_and_survives_malformed_
     good = messages.encode(Frame("cam0", 1, 2.0, np.zeros((60, 80, 3), np.uint8)), sent=time.time())
     pub.sock.send_multipart([good[0], good[1], b"short"])  # wrong byte count
     bad_version = [bytes(p) for p in good]
-    bad_version[1] = bad_version[1].replace(b"\xa1v\x01", b"\xa1v\x63")  # schema version 99
+    bad_version[1] = bad_version[1].replace(b"\xa1v\x02", b"\xa1v\x63")  # schema version 99
     pub.sock.send_multipart(bad_version)
     pub.send(Frame("cam0", 1, 2.0, np.zeros((60, 80, 3), np.uint8)))
     pub.send(EndOfStream("cam0", 2, 3.0))

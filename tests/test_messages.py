@@ -77,7 +77,7 @@ def frame_parts(**header_changes: object) -> list[bytes]:
     [
         (frame_parts()[:2], "malformed", "3 parts"),
         (frame_parts(shape=[4, 5, 3]), "malformed", "60 bytes"),
-        (frame_parts(v=2), "version", "schema version 2"),
+        (frame_parts(v=1), "version", "schema version 1"),
         (frame_parts(dtype="float64"), "malformed", "float64"),
         (frame_parts(camera="other"), "malformed", "does not match"),
         (frame_parts(seq="x"), "malformed", "'seq'"),

@@ -43,16 +43,17 @@ def file_run(tmp_path_factory: pytest.TempPathFactory, carphone: Path, model_pat
     tmp = tmp_path_factory.mktemp("file_run")
     config = tmp / "c.toml"
     config.write_text(pipeline_toml(ipc, [], classify={"model": model_path}))
-    events, log = tmp / "out.jsonl", tmp / "run.log"
+    events, tracks, log = tmp / "out.jsonl", tmp / "tracks.jsonl", tmp / "run.log"
     started = time.monotonic()
     record = tmp / "annotated.mp4"
     sources = ["--source", f"a={carphone}", "--source", f"b={carphone}"]
-    proc = launch(config, log, *sources, "--events", str(events), "--record", str(record))
+    proc = launch(config, log, *sources, "--events", str(events), "--tracks", str(tracks), "--record", str(record))
     try:
         code = proc.wait(RUN_TIMEOUT_S)
         yield {
             "code": code,
             "events": read_events(events),
+            "tracks": read_events(tracks),
             "log": log.read_text(),
             "seconds": time.monotonic() - started,
             "recordings": {cam: tmp / f"annotated.{cam}.mp4" for cam in ("a", "b")},
@@ -89,12 +90,39 @@ def test_file_run_gives_every_face_a_model_label_and_a_confidence_in_0_1(file_ru
     faces = [f for e in file_run["events"] for f in e["faces"]]
     assert faces
     for face in faces:
-        assert set(face) == {"box", "emotion", "confidence"}
+        assert set(face) == {"box", "track", "emotion", "confidence", "smoothed"}
         assert face["emotion"] in EMOTIONS and 0.0 <= face["confidence"] <= 1.0
+        assert face["smoothed"]["emotion"] in EMOTIONS and 0.0 <= face["smoothed"]["confidence"] <= 1.0
+        assert isinstance(face["track"], int) and face["track"] >= 1
         x, y, w, h = face["box"]
         assert x >= 0 and y >= 0 and x + w <= 176 and y + h <= 144
     for event in file_run["events"]:
         assert set(event) == {"camera", "frame", "ts", "faces"} and abs(event["ts"] - time.time()) < 600
+
+
+def test_file_run_keeps_one_track_id_for_the_one_face_through_the_video(file_run: dict[str, Any]) -> None:
+    """carphone shows one man: nearly every face line of a camera belongs to the same track."""
+    for camera in ("a", "b"):
+        ids = [f["track"] for e in file_run["events"] if e["camera"] == camera for f in e["faces"]]
+        main, count = max(((t, ids.count(t)) for t in set(ids)), key=lambda tc: tc[1])
+        assert count >= 0.8 * len(ids), f"camera {camera}: track ids {sorted(set(ids))}"
+        changes = sum(1 for a, b in zip(ids, ids[1:]) if a != b)
+        assert changes <= 0.1 * len(ids), f"camera {camera}: the id changed {changes} times"
+
+
+def test_file_run_tracks_file_has_one_line_per_track_that_agrees_with_the_events(file_run: dict[str, Any]) -> None:
+    for camera in ("a", "b"):
+        faces = [(e["ts"], f) for e in file_run["events"] if e["camera"] == camera for f in e["faces"]]
+        lines = {t["track"]: t for t in file_run["tracks"] if t["camera"] == camera}
+        assert set(lines) == {f["track"] for _, f in faces}
+        for track, line in lines.items():
+            seen = [(ts, f) for ts, f in faces if f["track"] == track]
+            assert line["frames"] == len(seen)
+            assert line["first_seen"] == min(ts for ts, _ in seen) and line["last_seen"] == max(ts for ts, _ in seen)
+            assert abs(line["seconds"] - (line["last_seen"] - line["first_seen"])) < 1e-3
+            assert set(line["emotions"]) == set(EMOTIONS) and abs(sum(line["emotions"].values()) - 1.0) < 1e-3
+            happy = sum(1 for _, f in seen if f["smoothed"]["emotion"] == "happy") / len(seen)
+            assert abs(line["emotions"]["happy"] - happy) < 1e-3
 
 
 def test_file_run_records_every_annotated_frame_per_camera(

@@ -13,7 +13,8 @@ import pytest
 
 from emopipe.messages import Box, FaceResult, Frame, Results
 from helpers import free_port
-from services.sink.events import EventWriter
+from services.sink.events import LineWriter, event
+from services.sink.smoothing import Smoothed, Smoother
 from services.sink.join import CameraJoin
 from services.sink.render import annotate, encode_jpeg
 from services.sink.viewer import FrameStore, Viewer
@@ -86,9 +87,9 @@ def test_live_join_writes_results_whose_frame_was_dropped_without_a_frame() -> N
 
 def test_events_are_one_json_object_per_frame_in_the_specified_shape(tmp_path: Path) -> None:
     path = tmp_path / "out.jsonl"
-    writer = EventWriter(path)
-    writer.write(results(0, faces=1))
-    writer.write(results(1, faces=0))
+    writer = LineWriter(path)
+    writer.write(event(results(0, faces=1), [Smoothed("sad", 0.5)]))
+    writer.write(event(results(1, faces=0), []))
     writer.close()
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert lines == [
@@ -96,7 +97,15 @@ def test_events_are_one_json_object_per_frame_in_the_specified_shape(tmp_path: P
             "camera": "cam0",
             "frame": 0,
             "ts": 100.0,
-            "faces": [{"box": [10, 10, 30, 30], "emotion": "happy", "confidence": 0.9}],
+            "faces": [
+                {
+                    "box": [10, 10, 30, 30],
+                    "track": 0,
+                    "emotion": "happy",
+                    "confidence": 0.9,
+                    "smoothed": {"emotion": "sad", "confidence": 0.5},
+                }
+            ],
         },
         {"camera": "cam0", "frame": 1, "ts": 101.0, "faces": []},
     ]

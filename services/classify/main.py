@@ -27,8 +27,9 @@ def classify(model: EmotionModel, faces: Faces) -> Results:
             emotion=model.labels[int(k)],
             confidence=float(row[k]),
             probabilities=tuple(float(p) for p in row),
+            track=track,
         )
-        for box, row, k in zip(faces.boxes, probs, best, strict=False)
+        for box, track, row, k in zip(faces.boxes, faces.tracks or [0] * len(faces.boxes), probs, best, strict=False)
     )
     return Results(camera=faces.camera, seq=faces.seq, ts=faces.ts, faces=results, labels=model.labels)
 

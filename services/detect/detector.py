@@ -24,31 +24,47 @@ class FaceDetector:
         self.cfg = cfg
 
     def detect(self, image: np.ndarray) -> tuple[tuple[Box, ...], np.ndarray]:
-        """Boxes in frame pixels (clipped to the frame) and their [N, S, S] uint8 grey crops."""
+        """Full-frame detection (the paper's): boxes clipped to the frame and their grey crops."""
         gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-        boxes = self._find(gray)
+        height, width = gray.shape
+        boxes = self.find(gray, Box(0, 0, width, height), self.cfg.downscale, self.cfg.min_size)
+        return tuple(boxes), self.crops(gray, boxes)
+
+    def find(
+        self, gray: np.ndarray, region: Box, shrink: float, min_size: int, max_size: int = 0, scale_factor: float = 0.0
+    ) -> list[Box]:
+        """Faces of ``min_size``..``max_size`` frame pixels (0: no limit) inside ``region``,
+        searched on the region shrunk by ``shrink`` (``scale_factor`` 0: the configured one); boxes in frame pixels."""
+        patch = gray[region.y : region.y + region.h, region.x : region.x + region.w]
+        if shrink > 1.0:
+            size = (max(1, round(region.w / shrink)), max(1, round(region.h / shrink)))
+            patch = cv2.resize(patch, size, interpolation=cv2.INTER_AREA)
+        min_side = max(1, round(min_size / shrink))
+        max_side = round(max_size / shrink) if max_size else 0
+        if min(patch.shape) < min_side:
+            return []
+        found = self.cascade.detectMultiScale(
+            patch,
+            scaleFactor=scale_factor or self.cfg.scale_factor,
+            minNeighbors=self.cfg.min_neighbors,
+            minSize=(min_side, min_side),
+            maxSize=(max_side, max_side),
+        )
+        height, width = gray.shape
+        boxes = (
+            clip_box(region.x + x * shrink, region.y + y * shrink, w * shrink, h * shrink, width, height)
+            for x, y, w, h in found
+        )
+        return [b for b in boxes if b is not None]
+
+    def crops(self, gray: np.ndarray, boxes: list[Box] | tuple[Box, ...]) -> np.ndarray:
+        """[N, S, S] uint8 grey crops of ``boxes``, S = face_size (the model's input)."""
         size = self.cfg.face_size
         crops = np.zeros((len(boxes), size, size), dtype=np.uint8)
         for i, box in enumerate(boxes):
             patch = gray[box.y : box.y + box.h, box.x : box.x + box.w]
             crops[i] = cv2.resize(patch, (size, size), interpolation=cv2.INTER_AREA)
-        return boxes, crops
-
-    def _find(self, gray: np.ndarray) -> tuple[Box, ...]:
-        scale = self.cfg.downscale
-        small = gray
-        if scale > 1.0:
-            small = cv2.resize(gray, None, fx=1.0 / scale, fy=1.0 / scale, interpolation=cv2.INTER_AREA)
-        min_side = max(1, round(self.cfg.min_size / scale))
-        found = self.cascade.detectMultiScale(
-            small,
-            scaleFactor=self.cfg.scale_factor,
-            minNeighbors=self.cfg.min_neighbors,
-            minSize=(min_side, min_side),
-        )
-        height, width = gray.shape
-        boxes = (clip_box(x * scale, y * scale, w * scale, h * scale, width, height) for x, y, w, h in found)
-        return tuple(b for b in boxes if b is not None)
+        return crops
 
 
 def clip_box(x: float, y: float, w: float, h: float, width: int, height: int) -> Box | None:

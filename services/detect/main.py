@@ -1,38 +1,70 @@
-"""detect: find faces in every frame, publish their boxes and 48x48 grey crops."""
+"""detect: find and track faces in every frame, publish their boxes, track ids and 48x48 grey crops."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
 
+import cv2
 from prometheus_client import CollectorRegistry
 
 from emopipe import metrics as metrics_mod
 from emopipe import relay, service
-from emopipe.messages import Faces, Frame, Message
+from emopipe.config import DetectConfig
+from emopipe.messages import Box, Faces, Frame, Message
 from emopipe.metrics import Metrics
 from services.detect.detector import FaceDetector
+from services.detect.schedule import CameraDetector
 
 log = logging.getLogger("emopipe.detect")
 
 
-def make_handler(detector: FaceDetector, metrics: Metrics) -> relay.Handler:
+class Detect:
+    """Per-camera scheduled detection and tracking (or, with ``every_frame``, the paper's full scan)."""
+
+    def __init__(self, cfg: DetectConfig) -> None:
+        self.cfg = cfg
+        self.detector = FaceDetector(cfg)
+        self.cameras: dict[str, CameraDetector] = {}
+        self.seen: dict[str, int] = {}  # every_frame: a new id per box (no tracking)
+
+    def __call__(self, frame: Frame) -> Faces:
+        gray = cv2.cvtColor(frame.image, cv2.COLOR_BGR2GRAY)
+        if self.cfg.every_frame:
+            height, width = gray.shape
+            boxes = tuple(self.detector.find(gray, Box(0, 0, width, height), self.cfg.downscale, self.cfg.min_size))
+            crops = self.detector.crops(gray, boxes)
+            first = self.seen.get(frame.camera, 0) + 1
+            self.seen[frame.camera] = first + len(boxes) - 1
+            tracks = tuple(range(first, first + len(boxes)))
+            return Faces(frame.camera, frame.seq, frame.ts, boxes, crops, tracks)
+        camera = self.cameras.get(frame.camera)
+        if camera is None:
+            camera = self.cameras[frame.camera] = CameraDetector.create(self.cfg, self.detector)
+        faces = camera.process(gray, frame.ts)
+        boxes = tuple(f.box for f in faces)
+        crops = self.detector.crops(gray, boxes)
+        return Faces(frame.camera, frame.seq, frame.ts, boxes, crops, tuple(f.track for f in faces))
+
+
+def make_handler(detect: Detect, metrics: Metrics) -> relay.Handler:
     def handle(msg: Message) -> Faces:
         assert isinstance(msg, Frame)
-        boxes, crops = detector.detect(msg.image)
-        metrics.faces_detected.labels(camera=msg.camera).inc(len(boxes))
-        return Faces(camera=msg.camera, seq=msg.seq, ts=msg.ts, boxes=boxes, crops=crops)
+        faces = detect(msg)
+        metrics.faces_detected.labels(camera=msg.camera).inc(len(faces.boxes))
+        return faces
 
     return handle
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     cfg, stop = service.setup("detect", argv)
-    detector = FaceDetector(cfg.detect)
+    cv2.setNumThreads(cfg.detect.threads)
+    detect = Detect(cfg.detect)
     cameras = cfg.detect.cameras or cfg.cameras
     metrics = metrics_mod.create(CollectorRegistry(), "detect", cameras)
     metrics_mod.serve(metrics, cfg.detect.metrics_port, cfg.pipeline.metrics_host)
-    handler = make_handler(detector, metrics)
+    handler = make_handler(detect, metrics)
     return relay.serve(
         "detect", cfg, (cfg.endpoints.frames, "frame"), cfg.endpoints.faces, Frame, handler, metrics, stop
     )

@@ -1,4 +1,4 @@
-"""The JSON-lines results file: one object per processed frame, flushed as written."""
+"""The JSON-lines files: one object per processed frame (events), one per ended face track (tracks)."""
 
 from __future__ import annotations
 
@@ -7,21 +7,29 @@ from pathlib import Path
 from typing import IO, Any
 
 from emopipe.messages import Results
+from services.sink.smoothing import Smoothed
 
 
-def event(results: Results) -> dict[str, Any]:
+def event(results: Results, smoothed: list[Smoothed]) -> dict[str, Any]:
     return {
         "camera": results.camera,
         "frame": results.seq,
         "ts": results.ts,
         "faces": [
-            {"box": f.box.as_list(), "emotion": f.emotion, "confidence": round(f.confidence, 6)} for f in results.faces
+            {
+                "box": f.box.as_list(),
+                "track": f.track,
+                "emotion": f.emotion,
+                "confidence": round(f.confidence, 6),
+                "smoothed": {"emotion": s.emotion, "confidence": round(s.confidence, 6)},
+            }
+            for f, s in zip(results.faces, smoothed, strict=True)
         ],
     }
 
 
-class EventWriter:
-    """Appends, so a restarted sink continues the file; ``emopipe run`` starts it empty."""
+class LineWriter:
+    """Appends JSON lines, so a restarted sink continues the file; ``emopipe run`` starts it empty."""
 
     def __init__(self, path: Path | None) -> None:
         self._fh: IO[str] | None = None
@@ -29,10 +37,14 @@ class EventWriter:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = path.open("a", encoding="utf-8")
 
-    def write(self, results: Results) -> None:
+    def write(self, line: dict[str, Any]) -> None:
         if self._fh is not None:
-            self._fh.write(json.dumps(event(results), separators=(",", ":")) + "\n")
+            self._fh.write(json.dumps(line, separators=(",", ":")) + "\n")
             self._fh.flush()
+
+    @property
+    def enabled(self) -> bool:
+        return self._fh is not None
 
     def close(self) -> None:
         if self._fh is not None:

@@ -1,4 +1,4 @@
-"""sink: join frames with results, draw them, serve the viewer, write JSON lines.
+"""sink: join frames with results, smooth each track's emotion, draw them, serve the viewer, write JSON lines.
 
 Exits by itself (0) once every configured camera has ended and every result is
 written; in lossless mode with a frame missing its line it exits EXIT_INCOMPLETE.
@@ -20,10 +20,11 @@ from emopipe.config import Config, resolve_path
 from emopipe.messages import EndOfStream, Frame, Message, Results
 from emopipe.metrics import Metrics
 from emopipe.relay import decode_batch
-from services.sink.events import EventWriter
+from services.sink.events import LineWriter, event
 from services.sink.join import CameraJoin, Joined
 from services.sink.outputs import Outputs
 from services.sink.render import annotate
+from services.sink.smoothing import Smoother
 from services.sink.viewer import FrameStore, Viewer
 
 log = logging.getLogger("emopipe.sink")
@@ -31,10 +32,14 @@ EXIT_INCOMPLETE = 3
 
 
 class Sink:
-    def __init__(self, cfg: Config, metrics: Metrics, events: EventWriter, outputs: Outputs) -> None:
+    def __init__(
+        self, cfg: Config, metrics: Metrics, events: LineWriter, outputs: Outputs, tracks: LineWriter | None = None
+    ) -> None:
         self.cfg = cfg
         self.metrics = metrics
         self.events = events
+        self.tracks = tracks or LineWriter(None)
+        self.smoother = Smoother(cfg.sink.smooth_s, cfg.detect.track_timeout_s)
         self.outputs = outputs
         self.cameras = cfg.sink.cameras or cfg.cameras
         self.joins = {c: self._new_join(c) for c in self.cameras}
@@ -86,12 +91,27 @@ class Sink:
     def emit(self, joined: Joined) -> None:
         start = time.perf_counter()
         res = joined.results
-        self.events.write(res)
+        smoothed = self.smoother.update(res)
+        self.events.write(event(res, smoothed))
+        for face in smoothed:
+            self.metrics.predictions.labels(camera=res.camera, emotion=face.emotion).inc()
+        self.write_ended(res.camera, res.ts)
         if joined.frame is not None:
-            self.outputs.show(res.camera, annotate(joined.frame.image, res))
+            if self.outputs.wanted(res.camera):
+                self.outputs.show(res.camera, annotate(joined.frame.image, res, smoothed))
             self.metrics.end_to_end_latency.labels(camera=res.camera).observe(max(0.0, time.time() - res.ts))
         self.metrics.stage_latency.labels(stage="sink", camera=res.camera).observe(time.perf_counter() - start)
         self.metrics.frames_processed.labels(stage="sink", camera=res.camera).inc()
+
+    def write_ended(self, camera: str, now: float | None) -> None:
+        for state in self.smoother.ended(camera, now):
+            self.tracks.write(state.summary(self.smoother.labels))
+
+    def end_tracks(self) -> None:
+        """Every camera that ended: its tracks have ended too."""
+        for camera, join in self.joins.items():
+            if join.done:
+                self.write_ended(camera, None)
 
     def finished(self) -> bool:
         """Every expected camera ended and was fully released (only when all sources end)."""
@@ -119,14 +139,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         viewer = Viewer(store, cfg.viewer.host, cfg.viewer.port)
         viewer.start()
         log.info("viewer on %s", viewer.url)
-    events = EventWriter(resolve_path(cfg.sink.events) if cfg.sink.events else None)
+    events = LineWriter(resolve_path(cfg.sink.events) if cfg.sink.events else None)
+    tracks = LineWriter(resolve_path(cfg.sink.tracks) if cfg.sink.tracks else None)
     outputs = Outputs(cfg.sink, cameras, store)
     ctx = zmq.Context()
     hwm = cfg.bus.lossless_hwm if cfg.lossless else cfg.bus.live_hwm * 4
     frames = bus.subscriber(ctx, cfg.endpoints.frames, bus.topics_for(["frame", "eos"], cfg.sink.cameras), hwm)
     results = bus.subscriber(ctx, cfg.endpoints.results, bus.topics_for(["results", "eos"], cfg.sink.cameras), hwm)
     try:
-        return run(Sink(cfg, metrics, events, outputs), frames, results, stop)
+        sink = Sink(cfg, metrics, events, outputs, tracks)
+        try:
+            return run(sink, frames, results, stop)
+        finally:
+            for camera in sink.joins:  # stopped or ended: every track still open ends here
+                sink.write_ended(camera, None)
+            tracks.close()
     finally:
         frames.close(linger=0)
         results.close(linger=0)
@@ -151,6 +178,7 @@ def run(sink: Sink, frames: zmq.Socket, results: zmq.Socket, stop: threading.Eve
             for msg in decode_batch("sink", bus.receive(results, 0), Results, sink.metrics):
                 sink.on_results_message(msg, received)
         sink.release()
+        sink.end_tracks()
         if sink.finished():
             log.info("every camera ended; %s", {c: j.written for c, j in sink.joins.items()})
             return sink.exit_code()

@@ -27,6 +27,10 @@ class Outputs:
         self.store = store
         self.writers: dict[str, cv2.VideoWriter] = {}
 
+    def wanted(self, camera: str) -> bool:
+        """Whether anything would use an annotated frame of ``camera`` now."""
+        return bool(self.cfg.record or self.cfg.show or (self.store is not None and self.store.wanted(camera)))
+
     def show(self, camera: str, image: np.ndarray) -> None:
         if self.store is not None:
             self.store.put(camera, encode_jpeg(image, self.cfg.jpeg_quality))

@@ -11,6 +11,8 @@ import html
 import logging
 import re
 import threading
+import time
+from collections import Counter
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -19,14 +21,39 @@ BOUNDARY = "emopipeframe"
 _PATH = re.compile(r"^/(stream|snapshot)/([A-Za-z0-9_-]{1,64})\.(mjpg|jpg)$")
 
 
+#: a snapshot request keeps a camera's frames encoded this long (seconds)
+SNAPSHOT_INTEREST_S = 5.0
+
+
 class FrameStore:
-    """The latest JPEG per camera, with a version number readers can wait on."""
+    """The latest JPEG per camera, with a version number readers can wait on.
+
+    The sink draws and encodes a camera's frames only while someone ``wanted`` them:
+    a stream is open, or a snapshot was asked for recently (encoding costs milliseconds
+    per frame that no one would see).
+    """
 
     def __init__(self, cameras: Sequence[str]) -> None:
         self._cond = threading.Condition()
         self._latest: dict[str, tuple[int, bytes]] = {}
+        self._watchers: Counter[str] = Counter()
+        self._asked: dict[str, float] = {}
         self.cameras = list(cameras)
         self.closed = False
+
+    def wanted(self, camera: str) -> bool:
+        with self._cond:
+            if self._watchers[camera] > 0 or camera not in self._latest:
+                return True
+            return time.monotonic() - self._asked.get(camera, -SNAPSHOT_INTEREST_S) < SNAPSHOT_INTEREST_S
+
+    def watch(self, camera: str, delta: int) -> None:
+        with self._cond:
+            self._watchers[camera] += delta
+
+    def ask(self, camera: str) -> None:
+        with self._cond:
+            self._asked[camera] = time.monotonic()
 
     def put(self, camera: str, jpeg: bytes) -> None:
         with self._cond:
@@ -105,7 +132,10 @@ def make_handler(store: FrameStore) -> type[BaseHTTPRequestHandler]:
                 self._stream(match.group(2))
 
         def _snapshot(self, camera: str) -> None:
+            store.ask(camera)
             entry = store.latest(camera)
+            if entry is not None:  # frames may not have been encoded while no one looked
+                entry = store.wait_newer(camera, entry[0], timeout=1.0) or entry
             if entry is None:
                 self._send(503, "text/plain", f"no frame from camera {camera} yet\n".encode())
                 return
@@ -117,6 +147,7 @@ def make_handler(store: FrameStore) -> type[BaseHTTPRequestHandler]:
             self.send_header("Cache-Control", "no-cache")
             self.end_headers()
             version = 0
+            store.watch(camera, 1)
             try:
                 while not store.closed:
                     entry = store.wait_newer(camera, version, timeout=1.0)
@@ -130,6 +161,8 @@ def make_handler(store: FrameStore) -> type[BaseHTTPRequestHandler]:
                     self.wfile.write(b"\r\n")
             except (BrokenPipeError, ConnectionResetError):
                 log.debug("viewer client left stream %s", camera)
+            finally:
+                store.watch(camera, -1)
 
         def _send(self, code: int, ctype: str, body: bytes) -> None:
             self.send_response(code)

@@ -1,0 +1,195 @@
+"""Scheduled detection: the Haar cascade around live tracks every frame, the rest of the frame on a rolling scan.
+
+A full-frame scan at 640x480 costs 45-120 ms, most of it in the smallest faces. So:
+
+* every frame, each track's predicted box is re-detected in a region around it, shrunk
+  so the face is about ``TRACK_FACE`` pixels (cheap whatever the face's size);
+* the full scan is cut into jobs, one per (size band, tile): band k finds faces of
+  ``min_size * 2**k`` to ``min_size * 2**(k+1)`` pixels on the frame shrunk by ``2**k``,
+  in tiles that overlap by the band's largest face so no face falls between two tiles.
+  Jobs run in turn so the whole frame is scanned once every ``scan_interval_s`` of
+  capture time, at most ``scan_max_jobs`` per frame;
+* a job whose region has not changed since it last ran (motion gating on a tiny grey
+  copy of the frame) is skipped, unless it last ran ``idle_rescan_s`` ago.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from emopipe.config import DetectConfig
+from emopipe.messages import Box
+from services.detect.detector import FaceDetector
+from services.detect.tracker import TrackedFace, Tracker, iou
+
+#: re-detection shrinks a track's region so its face is about this many pixels
+TRACK_FACE = 60
+#: and looks for faces this much smaller or larger than the predicted box
+TRACK_SIZE_RANGE = 1.4
+#: the motion-gating copy of the frame is shrunk by this factor
+MOTION_SHRINK = 8
+#: a pixel of the tiny copy counts as changed when it differs by more than this (0..255)
+MOTION_LEVEL = 12
+#: detections overlapping a kept one by more than this are the same face
+SAME_FACE_IOU = 0.3
+
+
+@dataclass(frozen=True)
+class ScanJob:
+    region: Box  # frame pixels
+    shrink: float
+    min_size: int  # face size in frame pixels
+    max_size: int  # 0: no upper limit
+
+
+def plan_scan(width: int, height: int, min_size: int, tile: int) -> list[ScanJob]:
+    """The jobs of one full scan, largest faces (cheapest jobs) first."""
+    jobs: list[ScanJob] = []
+    band = 0
+    while True:
+        shrink = 2.0**band
+        lo = min_size * 2**band
+        last = 2 * lo >= min(width, height)
+        hi = 0 if last else 2 * lo
+        side = max(1, round(tile * shrink))
+        overlap = 2 * lo
+        jobs.extend(ScanJob(r, shrink, lo, hi) for r in tiles(width, height, side, overlap))
+        if last:
+            break
+        band += 1
+    return jobs[::-1]
+
+
+def tiles(width: int, height: int, side: int, overlap: int) -> list[Box]:
+    """Tiles of ``side`` pixels (or the whole frame) covering it, neighbours overlapping by ``overlap``."""
+
+    def starts(length: int) -> list[int]:
+        if length <= side:
+            return [0]
+        step = max(1, side - overlap)
+        count = math.ceil((length - side) / step) + 1
+        return sorted({min(i * step, length - side) for i in range(count)})
+
+    return [
+        Box(x, y, min(side, width), min(side, height)) for y in starts(height) for x in starts(width)
+    ]
+
+
+@dataclass
+class CameraDetector:
+    """Per-camera state: its tracker, its rolling scan and the motion references."""
+
+    cfg: DetectConfig
+    detector: FaceDetector
+    tracker: Tracker
+    jobs: list[ScanJob] = field(default_factory=list)
+    size: tuple[int, int] = (0, 0)
+    cursor: int = 0
+    credit: float = 0.0
+    last_ts: float | None = None
+    last_run: list[float] = field(default_factory=list)
+    references: list[np.ndarray | None] = field(default_factory=list)
+    scans_run: int = 0
+    scans_skipped: int = 0
+
+    @classmethod
+    def create(cls, cfg: DetectConfig, detector: FaceDetector) -> CameraDetector:
+        tracker = Tracker(min_iou=cfg.track_min_iou, hold_s=cfg.track_hold_s, timeout_s=cfg.track_timeout_s)
+        return cls(cfg, detector, tracker)
+
+    def process(self, gray: np.ndarray, ts: float) -> list[TrackedFace]:
+        height, width = gray.shape
+        if (width, height) != self.size:
+            self._replan(width, height)
+        found = self._redetect_tracks(gray, ts) + self._scan(gray, ts)
+        return self.tracker.update(ts, same_faces_merged(found), width, height)
+
+    def _replan(self, width: int, height: int) -> None:
+        self.size = (width, height)
+        self.jobs = plan_scan(width, height, self.cfg.min_size, self.cfg.scan_tile)
+        self.cursor = 0
+        self.credit = float(len(self.jobs))  # a new camera is scanned whole on its first frame
+        self.last_run = [-math.inf] * len(self.jobs)
+        self.references = [None] * len(self.jobs)
+
+    def _redetect_tracks(self, gray: np.ndarray, ts: float) -> list[Box]:
+        height, width = gray.shape
+        found: list[Box] = []
+        tracks = sorted(self.tracker.predicted(ts), key=lambda tp: tp[0].seen)[: self.cfg.max_tracks]
+        for _, (x, y, w, h) in tracks:
+            size = max(w, h)
+            margin = size * self.cfg.track_margin
+            region = _clip_region(x - margin, y - margin, w + 2 * margin, h + 2 * margin, width, height)
+            if region is None:
+                continue
+            shrink = max(1.0, size / TRACK_FACE)
+            low = max(self.cfg.min_size, round(size / TRACK_SIZE_RANGE))
+            high = round(size * TRACK_SIZE_RANGE)
+            found.extend(self.detector.find(gray, region, shrink, low, high))
+        return found
+
+    def _scan(self, gray: np.ndarray, ts: float) -> list[Box]:
+        if self.last_ts is not None:
+            dt = min(max(0.0, ts - self.last_ts), self.cfg.scan_interval_s)
+            self.credit += len(self.jobs) * dt / self.cfg.scan_interval_s
+        self.last_ts = ts
+        tiny = cv2.resize(gray, None, fx=1 / MOTION_SHRINK, fy=1 / MOTION_SHRINK, interpolation=cv2.INTER_AREA)
+        found: list[Box] = []
+        ran = 0
+        limit = len(self.jobs) if self.scans_run == 0 else self.cfg.scan_max_jobs
+        for _ in range(len(self.jobs)):
+            if self.credit < 1.0 or ran >= limit:
+                break
+            index = self.cursor
+            self.cursor = (self.cursor + 1) % len(self.jobs)
+            self.credit -= 1.0
+            job = self.jobs[index]
+            patch = _tiny_region(tiny, job.region)
+            if ts - self.last_run[index] < self.cfg.idle_rescan_s and not self._changed(index, patch):
+                self.scans_skipped += 1
+                continue
+            self.references[index] = patch.copy()
+            self.last_run[index] = ts
+            found.extend(
+                self.detector.find(
+                    gray, job.region, job.shrink, job.min_size, job.max_size, self.cfg.scan_scale_factor
+                )
+            )
+            ran += 1
+        self.scans_run += ran
+        self.credit = min(self.credit, float(len(self.jobs)))
+        return found
+
+    def _changed(self, index: int, patch: np.ndarray) -> bool:
+        reference = self.references[index]
+        if reference is None or reference.shape != patch.shape:
+            return True
+        moved = np.count_nonzero(cv2.absdiff(patch, reference) > MOTION_LEVEL)
+        return moved > self.cfg.motion_fraction * patch.size
+
+
+def _tiny_region(tiny: np.ndarray, region: Box) -> np.ndarray:
+    x0, y0 = region.x // MOTION_SHRINK, region.y // MOTION_SHRINK
+    x1 = max(x0 + 1, (region.x + region.w) // MOTION_SHRINK)
+    y1 = max(y0 + 1, (region.y + region.h) // MOTION_SHRINK)
+    return tiny[y0:y1, x0:x1]
+
+
+def _clip_region(x: float, y: float, w: float, h: float, width: int, height: int) -> Box | None:
+    x0, y0 = max(0, int(x)), max(0, int(y))
+    x1, y1 = min(width, int(math.ceil(x + w))), min(height, int(math.ceil(y + h)))
+    return Box(x0, y0, x1 - x0, y1 - y0) if x1 > x0 and y1 > y0 else None
+
+
+def same_faces_merged(boxes: list[Box]) -> list[Box]:
+    """One box per face: a box overlapping an earlier kept one is the same face (earlier wins)."""
+    kept: list[Box] = []
+    for box in boxes:
+        b = (float(box.x), float(box.y), float(box.w), float(box.h))
+        if all(iou(b, (k.x, k.y, k.w, k.h)) <= SAME_FACE_IOU for k in kept):
+            kept.append(box)
+    return kept
