@@ -4,6 +4,7 @@
                 [--realtime] [--loop] [--show] [--record FILE]
                 [--prometheus [--prometheus-listen HOST:PORT]]
     emopipe check-config FILE
+    emopipe bench [--cameras N] [--source VIDEO] [--seconds S] [--markdown FILE] [--smoke]
 
 ``run`` resolves the config (file + command-line options), writes it to a temporary
 TOML file and starts every stage as its own process (``python -m services.<stage>
@@ -30,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from deploy import bench as bench_mod
 from deploy.prometheus import server as prometheus_server
 from emopipe import config as config_mod
 from emopipe import sample_video
@@ -242,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check = commands.add_parser("check-config", help="validate a config file and print it resolved")
     check.add_argument("file")
+    bench_mod.add_arguments(commands.add_parser("bench", help="measure the paper's loop and the pipeline here"))
     return parser
 
 
@@ -249,6 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "check-config":
         return check_config(args.file)
+    if args.command == "bench":
+        return bench_mod.run(args)
     setup_logging("launcher", "INFO")
     stop = install_stop_handlers()
     try:

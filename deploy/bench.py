@@ -1,0 +1,471 @@
+"""``emopipe bench``: the paper's single-process loop, then the pipeline on N cameras, in one run.
+
+    emopipe bench [--cameras N] [--source VIDEO] [--seconds S] [--markdown FILE] [--smoke]
+
+1. The paper's loop (read, full-frame Haar, the CNN on each face, draw), as fast as it goes.
+2. ``emopipe run --realtime`` with N copies of the video as cameras, played at their frame
+   rate. Latency is taken from outside: the moment each JSON line appears in the events
+   file minus its capture ``ts``. Per camera: processed FPS, latency p50/p95/p99; per
+   stage: CPU % and RSS (start and end of the measured window); drops by reason from
+   every stage's ``/metrics``.
+3. Detection recall against the full-frame cascade on every frame (scale 1.1, 5 neighbours,
+   40x40), every frame in order as in lossless mode, with the config's scheduled
+   detection; and label flicker (label changes per track-second), raw against smoothed.
+
+The default video is the carphone clip scaled to 640x480 at 30 FPS, played forwards and
+backwards twice (16 s, so tracks last longer than the 4 s clip).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import psutil
+
+from emopipe import config as config_mod
+from emopipe import sample_video
+from emopipe.config import Config, SourceConfig
+from emopipe.messages import Box, FaceResult, Frame, Results
+from services.classify.model import EmotionModel
+from services.detect.detector import FaceDetector
+from services.detect.main import Detect
+from services.detect.tracker import iou
+from services.sink.smoothing import Smoother
+
+BENCH_SIZE = (640, 480)
+BENCH_FPS = 30.0
+STAGES = ("capture", "detect", "classify", "sink")
+_DROPPED = re.compile(r'^emopipe_frames_dropped_total\{reason="([a-z_]+)",stage="([a-z]+)"\} ([0-9.e+]+)$')
+
+
+_shown = [0.0]
+
+
+def progress(text: str) -> None:
+    """One status line on stderr, rewritten at most 5 times a second."""
+    now = time.monotonic()
+    if text and now - _shown[0] < 0.2:
+        return
+    _shown[0] = now
+    sys.stderr.write(f"\r\033[K{text}")
+    sys.stderr.flush()
+
+
+# ---------------------------------------------------------------- the input
+
+
+def bench_video() -> Path:
+    """carphone at 640x480, 30 FPS, forwards-backwards twice (cached)."""
+    target = sample_video.cache_dir() / "carphone-640x480-30fps.mp4"
+    if target.is_file():
+        return target
+    frames = read_frames(sample_video.carphone(), BENCH_SIZE)
+    sequence = (frames + frames[::-1]) * 2
+    partial = target.with_suffix(".partial.mp4")
+    writer = cv2.VideoWriter(str(partial), cv2.VideoWriter_fourcc(*"mp4v"), BENCH_FPS, BENCH_SIZE)  # type: ignore[attr-defined]
+    if not writer.isOpened():
+        raise OSError(f"cannot write {partial}")
+    for image in sequence:
+        writer.write(image)
+    writer.release()
+    partial.replace(target)
+    return target
+
+
+def read_frames(path: Path, size: tuple[int, int] | None = None, limit: int = 0) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise OSError(f"cannot open video {path}")
+    frames = []
+    try:
+        while not limit or len(frames) < limit:
+            ok, image = cap.read()
+            if not ok or image is None:
+                break
+            frames.append(image if size is None else cv2.resize(image, size, interpolation=cv2.INTER_AREA))
+    finally:
+        cap.release()
+    if not frames:
+        raise OSError(f"video {path} has no frames")
+    return frames
+
+
+def video_fps(path: Path) -> float:
+    cap = cv2.VideoCapture(str(path))
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    cap.release()
+    return fps if fps > 0 else BENCH_FPS
+
+
+# ---------------------------------------------------------------- 1. the paper's loop
+
+
+def paper_loop(video: Path, model: EmotionModel, cfg: Config, seconds: float) -> float:
+    """Frames per second of read -> full-frame Haar -> CNN per face -> draw, one process
+    (OpenCV with its default threads, as the paper's code runs)."""
+    detector = FaceDetector(cfg.detect)
+    cap = cv2.VideoCapture(str(video))
+    frames = 0
+    start = time.perf_counter()
+    try:
+        while time.perf_counter() - start < seconds:
+            ok, image = cap.read()
+            if not ok:
+                cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+                continue
+            boxes, crops = detector.detect(image)
+            for box, crop in zip(boxes, crops, strict=True):
+                probs = model.predict(crop[None])[0]
+                label = model.labels[int(np.argmax(probs))]
+                cv2.rectangle(image, (box.x, box.y), (box.x + box.w, box.y + box.h), (0, 220, 0), 2)
+                cv2.putText(image, label, (box.x, box.y - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 220, 0), 1)
+            frames += 1
+            progress(f"paper loop: {frames} frames, {frames / (time.perf_counter() - start):.1f} FPS")
+    finally:
+        cap.release()
+    return frames / (time.perf_counter() - start)
+
+
+# ---------------------------------------------------------------- 2. the pipeline
+
+
+@dataclass
+class StageUsage:
+    cpu_percent: float = 0.0
+    rss_start_mb: float = 0.0
+    rss_end_mb: float = 0.0
+
+
+@dataclass
+class PipelineResult:
+    cameras: list[str]
+    seconds: float
+    lines: dict[str, int]
+    latencies: dict[str, list[float]]
+    drops: dict[str, float]  # "stage/reason" -> count
+    usage: dict[str, StageUsage] = field(default_factory=dict)
+
+    def fps(self, camera: str) -> float:
+        return self.lines[camera] / self.seconds
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def bench_config(base: Config, video: Path, cameras: int, events: Path) -> Config:
+    ports = [free_port() for _ in range(8)]
+    cfg = dataclasses.replace(
+        base,
+        sources=[SourceConfig(id=f"cam{i}", uri=str(video), loop=True) for i in range(cameras)],
+        endpoints=config_mod.EndpointsConfig(*(f"tcp://127.0.0.1:{p}" for p in ports[:3])),
+    )
+    cfg = config_mod.replace(cfg, "pipeline", realtime=True)
+    cfg = config_mod.replace(cfg, "sink", events=str(events), metrics_port=ports[3])
+    for stage, port in zip(("capture", "detect", "classify"), ports[4:7], strict=True):
+        cfg = config_mod.replace(cfg, stage, metrics_port=port)
+    return config_mod.replace(cfg, "viewer", port=ports[7])
+
+
+def run_pipeline(cfg: Config, warmup_s: float, seconds: float, workdir: Path) -> PipelineResult:
+    config_path = workdir / "bench.toml"
+    config_path.write_text(config_mod.to_toml(cfg))
+    events = Path(cfg.sink.events)
+    events.write_text("")
+    log = (workdir / "pipeline.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deploy.launcher", "run", "--config", str(config_path)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    cameras = cfg.cameras
+    latencies: dict[str, list[float]] = {c: [] for c in cameras}
+    try:
+        with events.open() as fh:
+            _follow(fh, proc, time.monotonic() + warmup_s, None, "warming up")
+            stages = stage_processes(proc)
+            for p in stages.values():
+                p.cpu_percent(None)
+            rss_start = {s: p.memory_info().rss / 2**20 for s, p in stages.items()}
+            begin = time.monotonic()
+            _follow(fh, proc, begin + seconds, latencies, "measuring")
+            elapsed = time.monotonic() - begin
+            usage = {
+                s: StageUsage(p.cpu_percent(None), rss_start[s], p.memory_info().rss / 2**20)
+                for s, p in stages.items()
+            }
+        drops = scrape_drops(cfg)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+    return PipelineResult(cameras, elapsed, {c: len(v) for c, v in latencies.items()}, latencies, drops, usage)
+
+
+def _follow(fh, proc: subprocess.Popen, until: float, latencies: dict[str, list[float]] | None, what: str) -> None:  # type: ignore[type-arg,no-untyped-def]
+    """Read the events file as it grows until ``until``; each new line's arrival minus its ts."""
+    pending = ""
+    count = 0
+    while time.monotonic() < until:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the pipeline exited with code {proc.returncode} while {what}")
+        chunk = fh.read()
+        now = time.time()
+        if not chunk:
+            time.sleep(0.005)
+            continue
+        pending += chunk
+        *lines, pending = pending.split("\n")
+        for line in lines:
+            event = json.loads(line)
+            count += 1
+            if latencies is not None and event["camera"] in latencies:
+                latencies[event["camera"]].append(now - event["ts"])
+        progress(f"pipeline {what}: {count} lines, {until - time.monotonic():.0f} s left")
+
+
+def stage_processes(launcher: subprocess.Popen) -> dict[str, psutil.Process]:  # type: ignore[type-arg]
+    deadline = time.monotonic() + 30
+    while True:
+        found = {}
+        for child in psutil.Process(launcher.pid).children(recursive=True):
+            cmd = " ".join(child.cmdline())
+            for stage in STAGES:
+                if f"services.{stage}" in cmd:
+                    found[stage] = child
+        if len(found) == len(STAGES) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+def scrape_drops(cfg: Config) -> dict[str, float]:
+    drops: Counter[str] = Counter()
+    for stage in STAGES:
+        port = getattr(cfg, stage).metrics_port
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            for line in resp.read().decode().splitlines():
+                match = _DROPPED.match(line)
+                if match and float(match.group(3)) > 0:
+                    drops[f"{match.group(2)}/{match.group(1)}"] += float(match.group(3))
+    return dict(drops)
+
+
+# ---------------------------------------------------------------- 3. recall and flicker
+
+
+@dataclass
+class TrackingResult:
+    frames: int
+    reference_boxes: int
+    covered: int
+    extra_boxes: int  # reported boxes where full-frame Haar found none
+    detect_ms_scheduled: float  # median per frame
+    detect_ms_full: float
+    raw_changes_per_track_s: float
+    smoothed_changes_per_track_s: float
+
+    @property
+    def recall(self) -> float:
+        return self.covered / self.reference_boxes if self.reference_boxes else 1.0
+
+
+def measure_tracking(frames: list[np.ndarray], fps: float, cfg: Config, model: EmotionModel) -> TrackingResult:
+    cv2.setNumThreads(cfg.detect.threads)
+    reference = Detect(dataclasses.replace(cfg.detect, every_frame=True))
+    scheduled = Detect(cfg.detect)
+    smoother = Smoother(cfg.sink.smooth_s, cfg.detect.track_timeout_s)
+    ref_total = covered = extra = 0
+    t_sched, t_full = [], []
+    raw: dict[int, list[str]] = {}
+    smooth: dict[int, list[str]] = {}
+    seen: dict[int, list[float]] = {}
+    for i, image in enumerate(frames):
+        frame = Frame("bench", i, i / fps, image)
+        start = time.perf_counter()
+        want = [_tuple(b) for b in reference(frame).boxes]
+        t_full.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        faces = scheduled(frame)
+        t_sched.append(time.perf_counter() - start)
+        got = [_tuple(b) for b in faces.boxes]
+        ref_total += len(want)
+        covered += sum(any(iou(w, g) >= 0.3 for g in got) for w in want)
+        extra += sum(not any(iou(g, w) >= 0.3 for w in want) for g in got)
+        probs = model.predict(faces.crops) if len(faces.boxes) else np.zeros((0, len(model.labels)))
+        results = Results(
+            "bench",
+            i,
+            i / fps,
+            tuple(
+                FaceResult(box, model.labels[int(np.argmax(p))], float(p.max()), tuple(map(float, p)), track)
+                for box, p, track in zip(faces.boxes, probs, faces.tracks, strict=True)
+            ),
+            model.labels,
+        )
+        for face, label in zip(results.faces, smoother.update(results), strict=True):
+            raw.setdefault(face.track, []).append(face.emotion)
+            smooth.setdefault(face.track, []).append(label.emotion)
+            seen.setdefault(face.track, []).append(i / fps)
+        progress(f"recall: frame {i + 1}/{len(frames)}")
+    track_seconds = sum(max(ts) - min(ts) for ts in seen.values()) or 1.0
+    return TrackingResult(
+        len(frames),
+        ref_total,
+        covered,
+        extra,
+        statistics.median(t_sched) * 1000,
+        statistics.median(t_full) * 1000,
+        sum(_changes(v) for v in raw.values()) / track_seconds,
+        sum(_changes(v) for v in smooth.values()) / track_seconds,
+    )
+
+
+def _tuple(b: Box) -> tuple[float, float, float, float]:
+    return (float(b.x), float(b.y), float(b.w), float(b.h))
+
+
+def _changes(labels: list[str]) -> int:
+    return sum(1 for a, b in zip(labels, labels[1:]) if a != b)
+
+
+# ---------------------------------------------------------------- the report
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    return float(np.percentile(np.asarray(values) * 1000, q))
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {psutil.cpu_count()} logical cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}, OpenCV {cv2.__version__}"
+
+
+def report(
+    video: Path, paper_fps: float, pipe: PipelineResult, tracking: TrackingResult, cfg: Config, args: argparse.Namespace
+) -> str:
+    total = sum(pipe.fps(c) for c in pipe.cameras)
+    rows = [
+        f"# emopipe bench: {len(pipe.cameras)} cameras",
+        "",
+        f"- machine: {machine()}",
+        f"- video: {video} ({BENCH_SIZE[0]}x{BENCH_SIZE[1]} frames, {video_fps(video):.0f} FPS per camera, looped)",
+        f"- command: `emopipe bench --cameras {len(pipe.cameras)} --seconds {args.seconds:g}`"
+        + (f" --source {args.source}" if args.source else ""),
+        f"- measured {pipe.seconds:.1f} s after {args.warmup:g} s of warm-up, live mode (--realtime), default config",
+        "",
+        "| camera | processed FPS | latency p50 ms | p95 ms | p99 ms |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for c in pipe.cameras:
+        lat = pipe.latencies[c]
+        rows.append(
+            f"| {c} | {pipe.fps(c):.1f} | {percentile(lat, 50):.0f} | {percentile(lat, 95):.0f} | {percentile(lat, 99):.0f} |"
+        )
+    rows += [
+        "",
+        f"Throughput: {total:.1f} frames/s over all cameras; the paper's single-process loop: {paper_fps:.1f} FPS"
+        f" ({total / paper_fps:.1f}x).",
+        "",
+        "| stage | CPU % | RSS start MB | RSS end MB |",
+        "|---|---:|---:|---:|",
+    ]
+    for stage in STAGES:
+        u = pipe.usage.get(stage)
+        if u is not None:
+            rows.append(f"| {stage} | {u.cpu_percent:.0f} | {u.rss_start_mb:.0f} | {u.rss_end_mb:.0f} |")
+    drops = ", ".join(f"{k} {v:.0f}" for k, v in sorted(pipe.drops.items())) or "none"
+    rows += [
+        "",
+        f"Drops by stage/reason: {drops}.",
+        "",
+        f"Detection over {tracking.frames} frames in order (lossless), against the full-frame cascade on every frame:"
+        f" recall {100 * tracking.recall:.1f}% ({tracking.covered}/{tracking.reference_boxes} boxes at IoU >= 0.3),"
+        f" {tracking.extra_boxes} boxes where the cascade found none; detect per frame (one core) median"
+        f" {tracking.detect_ms_scheduled:.1f} ms scheduled against {tracking.detect_ms_full:.1f} ms full-frame.",
+        f"Label flicker: {tracking.raw_changes_per_track_s:.2f} raw against {tracking.smoothed_changes_per_track_s:.2f}"
+        f" smoothed label changes per track-second (smooth_s = {cfg.sink.smooth_s:g}).",
+        "",
+    ]
+    return "\n".join(rows)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="emopipe bench", description=__doc__.split("\n", 1)[0])
+    add_arguments(parser)
+    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cameras", type=int, default=4, help="copies of the video, one camera each (default 4)")
+    parser.add_argument("--source", help="your own video (default: carphone at 640x480, 30 FPS)")
+    parser.add_argument("--config", help="TOML config to measure (default: the built-in defaults)")
+    parser.add_argument("--seconds", type=float, default=30.0, help="measured window of the pipeline run")
+    parser.add_argument("--warmup", type=float, default=8.0, help="seconds of pipeline run not measured")
+    parser.add_argument("--paper-seconds", type=float, default=10.0, help="how long the paper's loop runs")
+    parser.add_argument("--recall-frames", type=int, default=480, help="frames for recall and flicker (0: all)")
+    parser.add_argument("--markdown", metavar="FILE", help="also write the table to FILE")
+    parser.add_argument("--smoke", action="store_true", help="a few seconds, 2 cameras: checks that it all runs")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.smoke:
+        args.cameras, args.seconds, args.warmup, args.paper_seconds, args.recall_frames = 2, 4.0, 4.0, 2.0, 60
+    if args.cameras < 1:
+        print("emopipe bench: --cameras must be at least 1", file=sys.stderr)
+        return 2
+    base = config_mod.load(args.config)
+    video = Path(args.source).resolve() if args.source else bench_video()
+    if not video.is_file():
+        print(f"emopipe bench: video {video} does not exist", file=sys.stderr)
+        return 2
+    model = EmotionModel(config_mod.resolve_path(base.classify.model), base.classify.intra_op_threads)
+    paper_fps = paper_loop(video, model, base, args.paper_seconds)
+    tracking = measure_tracking(read_frames(video, limit=args.recall_frames), video_fps(video), base, model)
+    with tempfile.TemporaryDirectory(prefix="emopipe-bench-") as tmp:
+        cfg = bench_config(base, video, args.cameras, Path(tmp) / "events.jsonl")
+        pipe = run_pipeline(cfg, args.warmup, args.seconds, Path(tmp))
+    progress("")
+    text = report(video, paper_fps, pipe, tracking, base, args)
+    print(text)
+    if args.markdown:
+        Path(args.markdown).write_text(text)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
