@@ -101,6 +101,7 @@ class DetectConfig:
     # Scheduled detection (services/detect/schedule.py); defaults measured in BENCHMARKS.md
     every_frame: bool = False  # the paper's way: the full-frame cascade on every frame
     scan_interval_s: float = 0.5  # the whole frame is scanned once this often: a new face is found this fast
+    large_scan_interval_s: float = 0.3  # faces over 2 x min_size (a cheap scan of shrunk frames): this often
     scan_scale_factor: float = 1.2  # the scan's cascade step between face sizes (tracks use scale_factor)
     scan_tile: int = 240  # tile side (pixels of the shrunk frame) of the rolling scan's jobs
     scan_max_jobs: int = 1  # scan jobs per frame at most (bounds the cost of a frame)
@@ -267,6 +268,7 @@ def _check_positive(cfg: Config) -> None:
         "detect.face_size": cfg.detect.face_size >= 1,
         "detect.threads": cfg.detect.threads >= 0,
         "detect.scan_interval_s": cfg.detect.scan_interval_s > 0,
+        "detect.large_scan_interval_s": cfg.detect.large_scan_interval_s > 0,
         "detect.scan_scale_factor": cfg.detect.scan_scale_factor > 1.0,
         "detect.scan_tile": cfg.detect.scan_tile >= 2 * cfg.detect.min_size + 1,
         "detect.scan_max_jobs": cfg.detect.scan_max_jobs >= 1,

@@ -8,7 +8,9 @@ A full-frame scan at 640x480 costs 45-120 ms, most of it in the smallest faces. 
   ``min_size * 2**k`` to ``min_size * 2**(k+1)`` pixels on the frame shrunk by ``2**k``,
   in tiles that overlap by the band's largest face so no face falls between two tiles.
   Jobs run in turn so the whole frame is scanned once every ``scan_interval_s`` of
-  capture time, at most ``scan_max_jobs`` per frame;
+  capture time for small faces (band 0: most of the cost) and every
+  ``large_scan_interval_s`` for larger ones (shrunk frames: cheap), at most
+  ``scan_max_jobs`` of each per frame;
 * a job whose region has not changed since it last ran (motion gating on a tiny grey
   copy of the frame) is skipped, unless it last ran ``idle_rescan_s`` ago.
 """
@@ -80,6 +82,27 @@ def tiles(width: int, height: int, side: int, overlap: int) -> list[Box]:
 
 
 @dataclass
+class ScanQueue:
+    """Jobs taking turns so that all of them run once every ``interval_s`` of capture time."""
+
+    jobs: list[int]  # indices into CameraDetector.jobs
+    interval_s: float
+    cursor: int = 0
+    credit: float = 0.0
+
+    def due(self, dt: float, limit: int) -> list[int]:
+        if not self.jobs:
+            return []
+        self.credit = min(self.credit + len(self.jobs) * min(dt, self.interval_s) / self.interval_s, len(self.jobs))
+        out = []
+        while self.credit >= 1.0 and len(out) < limit:
+            out.append(self.jobs[self.cursor])
+            self.cursor = (self.cursor + 1) % len(self.jobs)
+            self.credit -= 1.0
+        return out
+
+
+@dataclass
 class CameraDetector:
     """Per-camera state: its tracker, its rolling scan and the motion references."""
 
@@ -87,9 +110,8 @@ class CameraDetector:
     detector: FaceDetector
     tracker: Tracker
     jobs: list[ScanJob] = field(default_factory=list)
+    queues: list[ScanQueue] = field(default_factory=list)
     size: tuple[int, int] = (0, 0)
-    cursor: int = 0
-    credit: float = 0.0
     last_ts: float | None = None
     last_run: list[float] = field(default_factory=list)
     references: list[np.ndarray | None] = field(default_factory=list)
@@ -109,10 +131,16 @@ class CameraDetector:
         return self.tracker.update(ts, same_faces_merged(found), width, height)
 
     def _replan(self, width: int, height: int) -> None:
+        """Small faces (full resolution, most of the cost) and large ones (shrunk frames,
+        cheap, so scanned more often) take turns in queues of their own."""
         self.size = (width, height)
         self.jobs = plan_scan(width, height, self.cfg.min_size, self.cfg.scan_tile)
-        self.cursor = 0
-        self.credit = float(len(self.jobs))  # a new camera is scanned whole on its first frame
+        small = [i for i, j in enumerate(self.jobs) if j.shrink == 1.0]
+        large = [i for i, j in enumerate(self.jobs) if j.shrink > 1.0]
+        self.queues = [
+            ScanQueue(large, self.cfg.large_scan_interval_s, credit=len(large)),  # the first frame: all of it
+            ScanQueue(small, self.cfg.scan_interval_s, credit=len(small)),
+        ]
         self.last_run = [-math.inf] * len(self.jobs)
         self.references = [None] * len(self.jobs)
 
@@ -133,35 +161,26 @@ class CameraDetector:
         return found
 
     def _scan(self, gray: np.ndarray, ts: float) -> list[Box]:
-        if self.last_ts is not None:
-            dt = min(max(0.0, ts - self.last_ts), self.cfg.scan_interval_s)
-            self.credit += len(self.jobs) * dt / self.cfg.scan_interval_s
+        dt = max(0.0, ts - self.last_ts) if self.last_ts is not None else 0.0
+        first = self.last_ts is None
         self.last_ts = ts
         tiny = cv2.resize(gray, None, fx=1 / MOTION_SHRINK, fy=1 / MOTION_SHRINK, interpolation=cv2.INTER_AREA)
         found: list[Box] = []
-        ran = 0
-        limit = len(self.jobs) if self.scans_run == 0 else self.cfg.scan_max_jobs
-        for _ in range(len(self.jobs)):
-            if self.credit < 1.0 or ran >= limit:
-                break
-            index = self.cursor
-            self.cursor = (self.cursor + 1) % len(self.jobs)
-            self.credit -= 1.0
-            job = self.jobs[index]
-            patch = _tiny_region(tiny, job.region)
-            if ts - self.last_run[index] < self.cfg.idle_rescan_s and not self._changed(index, patch):
-                self.scans_skipped += 1
-                continue
-            self.references[index] = patch.copy()
-            self.last_run[index] = ts
-            found.extend(
-                self.detector.find(
-                    gray, job.region, job.shrink, job.min_size, job.max_size, self.cfg.scan_scale_factor
+        for queue in self.queues:
+            for index in queue.due(dt, len(queue.jobs) if first else self.cfg.scan_max_jobs):
+                job = self.jobs[index]
+                patch = _tiny_region(tiny, job.region)
+                if ts - self.last_run[index] < self.cfg.idle_rescan_s and not self._changed(index, patch):
+                    self.scans_skipped += 1
+                    continue
+                self.references[index] = patch.copy()
+                self.last_run[index] = ts
+                found.extend(
+                    self.detector.find(
+                        gray, job.region, job.shrink, job.min_size, job.max_size, self.cfg.scan_scale_factor
+                    )
                 )
-            )
-            ran += 1
-        self.scans_run += ran
-        self.credit = min(self.credit, float(len(self.jobs)))
+                self.scans_run += 1
         return found
 
     def _changed(self, index: int, patch: np.ndarray) -> bool:

@@ -1,0 +1,36 @@
+"""`emopipe bench --smoke`: the whole benchmark runs in a few seconds on 2 cameras and reports real figures."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_bench_smoke_reports_fps_latency_usage_recall_and_flicker_for_two_cameras(tmp_path: Path) -> None:
+    markdown = tmp_path / "bench.md"
+    proc = subprocess.run(
+        [sys.executable, "-m", "deploy.launcher", "bench", "--smoke", "--markdown", str(markdown)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = markdown.read_text()
+    assert text == proc.stdout.rstrip("\n") + "\n" or text in proc.stdout
+    cameras = re.findall(r"^\| (cam\d) \| ([0-9.]+) \| (\d+) \| (\d+) \| (\d+) \|$", text, re.M)
+    assert [c[0] for c in cameras] == ["cam0", "cam1"]
+    for _, fps, p50, p95, p99 in cameras:
+        assert float(fps) > 1.0  # each camera got results through the whole pipeline
+        assert 0 < int(p50) <= int(p95) <= int(p99) < 10_000
+    stages = re.findall(r"^\| (capture|detect|classify|sink) \| (\d+) \| (\d+) \| (\d+) \|$", text, re.M)
+    assert sorted(s[0] for s in stages) == ["capture", "classify", "detect", "sink"]
+    assert all(int(rss) > 10 for *_, rss in stages)
+    paper = re.search(r"single-process loop: ([0-9.]+) FPS \(([0-9.]+)x\)", text)
+    assert paper and float(paper.group(1)) > 0
+    recall = re.search(r"recall ([0-9.]+)% \((\d+)/(\d+) boxes", text)
+    assert recall and int(recall.group(3)) > 0 and 0 <= float(recall.group(1)) <= 100
+    assert int(recall.group(2)) <= int(recall.group(3))
+    flicker = re.search(r"Label flicker: ([0-9.]+) raw against ([0-9.]+) smoothed", text)
+    assert flicker and float(flicker.group(2)) <= float(flicker.group(1))
