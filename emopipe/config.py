@@ -108,6 +108,7 @@ class DetectConfig:
     idle_rescan_s: float = 2.0  # a tile without motion is still rescanned this often
     motion_fraction: float = 0.01  # a tile with less than this fraction of changed pixels is not rescanned
     track_margin: float = 0.5  # re-detect a track within its box grown by this fraction of its size per side
+    track_redetect_s: float = 0.06  # re-detect a track this often (0: every frame); it coasts in between
     max_tracks: int = 16  # tracks re-detected per frame at most (the rest coast)
     track_min_iou: float = 0.2  # overlap a detection needs with a track's prediction to continue it
     track_hold_s: float = 0.3  # a track missed by the detector keeps its predicted box this long
@@ -275,6 +276,7 @@ def _check_positive(cfg: Config) -> None:
         "detect.idle_rescan_s": cfg.detect.idle_rescan_s >= 0,
         "detect.motion_fraction": 0 <= cfg.detect.motion_fraction < 1,
         "detect.track_margin": cfg.detect.track_margin >= 0,
+        "detect.track_redetect_s": 0 <= cfg.detect.track_redetect_s <= cfg.detect.track_hold_s,
         "detect.max_tracks": cfg.detect.max_tracks >= 0,
         "detect.track_min_iou": 0 < cfg.detect.track_min_iou <= 1,
         "detect.track_hold_s": cfg.detect.track_hold_s >= 0,

@@ -80,7 +80,7 @@ def create(
         faces_detected=Counter("emopipe_faces_detected_total", "Faces found by detect.", ["camera"], registry=registry),
         predictions=Counter(
             "emopipe_predictions_total",
-            "Faces classified, by predicted emotion.",
+            "Faces written by the sink, by their track's smoothed emotion.",
             ["camera", "emotion"],
             registry=registry,
         ),
@@ -112,7 +112,7 @@ def _initialise(m: Metrics, stage: str, cameras: Sequence[str], emotions: Sequen
             m.camera_reconnects.labels(camera=camera)
         if stage == "detect":
             m.faces_detected.labels(camera=camera)
-        if stage == "classify":
+        if stage == "sink":
             for emotion in emotions:
                 m.predictions.labels(camera=camera, emotion=emotion)
         if stage == "sink":

@@ -136,7 +136,7 @@ def test_classify_process_publishes_results_for_every_faces_message_and_exports_
         predicted = sum(
             float(line.split()[-1]) for line in text.splitlines() if line.startswith("emopipe_predictions_total{")
         )
-        assert predicted == len(real_faces.boxes)
+        assert predicted == 0  # the sink counts predictions, by each track's smoothed label
         pub.close()
         sub.close(linger=0)
     finally:

@@ -28,8 +28,8 @@ def test_per_camera_series_exist_for_every_configured_camera() -> None:
         assert f'emopipe_transport_delay_seconds_count{{camera="{camera}",stage="sink"}} 0.0' in text
 
 
-def test_classify_exports_a_prediction_series_per_model_label() -> None:
-    text = exposition("classify", ("happy", "sad"))
+def test_the_sink_exports_a_prediction_series_per_model_label() -> None:
+    text = exposition("sink", ("happy", "sad"))
     assert 'emopipe_predictions_total{camera="cam1",emotion="sad"} 0.0' in text
     assert 'emotion="angry"' not in text
 

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
+from emopipe.labels import EMOTIONS
 from helpers import alive, fetch, free_port, green_pixels, launch, pipeline_toml, reap, stage_pids
 from services.sink.viewer import index_page
 
@@ -63,6 +64,24 @@ def content_regions(page: np.ndarray) -> list[tuple[int, int, int, int]]:
     return sorted((int(x), int(y), int(w), int(h)) for x, y, w, h, area in stats[1:] if area > 5000)
 
 
+def assert_stats_shown(dom: str, cameras: tuple[str, ...]) -> None:
+    """Each camera's figure shows its live FPS and latency, a face with its track, smoothed label and seven
+    probability bars, and the emotion-mix strip."""
+    for cam in cameras:
+        figure = re.search(rf'<figure id="cam-{cam}">(.*?)</figure>', dom, re.S)
+        assert figure, f"no figure for camera {cam}"
+        body = figure.group(1)
+        rate = re.search(r'<span class="rate">([0-9.]+) FPS · (\d+) ms end to end</span>', body)
+        assert rate and float(rate.group(1)) > 0, f"camera {cam}: no live FPS/latency in {body[:600]}"
+        faces = re.findall(r'<span class="label">#(\d+) (\w+) ([01]\.\d\d)</span><span class="bar">(.*?)</span>', body)
+        assert faces, f"camera {cam}: no face listed in {body[:800]}"
+        for track, emotion, _, bar in faces:
+            assert int(track) >= 1 and emotion in EMOTIONS
+            assert len(re.findall(r"<i ", bar)) == len(EMOTIONS)
+        strip = re.search(r'<div class="strip"[^>]*>(.*?)</div>', body, re.S)
+        assert strip and re.search(r"<i><b style=", strip.group(1)), f"camera {cam}: empty emotion strip"
+
+
 def test_browser_renders_both_cameras_live_annotated_streams_with_their_captions(
     ipc_dir: Path, tmp_path: Path, carphone: Path, model_path: Path, carphone_frames: list[np.ndarray]
 ) -> None:
@@ -82,6 +101,7 @@ def test_browser_renders_both_cameras_live_annotated_streams_with_their_captions
         assert re.findall(r'<img src="([^"]+)"', dom) == ["/stream/a.mjpg", "/stream/b.mjpg"]
         captions = re.findall(r"<figcaption>(\w+) <span[^>]*>([^<]*)</span></figcaption>", dom)
         assert captions == [("a", "live"), ("b", "live")], "the page's script did not mark both streams live"
+        assert_stats_shown(dom, ("a", "b"))
 
         boxed: set[int] = set()
         for attempt in range(8):  # a screenshot shows whatever frame is current; some frames have no face

@@ -37,10 +37,7 @@ def classify(model: EmotionModel, faces: Faces) -> Results:
 def make_handler(model: EmotionModel, metrics: Metrics) -> relay.Handler:
     def handle(msg: Message) -> Results:
         assert isinstance(msg, Faces)
-        results = classify(model, msg)
-        for face in results.faces:
-            metrics.predictions.labels(camera=msg.camera, emotion=face.emotion).inc()
-        return results
+        return classify(model, msg)  # the sink counts the predictions, by each track's smoothed label
 
     return handle
 
@@ -54,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return service.EXIT_CONFIG
     log.info("model %s: labels %s, input %d, sha256 %s", model.path, model.labels, model.input_size, model.sha256[:12])
     cameras = cfg.classify.cameras or cfg.cameras
-    metrics = metrics_mod.create(CollectorRegistry(), "classify", cameras, model.labels)
+    metrics = metrics_mod.create(CollectorRegistry(), "classify", cameras)
     assert metrics.model_info is not None  # created for the classify stage
     metrics.model_info.info(model.info())
     metrics_mod.serve(metrics, cfg.classify.metrics_port, cfg.pipeline.metrics_host)

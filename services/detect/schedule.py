@@ -2,8 +2,9 @@
 
 A full-frame scan at 640x480 costs 45-120 ms, most of it in the smallest faces. So:
 
-* every frame, each track's predicted box is re-detected in a region around it, shrunk
-  so the face is about ``TRACK_FACE`` pixels (cheap whatever the face's size);
+* each track's predicted box is re-detected in a region around it, shrunk so the face
+  is about ``TRACK_FACE`` pixels (cheap whatever the face's size), every
+  ``track_redetect_s`` (between two, the track coasts on its motion);
 * the full scan is cut into jobs, one per (size band, tile): band k finds faces of
   ``min_size * 2**k`` to ``min_size * 2**(k+1)`` pixels on the frame shrunk by ``2**k``,
   in tiles that overlap by the band's largest face so no face falls between two tiles.
@@ -147,8 +148,9 @@ class CameraDetector:
     def _redetect_tracks(self, gray: np.ndarray, ts: float) -> list[Box]:
         height, width = gray.shape
         found: list[Box] = []
-        tracks = sorted(self.tracker.predicted(ts), key=lambda tp: tp[0].seen)[: self.cfg.max_tracks]
-        for _, (x, y, w, h) in tracks:
+        due = [(t, box) for t, box in self.tracker.predicted(ts) if ts - t.tried >= self.cfg.track_redetect_s]
+        for track, (x, y, w, h) in sorted(due, key=lambda tb: tb[0].tried)[: self.cfg.max_tracks]:
+            track.tried = ts
             size = max(w, h)
             margin = size * self.cfg.track_margin
             region = _clip_region(x - margin, y - margin, w + 2 * margin, h + 2 * margin, width, height)

@@ -26,6 +26,7 @@ class Track:
     velocity: tuple[float, float] = (0.0, 0.0)  # centre, pixels per second
     hits: int = 1
     detected: bool = True  # found by the detector in the latest frame (not coasted)
+    tried: float = float("-inf")  # capture time of the last re-detection around the track
 
     def predict(self, ts: float) -> tuple[float, float, float, float]:
         dt = ts - self.seen

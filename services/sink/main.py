@@ -91,8 +91,14 @@ class Sink:
     def emit(self, joined: Joined) -> None:
         start = time.perf_counter()
         res = joined.results
+        if res.labels != self.smoother.labels:  # every label exists (at zero) once the model's are known
+            for camera in self.cameras:
+                for label in res.labels:
+                    self.metrics.predictions.labels(camera=camera, emotion=label)
         smoothed = self.smoother.update(res)
         self.events.write(event(res, smoothed))
+        if self.outputs.store is not None:
+            self.outputs.store.board.record(res, smoothed)
         for face in smoothed:
             self.metrics.predictions.labels(camera=res.camera, emotion=face.emotion).inc()
         self.write_ended(res.camera, res.ts)

@@ -22,6 +22,7 @@ from emopipe.messages import Results
 class Smoothed:
     emotion: str
     confidence: float
+    probabilities: tuple[float, ...] = ()  # the track's average, in the model's label order
 
 
 @dataclass
@@ -63,7 +64,7 @@ class Smoother:
         for face in results.faces:
             probs = np.asarray(face.probabilities, dtype=np.float64)
             if face.track == 0:
-                out.append(Smoothed(face.emotion, face.confidence))
+                out.append(Smoothed(face.emotion, face.confidence, face.probabilities))
                 continue
             state = self.tracks.get((results.camera, face.track))
             if state is None:
@@ -76,7 +77,7 @@ class Smoother:
                 state.last_seen = max(state.last_seen, results.ts)
                 state.frames += 1
             best = int(np.argmax(state.average))
-            smoothed = Smoothed(results.labels[best], float(state.average[best]))
+            smoothed = Smoothed(results.labels[best], float(state.average[best]), tuple(map(float, state.average)))
             state.labels[smoothed.emotion] += 1
             out.append(smoothed)
         return out

@@ -3,11 +3,14 @@
 /                        index page, one <img> per camera
 /stream/<camera>.mjpg    multipart/x-mixed-replace stream of annotated JPEGs
 /snapshot/<camera>.jpg   the latest annotated JPEG
+/stats.json              per camera: FPS, latency, the faces (track, smoothed label and
+                         probabilities) and the last minute's emotion mix (services/sink/stats.py)
 """
 
 from __future__ import annotations
 
 import html
+import json
 import logging
 import re
 import threading
@@ -15,6 +18,8 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from services.sink.stats import Board
 
 log = logging.getLogger(__name__)
 BOUNDARY = "emopipeframe"
@@ -40,6 +45,7 @@ class FrameStore:
         self._asked: dict[str, float] = {}
         self.cameras = list(cameras)
         self.closed = False
+        self.board = Board()
 
     def wanted(self, camera: str) -> bool:
         with self._cond:
@@ -87,6 +93,33 @@ _PAGE_STYLE = (
     "figcaption{display:flex;justify-content:space-between;padding:6px 10px;font-weight:bold}"
     "figcaption span{font-weight:normal;font-size:.85em;color:#999}figcaption span.live{color:#3c3}"
     "figcaption span.down{color:#f55}img{display:block;width:100%;height:auto;background:#000}"
+    ".stats{padding:6px 10px;font-size:.85em}.rate{color:#ccc}.faces{list-style:none;padding:0;margin:6px 0}"
+    ".faces li{display:flex;align-items:flex-end;gap:8px;margin:2px 0}.bar{display:inline-flex;align-items:flex-end;"
+    "height:18px;gap:1px}.bar i{display:inline-block;width:7px;background:#888}"
+    ".strip{display:flex;height:14px;border:1px solid #333}.strip i{flex:1;display:flex;flex-direction:column}"
+    ".strip b{display:block}.legend{color:#999;font-size:.8em;margin-top:3px}"
+)
+# Under each stream, from /stats.json once a second: FPS, latency, the faces and the emotion mix.
+# (Started at the end of the body: the page's load event never fires while MJPEG streams are open.)
+_STATS_SCRIPT = (
+    "var COLOURS={angry:'#e74c3c',disgust:'#27ae60',fear:'#8e44ad',happy:'#f1c40f',sad:'#3498db',"
+    "surprise:'#e67e22',neutral:'#95a5a6'};function colour(l){return COLOURS[l]||'#777'}"
+    "function el(tag,cls,text){var e=document.createElement(tag);if(cls)e.className=cls;"
+    "if(text!==undefined)e.textContent=text;return e}"
+    "function showCamera(fig,c,labels){fig.querySelector('.rate').textContent="
+    "c.fps.toFixed(1)+' FPS \u00b7 '+(c.latency_ms===null?'-':c.latency_ms)+' ms end to end';"
+    "var ol=fig.querySelector('.faces');ol.textContent='';c.faces.forEach(function(f){var li=el('li','face');"
+    "li.appendChild(el('span','label','#'+f.track+' '+f.emotion+' '+f.confidence.toFixed(2)));var bar=el('span','bar');"
+    "f.probabilities.forEach(function(p,i){var b=el('i');b.style.height=Math.max(1,Math.round(p*18))+'px';"
+    "b.style.background=colour(labels[i]);b.title=labels[i]+' '+p.toFixed(2);bar.appendChild(b)});"
+    "li.appendChild(bar);ol.appendChild(li)});var strip=fig.querySelector('.strip');strip.textContent='';"
+    "c.mix.forEach(function(m){var col=el('i'),n=0;for(var k in m)n+=m[k];labels.forEach(function(l){if(m[l]){"
+    "var b=el('b');b.style.height=(100*m[l]/n)+'%';b.style.background=colour(l);col.appendChild(b)}});"
+    "strip.appendChild(col)})}"
+    "function poll(){fetch('/stats.json').then(function(r){return r.json()}).then(function(s){"
+    "for(var cam in s.cameras){var fig=document.getElementById('cam-'+cam);if(fig)showCamera(fig,s.cameras[cam],"
+    "s.labels)}}).catch(function(e){document.querySelectorAll('.rate').forEach(function(r){"
+    "r.textContent='figures unavailable: '+e})}).then(function(){setTimeout(poll,1000)})}"
 )
 # Each <img> reports its stream's state in its caption; a failed stream is retried every 3 s.
 _PAGE_SCRIPT = (
@@ -102,16 +135,19 @@ def index_page(cameras: Sequence[str]) -> bytes:
     figures = "\n".join(
         f'<figure id="cam-{html.escape(c)}"><figcaption>{html.escape(c)} <span>waiting for frames</span></figcaption>'
         f'<img src="/stream/{html.escape(c)}.mjpg" alt="camera {html.escape(c)}" '
-        'onload="streamUp(this)" onerror="streamDown(this)"></figure>'
+        'onload="streamUp(this)" onerror="streamDown(this)">'
+        '<div class="stats"><span class="rate">waiting for results</span><ol class="faces"></ol>'
+        '<div class="strip" title="emotion mix over the last minute"></div>'
+        '<div class="legend">emotion mix, last 60 s</div></div></figure>'
         for c in cameras
     )
     count = f"{len(cameras)} camera{'s' if len(cameras) != 1 else ''}"
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width,initial-scale=1'>"
-        f"<title>emopipe live ({count})</title><style>{_PAGE_STYLE}</style><script>{_PAGE_SCRIPT}</script></head>"
+        f"<title>emopipe live ({count})</title><style>{_PAGE_STYLE}</style><script>{_PAGE_SCRIPT}{_STATS_SCRIPT}</script></head>"
         f"<body><h1>emopipe live <small>{count}, annotated frames</small></h1>"
-        f"<main>{figures or '<p>no cameras yet</p>'}</main></body></html>"
+        f"<main>{figures or '<p>no cameras yet</p>'}</main><script>poll()</script></body></html>"
     ).encode()
 
 
@@ -121,6 +157,9 @@ def make_handler(store: FrameStore) -> type[BaseHTTPRequestHandler]:
             path = self.path.split("?", 1)[0]  # the page retries a failed stream with a ?retry=... query
             if path in ("/", "/index.html"):
                 self._send(200, "text/html; charset=utf-8", index_page(store.cameras))
+                return
+            if path == "/stats.json":
+                self._send(200, "application/json", json.dumps(store.board.snapshot()).encode())
                 return
             match = _PATH.match(path)
             if match is None or (match.group(1) == "stream") != (match.group(3) == "mjpg"):
