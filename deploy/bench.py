@@ -30,7 +30,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,7 +92,7 @@ def read_frames(path: Path, size: tuple[int, int] | None = None, limit: int = 0)
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise OSError(f"cannot open video {path}")
-    frames = []
+    frames: list[np.ndarray] = []
     try:
         while not limit or len(frames) < limit:
             ok, image = cap.read()
@@ -210,8 +209,7 @@ def run_pipeline(cfg: Config, warmup_s: float, seconds: float, workdir: Path) ->
             _follow(fh, proc, begin + seconds, latencies, "measuring")
             elapsed = time.monotonic() - begin
             usage = {
-                s: StageUsage(p.cpu_percent(None), rss_start[s], p.memory_info().rss / 2**20)
-                for s, p in stages.items()
+                s: StageUsage(p.cpu_percent(None), rss_start[s], p.memory_info().rss / 2**20) for s, p in stages.items()
             }
         drops = scrape_drops(cfg)
     finally:
@@ -261,15 +259,16 @@ def stage_processes(launcher: subprocess.Popen) -> dict[str, psutil.Process]:  #
 
 
 def scrape_drops(cfg: Config) -> dict[str, float]:
-    drops: Counter[str] = Counter()
+    drops: dict[str, float] = {}
     for stage in STAGES:
         port = getattr(cfg, stage).metrics_port
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
             for line in resp.read().decode().splitlines():
                 match = _DROPPED.match(line)
                 if match and float(match.group(3)) > 0:
-                    drops[f"{match.group(2)}/{match.group(1)}"] += float(match.group(3))
-    return dict(drops)
+                    key = f"{match.group(2)}/{match.group(1)}"
+                    drops[key] = drops.get(key, 0.0) + float(match.group(3))
+    return drops
 
 
 # ---------------------------------------------------------------- 3. recall and flicker
@@ -347,7 +346,7 @@ def _tuple(b: Box) -> tuple[float, float, float, float]:
 
 
 def _changes(labels: list[str]) -> int:
-    return sum(1 for a, b in zip(labels, labels[1:]) if a != b)
+    return sum(1 for a, b in zip(labels, labels[1:], strict=False) if a != b)
 
 
 # ---------------------------------------------------------------- the report
@@ -360,15 +359,20 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+    return (
+        f"{cpu_model()}, {psutil.cpu_count()} logical cores, {psutil.virtual_memory().total / 2**30:.0f} GiB,"
+        f" Python {platform.python_version()}, OpenCV {cv2.__version__}"
+    )
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what ``platform`` knows."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {psutil.cpu_count()} logical cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}, OpenCV {cv2.__version__}"
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def report(
@@ -389,9 +393,8 @@ def report(
     ]
     for c in pipe.cameras:
         lat = pipe.latencies[c]
-        rows.append(
-            f"| {c} | {pipe.fps(c):.1f} | {percentile(lat, 50):.0f} | {percentile(lat, 95):.0f} | {percentile(lat, 99):.0f} |"
-        )
+        p50, p95, p99 = (percentile(lat, q) for q in (50, 95, 99))
+        rows.append(f"| {c} | {pipe.fps(c):.1f} | {p50:.0f} | {p95:.0f} | {p99:.0f} |")
     rows += [
         "",
         f"Throughput: {total:.1f} frames/s over all cameras; the paper's single-process loop: {paper_fps:.1f} FPS"

@@ -14,9 +14,9 @@ import pytest
 from emopipe.messages import Box, FaceResult, Frame, Results
 from helpers import free_port
 from services.sink.events import LineWriter, event
-from services.sink.smoothing import Smoothed, Smoother
 from services.sink.join import CameraJoin
 from services.sink.render import annotate, encode_jpeg
+from services.sink.smoothing import Smoothed
 from services.sink.viewer import FrameStore, Viewer
 
 LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")

@@ -69,9 +69,12 @@ def test_the_scan_plan_covers_every_face_size_and_position_once_per_cycle() -> N
         fits = [
             j
             for j in jobs
-            if j.min_size <= size and (j.max_size == 0 or size < j.max_size)
-            and j.region.x <= x and j.region.y <= y
-            and x + size <= j.region.x + j.region.w and y + size <= j.region.y + j.region.h
+            if j.min_size <= size
+            and (j.max_size == 0 or size < j.max_size)
+            and j.region.x <= x
+            and j.region.y <= y
+            and x + size <= j.region.x + j.region.w
+            and y + size <= j.region.y + j.region.h
         ]
         assert fits, f"a {size}-pixel face at {x},{y} falls in no job"
     assert jobs[0].max_size == 0 and jobs[-1].shrink == 1.0  # cheapest (largest faces) first
@@ -81,7 +84,7 @@ def test_tiles_overlap_by_the_requested_amount_and_reach_the_edges() -> None:
     got = tiles(640, 480, 240, 80)
     xs = sorted({t.x for t in got})
     assert xs[0] == 0 and xs[-1] + 240 == 640
-    assert all(b - a <= 240 - 80 for a, b in zip(xs, xs[1:]))
+    assert all(b - a <= 240 - 80 for a, b in zip(xs, xs[1:], strict=False))
     assert tiles(100, 80, 240, 80) == [Box(0, 0, 100, 80)]
 
 
@@ -139,3 +142,23 @@ def test_each_track_is_smoothed_on_its_own_and_ends_with_its_emotion_shares() ->
     assert summaries[1]["emotions"]["neutral"] == 1.0 and summaries[1]["frames"] == 10
     assert summaries[0]["seconds"] == pytest.approx(9 / FPS, abs=1e-3)
     assert smoother.tracks == {}
+
+
+def test_the_viewer_board_reports_fps_latency_faces_and_a_minute_of_emotion_mix() -> None:
+    from services.sink.smoothing import Smoothed
+    from services.sink.stats import MIX_SECONDS, Board
+
+    board = Board()
+    now = 1000.0
+    for i in range(90):  # 3 s at 30 FPS, each line written 40 ms after capture
+        t = now - 3 + i / 30
+        res = results_at(t - 0.04, [0.0, 0, 0, 1.0, 0, 0, 0], track=5)
+        board.record(res, [Smoothed("happy" if i < 60 else "sad", 0.8, tuple(res.faces[0].probabilities))], now=t)
+    snap = board.snapshot(now=now)
+    cam = snap["cameras"]["cam0"]
+    assert snap["labels"] == list(LABELS)
+    assert cam["fps"] == pytest.approx(30.0, abs=0.5) and cam["latency_ms"] == 40
+    assert cam["faces"] == [{"track": 5, "emotion": "sad", "confidence": 0.8, "probabilities": [0, 0, 0, 1.0, 0, 0, 0]}]
+    assert len(cam["mix"]) == MIX_SECONDS and cam["mix"][:-4] == [{}] * (MIX_SECONDS - 4)
+    assert sum(m.get("happy", 0) for m in cam["mix"]) == 60 and sum(m.get("sad", 0) for m in cam["mix"]) == 30
+    assert board.snapshot(now=now + 10)["cameras"]["cam0"]["fps"] == 0.0  # nothing written for 10 s

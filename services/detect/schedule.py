@@ -77,9 +77,7 @@ def tiles(width: int, height: int, side: int, overlap: int) -> list[Box]:
         count = math.ceil((length - side) / step) + 1
         return sorted({min(i * step, length - side) for i in range(count)})
 
-    return [
-        Box(x, y, min(side, width), min(side, height)) for y in starts(height) for x in starts(width)
-    ]
+    return [Box(x, y, min(side, width), min(side, height)) for y in starts(height) for x in starts(width)]
 
 
 @dataclass
@@ -95,7 +93,7 @@ class ScanQueue:
         if not self.jobs:
             return []
         self.credit = min(self.credit + len(self.jobs) * min(dt, self.interval_s) / self.interval_s, len(self.jobs))
-        out = []
+        out: list[int] = []
         while self.credit >= 1.0 and len(out) < limit:
             out.append(self.jobs[self.cursor])
             self.cursor = (self.cursor + 1) % len(self.jobs)
@@ -190,7 +188,7 @@ class CameraDetector:
         if reference is None or reference.shape != patch.shape:
             return True
         moved = np.count_nonzero(cv2.absdiff(patch, reference) > MOTION_LEVEL)
-        return moved > self.cfg.motion_fraction * patch.size
+        return bool(moved > self.cfg.motion_fraction * patch.size)
 
 
 def _tiny_region(tiny: np.ndarray, region: Box) -> np.ndarray:

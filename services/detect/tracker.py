@@ -102,7 +102,10 @@ class Tracker:
             vx = (det[0] + det[2] / 2 - old_cx) / dt
             vy = (det[1] + det[3] / 2 - old_cy) / dt
             g = VELOCITY_GAIN if track.hits > 1 else 1.0
-            track.velocity = (track.velocity[0] + g * (vx - track.velocity[0]), track.velocity[1] + g * (vy - track.velocity[1]))
+            track.velocity = (
+                track.velocity[0] + g * (vx - track.velocity[0]),
+                track.velocity[1] + g * (vy - track.velocity[1]),
+            )
         track.box = det
         track.seen = ts
         track.hits += 1
@@ -120,4 +123,3 @@ class Tracker:
             if box is not None:
                 out.append(TrackedFace(track.id, box, track.detected))
         return out
-

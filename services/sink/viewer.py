@@ -145,7 +145,8 @@ def index_page(cameras: Sequence[str]) -> bytes:
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width,initial-scale=1'>"
-        f"<title>emopipe live ({count})</title><style>{_PAGE_STYLE}</style><script>{_PAGE_SCRIPT}{_STATS_SCRIPT}</script></head>"
+        f"<title>emopipe live ({count})</title><style>{_PAGE_STYLE}</style>"
+        f"<script>{_PAGE_SCRIPT}{_STATS_SCRIPT}</script></head>"
         f"<body><h1>emopipe live <small>{count}, annotated frames</small></h1>"
         f"<main>{figures or '<p>no cameras yet</p>'}</main><script>poll()</script></body></html>"
     ).encode()
