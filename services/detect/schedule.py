@@ -114,8 +114,6 @@ class CameraDetector:
     last_ts: float | None = None
     last_run: list[float] = field(default_factory=list)
     references: list[np.ndarray | None] = field(default_factory=list)
-    scans_run: int = 0
-    scans_skipped: int = 0
 
     @classmethod
     def create(cls, cfg: DetectConfig, detector: FaceDetector) -> CameraDetector:
@@ -171,7 +169,6 @@ class CameraDetector:
                 job = self.jobs[index]
                 patch = _tiny_region(tiny, job.region)
                 if ts - self.last_run[index] < self.cfg.idle_rescan_s and not self._changed(index, patch):
-                    self.scans_skipped += 1
                     continue
                 self.references[index] = patch.copy()
                 self.last_run[index] = ts
@@ -180,7 +177,6 @@ class CameraDetector:
                         gray, job.region, job.shrink, job.min_size, job.max_size, self.cfg.scan_scale_factor
                     )
                 )
-                self.scans_run += 1
         return found
 
     def _changed(self, index: int, patch: np.ndarray) -> bool:
