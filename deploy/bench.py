@@ -119,7 +119,7 @@ def video_fps(path: Path) -> float:
 def paper_loop(video: Path, model: EmotionModel, cfg: Config, seconds: float) -> float:
     """Frames per second of read -> full-frame Haar -> CNN per face -> draw, one process
     (OpenCV with its default threads, as the paper's code runs)."""
-    detector = FaceDetector(cfg.detect)
+    detector = FaceDetector(cfg.detect, model.input_size)
     cap = cv2.VideoCapture(str(video))
     frames = 0
     start = time.perf_counter()
@@ -292,8 +292,8 @@ class TrackingResult:
 
 def measure_tracking(frames: list[np.ndarray], fps: float, cfg: Config, model: EmotionModel) -> TrackingResult:
     cv2.setNumThreads(cfg.detect.threads)
-    reference = Detect(dataclasses.replace(cfg.detect, every_frame=True))
-    scheduled = Detect(cfg.detect)
+    reference = Detect(dataclasses.replace(cfg.detect, every_frame=True), model.input_size)
+    scheduled = Detect(cfg.detect, model.input_size)
     smoother = Smoother(cfg.sink.smooth_s, cfg.detect.track_timeout_s)
     ref_total = covered = extra = 0
     t_sched, t_full = [], []

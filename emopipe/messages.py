@@ -29,7 +29,7 @@ Kind-specific header keys and payloads:
     frame    payload: the image, shape [H, W, 3], uint8, BGR
     faces    boxes: [[x, y, w, h], ...] in frame pixels, one per face;
              tracks: [int] the face's track id (stable while it stays in view), one per box;
-             payload: the face crops, shape [N, 48, 48], uint8 grey (N = len(boxes))
+             payload: the face crops, shape [N, S, S], uint8 grey (N = len(boxes), S = the model's input_size)
     results  boxes, tracks: as in "faces"; emotions: [str] one label per face;
              confidences: [float]; labels: [str] the model's labels in output order;
              payload: the probabilities, shape [N, len(labels)], float32
@@ -93,7 +93,7 @@ class Faces:
     seq: int
     ts: float
     boxes: tuple[Box, ...]
-    crops: np.ndarray  # [N, 48, 48] uint8
+    crops: np.ndarray  # [N, S, S] uint8, S = the emotion model's input_size
     tracks: tuple[int, ...] = ()  # one per box; () only for messages built without tracking
     sent: float = 0.0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -19,6 +20,36 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 # The shipped model's weights (its model card's --init for a further cycle).
 SHIPPED_WEIGHTS = REPO / "training" / "checkpoints" / "emonet-slim.weights.h5"
+
+
+def write_model(path: Path, size: int, metadata_size: int | None = None) -> Path:
+    """A tiny ONNX emotion model (uniform probabilities) taking ``size`` x ``size`` faces,
+    whose metadata says ``metadata_size`` (default: ``size``)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from emopipe.labels import EMOTIONS
+
+    weights = helper.make_tensor(
+        "w", TensorProto.FLOAT, [size * size, len(EMOTIONS)], [0.0] * (size * size * len(EMOTIONS))
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("Flatten", ["pixels"], ["flat"]),
+            helper.make_node("MatMul", ["flat", "w"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["N", size, size, 1])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", len(EMOTIONS)])],
+        [weights],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    for key, value in (("labels", json.dumps(list(EMOTIONS))), ("input_size", str(metadata_size or size))):
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
+    return path
 
 
 def free_port() -> int:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
 import urllib.request
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import pytest
@@ -16,8 +18,8 @@ import zmq
 from emopipe import bus, messages
 from emopipe.config import DetectConfig
 from emopipe.labels import EMOTIONS
-from emopipe.messages import EndOfStream, Faces, Results
-from helpers import free_port, pipeline_toml, start_stage, stop
+from emopipe.messages import Box, EndOfStream, Faces, Results
+from helpers import free_port, pipeline_toml, start_stage, stop, write_model
 from services.classify.main import classify
 from services.classify.model import EmotionModel, ModelError
 from services.detect.detector import FaceDetector
@@ -31,7 +33,7 @@ def model(model_path: Path) -> EmotionModel:
 @pytest.fixture(scope="module")
 def real_faces(carphone_frames: list[np.ndarray]) -> Faces:
     """Faces detect finds in a few frames of the real video, as one batch."""
-    detector = FaceDetector(DetectConfig())
+    detector = FaceDetector(DetectConfig(), 48)
     found = [detector.detect(f) for f in carphone_frames[:40:8]]
     boxes = tuple(b for bs, _ in found for b in bs)
     crops = np.concatenate([c for _, c in found])
@@ -95,6 +97,30 @@ def test_model_with_wrong_label_count_breaks_the_contract(model_path: Path, tmp_
     onnx.save(proto, str(bad))
     with pytest.raises(ModelError, match=str(bad)):
         EmotionModel(bad)
+
+
+def test_metadata_input_size_that_the_graph_does_not_take_is_refused_naming_both(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match=r"metadata input_size is 64 but its graph takes 48x48 inputs"):
+        EmotionModel(write_model(tmp_path / "m.onnx", 48, metadata_size=64))
+
+
+def test_a_model_of_another_input_size_is_served_at_its_own_size(tmp_path: Path) -> None:
+    model = EmotionModel(write_model(tmp_path / "m64.onnx", 64))
+    assert model.input_size == 64
+    res = classify(model, Faces("cam0", 0, 1.0, (Box(0, 0, 64, 64),), np.full((1, 64, 64), 90, np.uint8)))
+    assert [f.confidence for f in res.faces] == [pytest.approx(1 / len(EMOTIONS))]
+
+
+def test_crops_of_another_size_are_resized_to_the_model_with_a_warning_naming_both(
+    model: EmotionModel, real_faces: Faces, caplog: pytest.LogCaptureFixture
+) -> None:
+    big = np.stack([cv2.resize(c, (64, 64), interpolation=cv2.INTER_CUBIC) for c in real_faces.crops])
+    res = classify(model, dataclasses.replace(real_faces, crops=big))
+    assert len(res.faces) == len(real_faces.boxes)
+    want = classify(model, real_faces)
+    agree = sum(a.emotion == b.emotion for a, b in zip(res.faces, want.faces, strict=True))
+    assert agree >= len(res.faces) - 1  # up- then down-sampled faces mostly keep their label
+    assert "detect sends 64x64 crops but model" in caplog.text and "takes 48x48" in caplog.text
 
 
 def test_classify_process_publishes_results_for_every_faces_message_and_exports_model_info(

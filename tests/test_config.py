@@ -106,3 +106,8 @@ def test_unknown_environment_override_is_an_error_naming_the_key() -> None:
         config.load(None, environ={"EMOPIPE__DETECT__MIN_NEIGBORS": "7"})
     with pytest.raises(ConfigError, match="EMOPIPE__DETECT: expected"):
         config.load(None, environ={"EMOPIPE__DETECT": "7"})
+
+
+def test_a_removed_key_is_an_error_saying_what_replaced_it() -> None:
+    with pytest.raises(ConfigError, match=r"key 'detect\.face_size' was removed: .*input_size.*classify\.model"):
+        config.from_dict({"detect": {"face_size": 48}})

@@ -15,13 +15,13 @@ import zmq
 from emopipe import bus, messages
 from emopipe.config import DetectConfig
 from emopipe.messages import Box, EndOfStream, Faces, Frame
-from helpers import free_port, pipeline_toml, start_stage, stop
+from helpers import free_port, pipeline_toml, start_stage, stop, write_model
 from services.detect.detector import FaceDetector, clip_box
 
 
 def reference_haar(image: np.ndarray) -> list[list[int]]:
     """The acceptance reference: OpenCV's cascade alone, scale 1.1, 5 neighbours, 40x40, full frame."""
-    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")  # type: ignore[attr-defined]
     gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
     found = cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(40, 40))
     return sorted([int(v) for v in box] for box in found)
@@ -30,7 +30,7 @@ def reference_haar(image: np.ndarray) -> list[list[int]]:
 def test_default_detector_finds_exactly_the_reference_faces_on_the_real_video(
     carphone_frames: list[np.ndarray],
 ) -> None:
-    detector = FaceDetector(DetectConfig())
+    detector = FaceDetector(DetectConfig(), 48)
     frames = carphone_frames[::6]
     ours = [sorted(b.as_list() for b in detector.detect(f)[0]) for f in frames]
     assert ours == [reference_haar(f) for f in frames]
@@ -39,7 +39,7 @@ def test_default_detector_finds_exactly_the_reference_faces_on_the_real_video(
 
 def test_crops_are_the_boxes_in_grey_resized_to_48x48(carphone_frames: list[np.ndarray]) -> None:
     image = carphone_frames[0]
-    boxes, crops = FaceDetector(DetectConfig()).detect(image)
+    boxes, crops = FaceDetector(DetectConfig(), 48).detect(image)
     assert len(boxes) >= 1 and crops.shape == (len(boxes), 48, 48) and crops.dtype == np.uint8
     b = boxes[0]
     gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
@@ -48,7 +48,7 @@ def test_crops_are_the_boxes_in_grey_resized_to_48x48(carphone_frames: list[np.n
 
 
 def test_frame_without_a_face_gives_no_boxes_and_an_empty_crop_array() -> None:
-    boxes, crops = FaceDetector(DetectConfig()).detect(np.zeros((120, 160, 3), dtype=np.uint8))
+    boxes, crops = FaceDetector(DetectConfig(), 48).detect(np.zeros((120, 160, 3), dtype=np.uint8))
     assert boxes == () and crops.shape == (0, 48, 48)
 
 
@@ -60,8 +60,8 @@ def test_boxes_over_the_frame_edge_are_clipped_not_lost() -> None:
 
 def test_downscaled_detection_reports_boxes_in_full_frame_pixels(carphone_frames: list[np.ndarray]) -> None:
     big = cv2.resize(carphone_frames[0], None, fx=2, fy=2)
-    full = FaceDetector(DetectConfig()).detect(big)[0]
-    half = FaceDetector(DetectConfig(downscale=2.0)).detect(big)[0]
+    full = FaceDetector(DetectConfig(), 48).detect(big)[0]
+    half = FaceDetector(DetectConfig(downscale=2.0), 48).detect(big)[0]
     assert len(full) == 1 and len(half) == 1
     assert abs(full[0].x - half[0].x) <= 8 and abs(full[0].w - half[0].w) <= 16
 
@@ -133,3 +133,40 @@ def test_detect_process_answers_every_frame_forwards_eos_and_survives_malformed_
     assert "needs 14400 bytes, payload has 5" in log and "schema version 99" in log
     pub.close()
     sub.close(linger=0)
+
+
+def test_detect_process_crops_at_the_input_size_of_the_configured_model(
+    ipc_dir: Path, carphone: Path, zmq_ctx: zmq.Context, carphone_frames: list[np.ndarray]
+) -> None:
+    config = ipc_dir / "c.toml"
+    model = write_model(ipc_dir / "m64.onnx", 64)
+    config.write_text(pipeline_toml(ipc_dir, [("cam0", carphone, False)], classify={"model": model}))
+    proc = start_stage("detect", config, ipc_dir / "detect.log")
+    try:
+        pub = bus.Publisher(
+            zmq_ctx,
+            f"ipc://{ipc_dir}/frames",
+            lossless=True,
+            hwm=8,
+            subscribers=1,
+            subscribe_timeout_s=30,
+            stop=threading.Event(),
+        )
+        sub = bus.subscriber(zmq_ctx, f"ipc://{ipc_dir}/faces", bus.topics_for(["faces"], []), hwm=100)
+        pub.send(Frame("cam0", 0, 1.0, carphone_frames[0]))
+        assert sub.poll(30_000), f"detect published nothing; log:\n{(ipc_dir / 'detect.log').read_text()}"
+        faces = messages.decode(sub.recv_multipart())
+        assert isinstance(faces, Faces) and faces.crops.shape == (1, 64, 64)
+        assert f"crops of 64x64 pixels, the input of {model}" in (ipc_dir / "detect.log").read_text()
+        pub.close()
+        sub.close(linger=0)
+    finally:
+        assert stop(proc) == 0
+
+
+def test_detect_process_exits_with_a_config_error_naming_a_missing_model(ipc_dir: Path, carphone: Path) -> None:
+    config = ipc_dir / "c.toml"
+    config.write_text(pipeline_toml(ipc_dir, [("cam0", carphone, False)], classify={"model": ipc_dir / "no.onnx"}))
+    proc = start_stage("detect", config, ipc_dir / "detect.log")
+    assert proc.wait(60) == 2
+    assert f"model file {ipc_dir}/no.onnx does not exist" in (ipc_dir / "detect.log").read_text()

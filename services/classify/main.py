@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 from prometheus_client import CollectorRegistry
 
@@ -19,7 +20,7 @@ log = logging.getLogger("emopipe.classify")
 
 
 def classify(model: EmotionModel, faces: Faces) -> Results:
-    probs = model.predict(faces.crops)
+    probs = model.predict(fit(model, faces))
     best = np.argmax(probs, axis=1) if len(probs) else np.zeros(0, dtype=int)
     results = tuple(
         FaceResult(
@@ -32,6 +33,35 @@ def classify(model: EmotionModel, faces: Faces) -> Results:
         for box, track, row, k in zip(faces.boxes, faces.tracks or [0] * len(faces.boxes), probs, best, strict=False)
     )
     return Results(camera=faces.camera, seq=faces.seq, ts=faces.ts, faces=results, labels=model.labels)
+
+
+_warned_sizes: set[tuple[int, ...]] = set()
+
+
+def fit(model: EmotionModel, faces: Faces) -> np.ndarray:
+    """The crops at the model's input size. Detect cuts them at that size (it reads the same
+    model's metadata); crops of another size come from a detect configured with another model
+    file, and are resized, with one warning per size naming both."""
+    crops = faces.crops
+    size = model.input_size
+    if crops.shape[1:] == (size, size):
+        return crops
+    if crops.shape[1:] not in _warned_sizes:
+        _warned_sizes.add(crops.shape[1:])
+        log.warning(
+            "camera %s: detect sends %dx%d crops but model %s takes %dx%d: resizing them "
+            "(give detect the same classify.model)",
+            faces.camera,
+            crops.shape[1],
+            crops.shape[2],
+            model.path,
+            size,
+            size,
+        )
+    resized = np.zeros((len(crops), size, size), np.uint8)
+    for i, crop in enumerate(crops):
+        resized[i] = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
+    return resized
 
 
 def make_handler(model: EmotionModel, metrics: Metrics) -> relay.Handler:

@@ -21,16 +21,8 @@ class ModelError(RuntimeError):
 
 class EmotionModel:
     def __init__(self, path: Path, intra_op_threads: int = 1) -> None:
-        if not path.is_file():
-            raise ModelError(f"model file {path} does not exist")
         self.path = path
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = 1
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types for bad files
-            raise ModelError(f"model file {path} cannot be loaded: {exc}") from exc
+        self.session = _open(path, intra_op_threads)
         meta = self.session.get_modelmeta().custom_metadata_map
         self.labels = _labels(path, meta)
         self.input_size = _input_size(path, meta)
@@ -63,9 +55,35 @@ class EmotionModel:
         shape = self.session.get_inputs()[0].shape
         if len(shape) != 4 or shape[-1] != 1:
             raise ModelError(f"model {self.path} input shape {shape}, expected [N, S, S, 1]")
+        graph = [d for d in shape[1:3] if isinstance(d, int)]  # symbolic dimensions take any size
+        if any(d != self.input_size for d in graph):
+            raise ModelError(
+                f"model {self.path}: metadata input_size is {self.input_size} "
+                f"but its graph takes {shape[1]}x{shape[2]} inputs"
+            )
         probs = self.predict(np.full((2, self.input_size, self.input_size), 128, dtype=np.uint8))
         if not np.allclose(probs.sum(axis=1), 1.0, atol=1e-3) or probs.min() < 0:
             raise ModelError(f"model {self.path} output rows are not probabilities: {probs.tolist()}")
+
+
+def input_size(path: Path) -> int:
+    """The face size (pixels per side) the model at ``path`` takes, from its metadata.
+
+    Detect crops faces at this size: the one place it is written down is the model.
+    """
+    return EmotionModel(path, intra_op_threads=1).input_size
+
+
+def _open(path: Path, intra_op_threads: int) -> ort.InferenceSession:
+    if not path.is_file():
+        raise ModelError(f"model file {path} does not exist")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types for bad files
+        raise ModelError(f"model file {path} cannot be loaded: {exc}") from exc
 
 
 def _labels(path: Path, meta: dict[str, str]) -> tuple[str, ...]:

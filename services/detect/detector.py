@@ -1,4 +1,4 @@
-"""Haar-cascade face detection and the paper's preprocessing (crop, grey, resize to 48x48)."""
+"""Haar-cascade face detection and the paper's preprocessing (crop, grey, resize to the model's input size)."""
 
 from __future__ import annotations
 
@@ -14,14 +14,16 @@ CASCADE_FILE = "haarcascade_frontalface_default.xml"
 
 
 class FaceDetector:
-    """OpenCV's frontal-face cascade, loaded once, with the parameters from config."""
+    """OpenCV's frontal-face cascade, loaded once, with the parameters from config; crops of
+    ``face_size`` pixels a side (the emotion model's ``input_size``)."""
 
-    def __init__(self, cfg: DetectConfig) -> None:
+    def __init__(self, cfg: DetectConfig, face_size: int) -> None:
         path = Path(cv2.data.haarcascades) / CASCADE_FILE  # type: ignore[attr-defined]
         self.cascade = cv2.CascadeClassifier(str(path))
         if self.cascade.empty():
             raise RuntimeError(f"cannot load the Haar cascade {path}")
         self.cfg = cfg
+        self.face_size = face_size
 
     def detect(self, image: np.ndarray) -> tuple[tuple[Box, ...], np.ndarray]:
         """Full-frame detection (the paper's): boxes clipped to the frame and their grey crops."""
@@ -58,8 +60,8 @@ class FaceDetector:
         return [b for b in boxes if b is not None]
 
     def crops(self, gray: np.ndarray, boxes: list[Box] | tuple[Box, ...]) -> np.ndarray:
-        """[N, S, S] uint8 grey crops of ``boxes``, S = face_size (the model's input)."""
-        size = self.cfg.face_size
+        """[N, S, S] uint8 grey crops of ``boxes``, S = ``face_size``."""
+        size = self.face_size
         crops = np.zeros((len(boxes), size, size), dtype=np.uint8)
         for i, box in enumerate(boxes):
             patch = gray[box.y : box.y + box.h, box.x : box.x + box.w]

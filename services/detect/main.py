@@ -1,4 +1,8 @@
-"""detect: find and track faces in every frame, publish their boxes, track ids and 48x48 grey crops."""
+"""detect: find and track faces in every frame, publish their boxes, track ids and grey crops.
+
+The crops are the size the emotion model takes: detect reads it from the model's metadata
+(``classify.model``, the file classify serves), so no config repeats it.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,10 @@ from prometheus_client import CollectorRegistry
 
 from emopipe import metrics as metrics_mod
 from emopipe import relay, service
-from emopipe.config import DetectConfig
+from emopipe.config import DetectConfig, resolve_path
 from emopipe.messages import Box, Faces, Frame, Message
 from emopipe.metrics import Metrics
+from services.classify.model import ModelError, input_size
 from services.detect.detector import FaceDetector
 from services.detect.schedule import CameraDetector
 
@@ -22,9 +27,9 @@ log = logging.getLogger("emopipe.detect")
 class Detect:
     """Per-camera scheduled detection and tracking (or, with ``every_frame``, the paper's full scan)."""
 
-    def __init__(self, cfg: DetectConfig) -> None:
+    def __init__(self, cfg: DetectConfig, face_size: int) -> None:
         self.cfg = cfg
-        self.detector = FaceDetector(cfg)
+        self.detector = FaceDetector(cfg, face_size)
         self.cameras: dict[str, CameraDetector] = {}
         self.seen: dict[str, int] = {}  # every_frame: a new id per box (no tracking)
 
@@ -60,7 +65,14 @@ def make_handler(detect: Detect, metrics: Metrics) -> relay.Handler:
 def main(argv: Sequence[str] | None = None) -> int:
     cfg, stop = service.setup("detect", argv)
     cv2.setNumThreads(cfg.detect.threads)
-    detect = Detect(cfg.detect)
+    model = resolve_path(cfg.classify.model)
+    try:
+        face_size = input_size(model)
+    except ModelError as exc:
+        log.error("%s", exc)
+        return service.EXIT_CONFIG
+    log.info("crops of %dx%d pixels, the input of %s", face_size, face_size, model)
+    detect = Detect(cfg.detect, face_size)
     cameras = cfg.detect.cameras or cfg.cameras
     metrics = metrics_mod.create(CollectorRegistry(), "detect", cameras)
     metrics_mod.serve(metrics, cfg.detect.metrics_port, cfg.pipeline.metrics_host)
