@@ -32,6 +32,12 @@ ENV_PREFIX = "EMOPIPE__"
 LIVE_URL = re.compile(r"^(rtsp|rtsps|rtmp|http|https|udp|tcp)://", re.IGNORECASE)
 
 
+#: Keys of earlier versions, with what replaced them.
+REMOVED = {
+    "detect.face_size": "detect crops faces at the model's input_size, read from classify.model's metadata",
+}
+
+
 class ConfigError(ValueError):
     """A configuration file or value that is not valid; the message names the key."""
 
@@ -96,7 +102,6 @@ class DetectConfig:
     min_neighbors: int = 5
     min_size: int = 40  # pixels of the full frame
     downscale: float = 1.0  # every_frame only: detect on the frame shrunk by this factor
-    face_size: int = 48
     threads: int = 1  # cv2.setNumThreads: one core per detect process (OpenCV's default takes all)
     # Scheduled detection (services/detect/schedule.py); defaults measured in BENCHMARKS.md
     every_frame: bool = False  # the paper's way: the full-frame cascade on every frame
@@ -136,6 +141,7 @@ class SinkConfig:
     tracks: str = ""  # JSON lines file, one line per ended face track; "" = none
     smooth_s: float = 1.0  # time constant of each track's exponential average of probabilities
     jpeg_quality: int = 80
+    progress_s: float = 10.0  # runs on files, not on a terminal: log each camera's progress this often (0: never)
 
 
 @dataclass(frozen=True)
@@ -224,6 +230,8 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     hints = get_type_hints(cls)
     known = {f.name for f in fields(cls)}
     for key in data:
+        if f"{prefix}{key}" in REMOVED:
+            raise ConfigError(f"key '{prefix}{key}' was removed: {REMOVED[prefix + key]}")
         if key not in known:
             raise ConfigError(f"unknown key '{prefix}{key}'")
     values = {key: _convert(hints[key], value, f"{prefix}{key}") for key, value in data.items()}
@@ -266,7 +274,6 @@ def _check_positive(cfg: Config) -> None:
         "detect.min_neighbors": cfg.detect.min_neighbors >= 0,
         "detect.min_size": cfg.detect.min_size >= 1,
         "detect.downscale": cfg.detect.downscale >= 1.0,
-        "detect.face_size": cfg.detect.face_size >= 1,
         "detect.threads": cfg.detect.threads >= 0,
         "detect.scan_interval_s": cfg.detect.scan_interval_s > 0,
         "detect.large_scan_interval_s": cfg.detect.large_scan_interval_s > 0,
@@ -282,6 +289,7 @@ def _check_positive(cfg: Config) -> None:
         "detect.track_hold_s": cfg.detect.track_hold_s >= 0,
         "detect.track_timeout_s": cfg.detect.track_timeout_s >= cfg.detect.track_hold_s,
         "sink.smooth_s": cfg.sink.smooth_s >= 0,
+        "sink.progress_s": cfg.sink.progress_s >= 0,
         "classify.intra_op_threads": cfg.classify.intra_op_threads >= 0,
         "bus.live_hwm": cfg.bus.live_hwm >= 1,
         "bus.lossless_hwm": cfg.bus.lossless_hwm >= 1,

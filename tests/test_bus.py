@@ -10,7 +10,7 @@ import numpy as np
 import zmq
 
 from emopipe import bus, messages
-from emopipe.messages import EndOfStream, Frame
+from emopipe.messages import EndOfStream, Frame, Message
 
 
 def frame(seq: int, camera: str = "cam0") -> Frame:
@@ -104,7 +104,7 @@ def test_live_publisher_does_not_block_on_a_subscriber_that_does_not_read(zmq_ct
 
 
 def test_keep_newest_keeps_the_last_frame_per_camera_and_every_end_of_stream() -> None:
-    batch = [frame(0, "a"), frame(0, "b"), frame(1, "a"), EndOfStream("b", 1, 0.0), frame(2, "a")]
+    batch: list[Message] = [frame(0, "a"), frame(0, "b"), frame(1, "a"), EndOfStream("b", 1, 0.0), frame(2, "a")]
     kept, stale = bus.keep_newest(batch)
     assert [(m.camera, m.seq, type(m).__name__) for m in kept] == [
         ("b", 0, "Frame"),

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import re
+import select
 import shutil
 import signal
+import struct
+import subprocess
+import sys
 import tempfile
+import termios
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +24,7 @@ import numpy as np
 import pytest
 
 from emopipe.labels import EMOTIONS
-from helpers import alive, fetch, free_port, green_pixels, launch, pipeline_toml, reap, stage_pids
+from helpers import REPO, alive, fetch, free_port, green_pixels, launch, pipeline_toml, reap, stage_pids
 
 RUN_TIMEOUT_S = 120
 
@@ -29,7 +36,7 @@ def read_events(path: Path) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def haar_reference(carphone_frames: list[np.ndarray]) -> list[bool]:
     """Per frame: does OpenCV's cascade alone (1.1, 5, 40x40, full frame) find a face?"""
-    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")  # type: ignore[attr-defined]
     return [
         len(cascade.detectMultiScale(cv2.cvtColor(f, cv2.COLOR_BGR2GRAY), 1.1, 5, minSize=(40, 40))) > 0
         for f in carphone_frames
@@ -42,7 +49,7 @@ def file_run(tmp_path_factory: pytest.TempPathFactory, carphone: Path, model_pat
     ipc = Path(tempfile.mkdtemp(prefix="ep-", dir="/tmp"))
     tmp = tmp_path_factory.mktemp("file_run")
     config = tmp / "c.toml"
-    config.write_text(pipeline_toml(ipc, [], classify={"model": model_path}))
+    config.write_text(pipeline_toml(ipc, [], classify={"model": model_path}, sink={"progress_s": 0.5}))
     events, tracks, log = tmp / "out.jsonl", tmp / "tracks.jsonl", tmp / "run.log"
     started = time.monotonic()
     record = tmp / "annotated.mp4"
@@ -57,6 +64,7 @@ def file_run(tmp_path_factory: pytest.TempPathFactory, carphone: Path, model_pat
             "log": log.read_text(),
             "seconds": time.monotonic() - started,
             "recordings": {cam: tmp / f"annotated.{cam}.mp4" for cam in ("a", "b")},
+            "paths": {"events": events, "tracks": tracks, "record": record},
         }
     finally:
         reap(proc, log)
@@ -123,6 +131,33 @@ def test_file_run_tracks_file_has_one_line_per_track_that_agrees_with_the_events
             assert set(line["emotions"]) == set(EMOTIONS) and abs(sum(line["emotions"].values()) - 1.0) < 1e-3
             happy = sum(1 for _, f in seen if f["smoothed"]["emotion"] == "happy") / len(seen)
             assert abs(line["emotions"]["happy"] - happy) < 1e-3
+
+
+def test_file_run_logs_each_cameras_progress_and_ends_with_a_summary_of_what_it_wrote(
+    file_run: dict[str, Any], carphone_frames: list[np.ndarray]
+) -> None:
+    total = len(carphone_frames)
+    for camera in ("a", "b"):  # not a terminal: a line per camera every progress_s
+        done = [
+            int(n)
+            for n in re.findall(
+                rf"camera {camera}: (\d+)/{total} frames \(\d+%\), [\d.]+ FPS, ETA [\d:?]+", file_run["log"]
+            )
+        ]
+        assert done and done == sorted(done) and 0 < done[-1] <= total, file_run["log"][-3000:]
+    events, tracks = file_run["events"], file_run["tracks"]
+    faces = sum(len(e["faces"]) for e in events)
+    paths = file_run["paths"]
+    record = paths["record"]
+    videos = f"{record.with_name('annotated.a.mp4')}, {record.with_name('annotated.b.mp4')}"
+    summary = re.search(
+        rf"emopipe: {len(events)} frames, {faces} faces, {len(tracks)} tracks from 2 camera\(s\) in [\d.]+ s "
+        rf"\([\d.]+ FPS\); events: {re.escape(str(paths['events']))}; tracks: {re.escape(str(paths['tracks']))}; "
+        rf"video: {re.escape(videos)}$",
+        file_run["log"],
+        re.MULTILINE,
+    )
+    assert summary, file_run["log"][-2000:]
 
 
 def test_file_run_records_every_annotated_frame_per_camera(
@@ -196,7 +231,7 @@ def test_viewer_serves_annotated_frames_during_a_looped_run_and_ctrl_c_stops_eve
         while boxed < 3 and time.monotonic() < deadline:  # some frames have no face: look at several
             jpeg = fetch(f"http://127.0.0.1:{port}/snapshot/cam0.jpg", deadline)
             snapshot = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
-            assert snapshot.shape == carphone_frames[0].shape
+            assert snapshot is not None and snapshot.shape == carphone_frames[0].shape
             boxed += green_pixels(snapshot) > 100
             time.sleep(0.2)
         assert boxed == 3, "no box drawn on the viewer's frames"
@@ -244,3 +279,48 @@ def test_launcher_refuses_a_missing_source_naming_it(ipc_dir: Path) -> None:
     proc = launch(config, log, "--source", str(ipc_dir / "missing.mp4"))
     assert proc.wait(30) == 2
     assert f"{ipc_dir}/missing.mp4 does not exist" in log.read_text()
+
+
+def test_file_run_on_a_terminal_draws_a_progress_bar_per_camera(ipc_dir: Path, carphone: Path) -> None:
+    """`emopipe run` in a real pseudo-terminal (120 columns): each camera's bar reaches its total."""
+    config = ipc_dir / "c.toml"
+    config.write_text(pipeline_toml(ipc_dir, []))
+    terminal, child = os.openpty()
+    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    command = [sys.executable, "-m", "deploy.launcher", "run", "--config", str(config)]
+    proc = subprocess.Popen(
+        [*command, "--source", f"a={carphone}", "--source", f"b={carphone}"],
+        cwd=REPO,
+        stdin=child,
+        stdout=child,
+        stderr=child,
+    )
+    os.close(child)
+    shown = b""
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([terminal], [], [], 1.0)
+            if not ready:
+                if proc.poll() is not None:
+                    break
+                continue
+            try:
+                chunk = os.read(terminal, 65536)
+            except OSError:  # the last writer closed the terminal
+                break
+            if not chunk:
+                break
+            shown += chunk
+        assert proc.wait(10) == 0, shown.decode(errors="replace")[-3000:]
+    finally:
+        os.close(terminal)
+        if proc.poll() is None:
+            proc.kill()
+    text = shown.decode(errors="replace")
+    total = int(re.search(r"source a: ended after (\d+) frames", text).group(1))  # type: ignore[union-attr]
+    for camera in ("a", "b"):
+        assert re.search(rf"{camera}: 100%\|[^|]*\| {total}/{total} \[[\d:]+<00:00, +[\d.]+frame/s\]", text), text[
+            -3000:
+        ]
+    assert f"emopipe: {2 * total} frames" in text

@@ -11,10 +11,12 @@ import cv2
 import numpy as np
 import pytest
 
+from emopipe.config import SourceConfig
 from emopipe.messages import Box, FaceResult, Frame, Results
 from helpers import free_port
 from services.sink.events import LineWriter, event
 from services.sink.join import CameraJoin
+from services.sink.progress import expected_frames, format_seconds
 from services.sink.render import annotate, encode_jpeg
 from services.sink.smoothing import Smoothed
 from services.sink.viewer import FrameStore, Viewer
@@ -145,7 +147,7 @@ def test_viewer_serves_index_snapshot_and_mjpeg_stream(viewer) -> None:  # type:
     store.put("cam0", encode_jpeg(image, 90))
     status, ctype, body = get(view.url + "snapshot/cam0.jpg")
     decoded = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
-    assert status == 200 and ctype == "image/jpeg" and decoded.shape == (60, 80, 3)
+    assert status == 200 and ctype == "image/jpeg" and decoded is not None and decoded.shape == (60, 80, 3)
     with urllib.request.urlopen(view.url + "stream/cam0.mjpg", timeout=5) as resp:
         assert resp.headers["Content-Type"] == "multipart/x-mixed-replace; boundary=emopipeframe"
         head = resp.read(200)
@@ -161,3 +163,17 @@ def test_viewer_ignores_the_query_the_page_adds_when_it_retries_a_stream(viewer)
         assert resp.read(16) == b"--emopipeframe\r\n"
     assert get(view.url + "?retry=1")[0] == 200
     assert get(view.url + "stream/../etc.mjpg?retry=1")[0] == 404
+
+
+def test_progress_knows_the_total_of_files_and_folders_but_not_of_live_or_looped_sources(
+    tmp_path: Path, carphone: Path, carphone_frames: list[np.ndarray]
+) -> None:
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), carphone_frames[i])
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert expected_frames(SourceConfig(id="v", uri=str(carphone))) == len(carphone_frames)
+    assert expected_frames(SourceConfig(id="f", uri=str(tmp_path))) == 3
+    assert expected_frames(SourceConfig(id="l", uri=str(carphone), loop=True)) is None
+    assert expected_frames(SourceConfig(id="w", uri="0")) is None
+    assert expected_frames(SourceConfig(id="r", uri="rtsp://127.0.0.1:8554/cam")) is None
+    assert (format_seconds(59.6), format_seconds(3725), format_seconds(float("nan"))) == ("1:00", "1:02:05", "?")

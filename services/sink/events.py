@@ -32,6 +32,7 @@ class LineWriter:
     """Appends JSON lines, so a restarted sink continues the file; ``emopipe run`` starts it empty."""
 
     def __init__(self, path: Path | None) -> None:
+        self.path = path
         self._fh: IO[str] | None = None
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)

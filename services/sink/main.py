@@ -23,6 +23,7 @@ from emopipe.relay import decode_batch
 from services.sink.events import LineWriter, event
 from services.sink.join import CameraJoin, Joined
 from services.sink.outputs import Outputs
+from services.sink.progress import Progress
 from services.sink.render import annotate
 from services.sink.smoothing import Smoother
 from services.sink.viewer import FrameStore, Viewer
@@ -33,9 +34,16 @@ EXIT_INCOMPLETE = 3
 
 class Sink:
     def __init__(
-        self, cfg: Config, metrics: Metrics, events: LineWriter, outputs: Outputs, tracks: LineWriter | None = None
+        self,
+        cfg: Config,
+        metrics: Metrics,
+        events: LineWriter,
+        outputs: Outputs,
+        tracks: LineWriter | None = None,
+        progress: Progress | None = None,
     ) -> None:
         self.cfg = cfg
+        self.progress = progress
         self.metrics = metrics
         self.events = events
         self.tracks = tracks or LineWriter(None)
@@ -97,6 +105,8 @@ class Sink:
                     self.metrics.predictions.labels(camera=camera, emotion=label)
         smoothed = self.smoother.update(res)
         self.events.write(event(res, smoothed))
+        if self.progress is not None:
+            self.progress.written(res.camera, len(res.faces))
         if self.outputs.store is not None:
             self.outputs.store.board.record(res, smoothed)
         for face in smoothed:
@@ -112,6 +122,8 @@ class Sink:
     def write_ended(self, camera: str, now: float | None) -> None:
         for state in self.smoother.ended(camera, now):
             self.tracks.write(state.summary(self.smoother.labels))
+            if self.progress is not None:
+                self.progress.track_ended(camera)
 
     def end_tracks(self) -> None:
         """Every camera that ended: its tracks have ended too."""
@@ -152,14 +164,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     hwm = cfg.bus.lossless_hwm if cfg.lossless else cfg.bus.live_hwm * 4
     frames = bus.subscriber(ctx, cfg.endpoints.frames, bus.topics_for(["frame", "eos"], cfg.sink.cameras), hwm)
     results = bus.subscriber(ctx, cfg.endpoints.results, bus.topics_for(["results", "eos"], cfg.sink.cameras), hwm)
+    progress = Progress([s for s in cfg.sources if s.id in cameras], cfg.sink.progress_s)
     try:
-        sink = Sink(cfg, metrics, events, outputs, tracks)
+        sink = Sink(cfg, metrics, events, outputs, tracks, progress)
         try:
             return run(sink, frames, results, stop)
         finally:
             for camera in sink.joins:  # stopped or ended: every track still open ends here
                 sink.write_ended(camera, None)
             tracks.close()
+            progress.close()
+            print(progress.summary(outputs.paths(events.path, tracks.path)), flush=True)
     finally:
         frames.close(linger=0)
         results.close(linger=0)

@@ -54,6 +54,16 @@ class Outputs:
             self.writers[camera] = writer
         writer.write(image)
 
+    def paths(self, events: Path | None, tracks: Path | None) -> list[tuple[str, str]]:
+        """What this run wrote and where: ``[("events", path), ("tracks", path), ("video", paths)]``."""
+        found = [(what, str(path)) for what, path in (("events", events), ("tracks", tracks)) if path is not None]
+        if self.writers:
+            base = resolve_path(self.cfg.record)
+            several = len(self.cameras) > 1
+            videos = (record_path(base, camera, several) for camera in self.cameras if camera in self.writers)
+            found.append(("video", ", ".join(str(v) for v in videos)))
+        return found
+
     def close(self) -> None:
         for writer in self.writers.values():
             writer.release()
