@@ -14,24 +14,44 @@ a subscriber connects to each (fan-in from a stage scaled out over several proce
 In both modes, before a topic's first message the publisher waits until the expected
 number of subscribers has subscribed, so nobody misses the start of a stream.
 
+Publishers decide which subscriptions take effect (``ZMQ_XPUB_MANUAL``): only the prefixes a
+pipeline subscriber makes (``frame.``, ``frame.cam0.``; see ``topics_for``), and at most
+``MAX_SUBSCRIPTIONS`` distinct ones: a peer cannot subscribe to everything (``b""``) and a
+flood does not grow this module's table. Each refused one is counted; the log says so at
+most once every ``REFUSED_LOG_EVERY_S``. libzmq itself (4.3.5) still keeps every
+subscription a peer sent, about 1.4 KB each, until that peer leaves; keeping such peers out
+is the endpoints' job (ipc:// in a private directory, CURVE on tcp://).
+
 ``ZMQ_CONFLATE`` is not used: it breaks multipart messages.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
 from emopipe import messages
 from emopipe.messages import EndOfStream, Message
 
+if TYPE_CHECKING:
+    from prometheus_client.metrics import Counter as CounterChild
+
 log = logging.getLogger(__name__)
+#: what a pipeline subscriber subscribes to: a message kind, or a kind and one camera
+WANTED = re.compile(
+    "(?:{kinds})\\.(?:{camera}\\.)?".format(kinds="|".join(messages.KINDS), camera=messages.CAMERA_ID.pattern).encode()
+)
+MAX_SUBSCRIPTIONS = 4096
+#: handled per call, so a flood cannot hold up sending
+EVENTS_PER_PUMP = 10_000
+REFUSED_LOG_EVERY_S = 10.0
 
 
 class SubscriberTimeoutError(RuntimeError):
@@ -51,45 +71,87 @@ class Publisher:
         subscribers: int,
         subscribe_timeout_s: float,
         stop: threading.Event,
+        refused: CounterChild | None = None,
     ) -> None:
-        self.sock = ctx.socket(zmq.XPUB)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.SNDHWM, hwm)
-        self.sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscriber's subscription, not just the first
-        if lossless:
-            self.sock.setsockopt(zmq.XPUB_NODROP, 1)
-        for address in addresses(endpoint):
-            try:
-                self.sock.bind(address)
-            except zmq.ZMQError as exc:
-                self.sock.close(linger=0)
-                raise zmq.ZMQError(exc.errno, f"cannot bind {address}: {exc.strerror}") from exc
+        self.ctx = ctx
+        self.hwm = hwm
         self.endpoint = endpoint
         self.lossless = lossless
+        self.sock = self._bind()
         self.subscribers = subscribers
         self.subscribe_timeout_s = subscribe_timeout_s
         self.stop = stop
         self.subscriptions: Counter[bytes] = Counter()
+        self.refused = 0
+        self._refused_metric = refused
+        self._refused_logged = (0.0, 0)  # when, and the count then
         self._ready: set[bytes] = set()
+
+    def _bind(self) -> zmq.Socket:
+        sock = self.ctx.socket(zmq.XPUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, self.hwm)
+        sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscriber's subscription, not just the first
+        sock.setsockopt(zmq.XPUB_MANUAL, 1)  # and none takes effect until pump_subscriptions accepts it
+        if self.lossless:
+            sock.setsockopt(zmq.XPUB_NODROP, 1)
+        for address in addresses(self.endpoint):
+            try:
+                sock.bind(address)
+            except zmq.ZMQError as exc:
+                sock.close(linger=0)
+                raise zmq.ZMQError(exc.errno, f"cannot bind {address}: {exc.strerror}") from exc
+        return sock
 
     def send(self, msg: Message) -> bool:
         """Send one message; False if stopped while waiting for room or subscribers."""
+        self.pump_subscriptions()
         parts = messages.encode(msg, sent=time.time())
         if not self.wait_subscribed(parts[0]):
             return False
         return self._send_parts(parts)
 
     def pump_subscriptions(self) -> None:
-        """Read the (un)subscription messages the XPUB socket has queued."""
-        while True:
+        """Read the (un)subscription messages the XPUB socket has queued; accept the ones a
+        pipeline subscriber makes, refuse (and count) the rest."""
+        for _ in range(EVENTS_PER_PUMP):
             try:
                 event = self.sock.recv(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                break
+            prefix = event[1:]
             if event[:1] == b"\x01":
-                self.subscriptions[event[1:]] += 1
-            elif event[:1] == b"\x00" and self.subscriptions[event[1:]] > 0:
-                self.subscriptions[event[1:]] -= 1
+                if WANTED.fullmatch(prefix) and (
+                    prefix in self.subscriptions or len(self.subscriptions) < MAX_SUBSCRIPTIONS
+                ):
+                    self.sock.setsockopt(zmq.SUBSCRIBE, prefix)  # for the peer this event came from
+                    self.subscriptions[prefix] += 1
+                else:
+                    self._refuse(prefix)
+            elif event[:1] == b"\x00" and self.subscriptions.get(prefix, 0) > 0:
+                # a peer's own unsubscription, or one libzmq makes for a peer that left (then a no-op)
+                self.sock.setsockopt(zmq.UNSUBSCRIBE, prefix)
+                self.subscriptions[prefix] -= 1
+                if not self.subscriptions[prefix]:
+                    del self.subscriptions[prefix]
+            # anything else (an unsubscription of a refused prefix, a message that is not a
+            # subscription) changes nothing
+
+    def _refuse(self, prefix: bytes) -> None:
+        self.refused += 1
+        if self._refused_metric is not None:
+            self._refused_metric.inc()
+        when, count = self._refused_logged
+        now = time.monotonic()
+        if now - when >= REFUSED_LOG_EVERY_S:
+            log.warning(
+                "%s: refused %d subscription(s) that no pipeline stage makes (or over %d), latest %r",
+                self.endpoint,
+                self.refused - count,
+                MAX_SUBSCRIPTIONS,
+                prefix[:80],
+            )
+            self._refused_logged = (now, self.refused)
 
     def subscriber_count(self, topic: bytes) -> int:
         self.pump_subscriptions()

@@ -256,7 +256,7 @@ def _convert(hint: Any, value: Any, key: str) -> Any:
 def validate(cfg: Config) -> Config:
     ids = [s.id for s in cfg.sources]
     for i, src in enumerate(cfg.sources):
-        if not CAMERA_ID.match(src.id):
+        if not CAMERA_ID.fullmatch(src.id):
             raise ConfigError(f"'sources[{i}].id' {src.id!r} must match {CAMERA_ID.pattern}")
         if not src.uri:
             raise ConfigError(f"'sources[{i}].uri' is empty")

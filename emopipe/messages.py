@@ -55,7 +55,7 @@ KINDS = ("frame", "faces", "results", "eos")
 MAX_HEADER_BYTES = 64 * 1024
 MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
 _DTYPES: dict[str, np.dtype[Any]] = {"uint8": np.dtype(np.uint8), "float32": np.dtype(np.float32)}
-CAMERA_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+CAMERA_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # whole string: use fullmatch
 
 
 class MessageError(ValueError):
@@ -144,7 +144,7 @@ def topic(kind: str, camera: str | None = None) -> bytes:
 
 
 def check_camera_id(camera: str) -> None:
-    if not CAMERA_ID.match(camera):
+    if not CAMERA_ID.fullmatch(camera):
         raise ValueError(f"camera id {camera!r} must match {CAMERA_ID.pattern}")
 
 
@@ -208,7 +208,7 @@ def decode(parts: Sequence[Any]) -> Message:
     if kind not in KINDS:
         raise MessageError("malformed", f"unknown kind {kind!r}")
     camera = _field(header, "camera", str)
-    if not CAMERA_ID.match(camera):
+    if not CAMERA_ID.fullmatch(camera):
         raise MessageError("malformed", f"bad camera id {camera!r}")
     if bytes(topic_bytes) != topic(kind, camera):
         raise MessageError("malformed", f"topic {bytes(topic_bytes)!r} does not match {kind}/{camera}")

@@ -33,6 +33,7 @@ class Metrics:
     predictions: Counter  # {camera, emotion}
     camera_up: Gauge  # {camera}
     camera_reconnects: Counter  # {camera}
+    subscriptions_refused: Counter  # {stage}
     model_info: Info | None  # classify only: the other stages serve no model
 
 
@@ -91,6 +92,12 @@ def create(
             ["camera"],
             registry=registry,
         ),
+        subscriptions_refused=Counter(
+            "emopipe_subscriptions_refused_total",
+            "Subscriptions a stage's publisher refused: no pipeline topic, or over the limit.",
+            ["stage"],
+            registry=registry,
+        ),
         model_info=Info("emopipe_model", "The emotion model classify serves.", registry=registry)
         if stage == "classify"
         else None,
@@ -102,6 +109,8 @@ def create(
 def _initialise(m: Metrics, stage: str, cameras: Sequence[str], emotions: Sequence[str]) -> None:
     for reason in DROP_REASONS:
         m.frames_dropped.labels(stage=stage, reason=reason)
+    if stage != "sink":  # the sink publishes nothing
+        m.subscriptions_refused.labels(stage=stage)
     for camera in cameras:
         m.stage_latency.labels(stage=stage, camera=camera)
         m.frames_processed.labels(stage=stage, camera=camera)

@@ -112,6 +112,7 @@ def serve(
         subscribers=section.subscribers,
         subscribe_timeout_s=cfg.bus.subscribe_timeout_s,
         stop=stop,
+        refused=metrics.subscriptions_refused.labels(stage=stage),
     )
     log.info("%s: %s messages from %s -> %s", stage, kind, endpoint, target)
     try:

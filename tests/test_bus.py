@@ -125,3 +125,60 @@ def test_a_subscriber_fans_in_from_every_address_of_a_comma_separated_endpoint(
     assert first.send(frame(1, "left")) and second.send(frame(2, "right"))
     got = {messages.decode(sub.recv_multipart()).camera for _ in range(2)}
     assert got == {"left", "right"}
+
+
+def test_the_publisher_accepts_pipeline_subscriptions_only_and_counts_the_rest(
+    zmq_ctx: zmq.Context, ipc_dir: Path
+) -> None:
+    endpoint = f"ipc://{ipc_dir}/f"
+    pub = publisher(zmq_ctx, endpoint, False, threading.Event())
+    good = bus.subscriber(zmq_ctx, endpoint, bus.topics_for(["frame"], ["cam0"]), hwm=10)
+    everything = bus.subscriber(zmq_ctx, endpoint, [b""], hwm=10)  # would watch every camera
+    hostile = zmq_ctx.socket(zmq.XSUB)
+    hostile.connect(endpoint)
+    for raw in (
+        b"\x01evil",
+        b"\x01frame",
+        b"\x01frame.cam0\n.",
+        b"\x01frame." + b"x" * 65 + b".",
+        b"\x02?",
+        b"\x00frame.",
+    ):
+        hostile.send(raw)
+    hostile.send(b"\x01eos.cam0.")  # a pipeline topic: accepted from anyone (ipc:// mode 0700 is who may connect)
+    deadline = time.monotonic() + 5
+    while pub.refused < 5 and time.monotonic() < deadline:
+        pub.pump_subscriptions()
+        time.sleep(0.02)
+    assert pub.refused == 5  # the four bad subscriptions and the empty one; the others are not subscriptions
+    assert dict(pub.subscriptions) == {b"frame.cam0.": 1, b"eos.cam0.": 1}
+    pub.send(frame(0))
+    assert good.poll(2000) and messages.decode(good.recv_multipart()).seq == 0
+    assert not everything.poll(300)
+    for sock in (good, everything, hostile):
+        sock.close(linger=0)
+    pub.close()
+
+
+def test_a_subscription_flood_leaves_the_table_bounded_and_a_leaving_peer_takes_its_own(
+    zmq_ctx: zmq.Context, ipc_dir: Path
+) -> None:
+    endpoint = f"ipc://{ipc_dir}/f"
+    pub = publisher(zmq_ctx, endpoint, False, threading.Event())
+    flood = zmq_ctx.socket(zmq.XSUB)
+    flood.setsockopt(zmq.SNDHWM, 0)
+    flood.connect(endpoint)
+    wanted = 2 * bus.MAX_SUBSCRIPTIONS  # distinct subscriptions of pipeline form, to fake cameras
+    for i in range(wanted):
+        flood.send(b"\x01frame.fake%d." % i)
+    deadline = time.monotonic() + 30
+    while pub.refused < wanted - bus.MAX_SUBSCRIPTIONS and time.monotonic() < deadline:
+        pub.pump_subscriptions()
+    assert len(pub.subscriptions) == bus.MAX_SUBSCRIPTIONS and pub.refused == wanted - bus.MAX_SUBSCRIPTIONS
+    flood.close(linger=0)  # libzmq unsubscribes what the peer had
+    deadline = time.monotonic() + 10
+    while pub.subscriptions and time.monotonic() < deadline:
+        pub.pump_subscriptions()
+        time.sleep(0.02)
+    assert dict(pub.subscriptions) == {}
+    pub.close()

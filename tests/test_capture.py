@@ -11,6 +11,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import psutil
 import pytest
 import zmq
 from prometheus_client import CollectorRegistry
@@ -149,6 +150,45 @@ def test_live_stream_source_publishes_frames_and_reconnects_when_the_camera_goes
         assert wait_for(lambda: scrape_value(port, 'emopipe_camera_reconnects_total{camera="live"}') >= 1, 10)
         assert proc.poll() is None
         assert "stopped delivering frames; reconnecting" in (ipc_dir / "capture.log").read_text()
+    finally:
+        sub.close(linger=0)
+        assert stop(proc) == 0
+
+
+def test_a_flood_of_300000_random_subscriptions_leaves_capture_publishing_and_counts_each(
+    ipc_dir: Path, carphone: Path, zmq_ctx: zmq.Context
+) -> None:
+    """The peer the hardening issue tried. Capture refuses and counts every subscription; its memory
+    still grows by what libzmq keeps per subscription (printed, not yet bounded: see emopipe/bus.py)."""
+    port = free_port()
+    config = ipc_dir / "c.toml"
+    capture = {"metrics_port": port, "subscribers": 1}
+    config.write_text(pipeline_toml(ipc_dir, [("cam0", carphone, True)], capture=capture, pipeline={"realtime": True}))
+    sub = bus.subscriber(zmq_ctx, f"ipc://{ipc_dir}/frames", bus.topics_for(["frame"], ["cam0"]), hwm=10)
+    proc = start_stage("capture", config, ipc_dir / "capture.log")
+    try:
+        assert sub.poll(30_000), (ipc_dir / "capture.log").read_text()
+        process = psutil.Process(proc.pid)
+        time.sleep(1.0)
+        before = process.memory_info().rss
+        flood = zmq_ctx.socket(zmq.XSUB)
+        flood.setsockopt(zmq.SNDHWM, 0)
+        flood.connect(f"ipc://{ipc_dir}/frames")
+        rng = np.random.default_rng(0)
+        count = 300_000
+        for raw in rng.integers(0, 256, size=(count, 24), dtype=np.uint8):
+            flood.send(b"\x01" + raw.tobytes())
+        refused = 'emopipe_subscriptions_refused_total{stage="capture"}'
+        assert wait_for(lambda: scrape_value(port, refused) == count, 60), scrape_value(port, refused)
+        after = process.memory_info().rss
+        while sub.poll(0):  # what queued during the flood
+            sub.recv_multipart()
+        assert sub.poll(5000), "capture stopped publishing frames after the flood"
+        assert isinstance(messages.decode(sub.recv_multipart()), Frame)
+        print(f"capture RSS {before / 1e6:.0f} MB before, {after / 1e6:.0f} MB after {count} subscriptions")
+        log = (ipc_dir / "capture.log").read_text()
+        assert 0 < log.count("subscription(s) that no pipeline stage makes") <= 10  # rate-limited
+        flood.close(linger=0)
     finally:
         sub.close(linger=0)
         assert stop(proc) == 0

@@ -54,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         subscribers=cfg.capture.subscribers,
         subscribe_timeout_s=cfg.bus.subscribe_timeout_s,
         stop=stop,
+        refused=metrics.subscriptions_refused.labels(stage="capture"),
     )
     log.info("publishing %s on %s (%s)", cfg.cameras, cfg.endpoints.frames, "lossless" if cfg.lossless else "live")
     try:
