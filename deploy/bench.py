@@ -171,13 +171,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def bench_config(base: Config, video: Path, cameras: int, events: Path) -> Config:
+def bench_config(base: Config, video: Path, cameras: int, workdir: Path, transport: str = "ipc") -> Config:
+    """The pipeline on ``cameras`` looped copies of ``video``: sockets in ``workdir`` (ipc, the
+    default on one host) or on free loopback ports (tcp, as between hosts)."""
     ports = [free_port() for _ in range(8)]
+    if transport == "tcp":
+        endpoints = config_mod.EndpointsConfig(*(f"tcp://127.0.0.1:{p}" for p in ports[:3]))
+    else:
+        endpoints = config_mod.EndpointsConfig(*(f"ipc://{workdir}/{name}" for name in ("frames", "faces", "results")))
     cfg = dataclasses.replace(
         base,
         sources=[SourceConfig(id=f"cam{i}", uri=str(video), loop=True) for i in range(cameras)],
-        endpoints=config_mod.EndpointsConfig(*(f"tcp://127.0.0.1:{p}" for p in ports[:3])),
+        endpoints=endpoints,
     )
+    events = workdir / "events.jsonl"
     cfg = config_mod.replace(cfg, "pipeline", realtime=True)
     cfg = config_mod.replace(cfg, "sink", events=str(events), metrics_port=ports[3])
     for stage, port in zip(("capture", "detect", "classify"), ports[4:7], strict=True):
@@ -384,8 +391,10 @@ def report(
         "",
         f"- machine: {machine()}",
         f"- video: {video} ({BENCH_SIZE[0]}x{BENCH_SIZE[1]} frames, {video_fps(video):.0f} FPS per camera, looped)",
-        f"- command: `emopipe bench --cameras {len(pipe.cameras)} --seconds {args.seconds:g}`"
-        + (f" --source {args.source}" if args.source else ""),
+        f"- command: `emopipe bench --cameras {len(pipe.cameras)} --seconds {args.seconds:g}"
+        + (f" --transport {args.transport}" if args.transport != "ipc" else "")
+        + (f" --source {args.source}" if args.source else "")
+        + "`",
         f"- measured {pipe.seconds:.1f} s after {args.warmup:g} s of warm-up, live mode (--realtime), default config",
         "",
         "| camera | processed FPS | latency p50 ms | p95 ms | p99 ms |",
@@ -437,6 +446,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=float, default=8.0, help="seconds of pipeline run not measured")
     parser.add_argument("--paper-seconds", type=float, default=10.0, help="how long the paper's loop runs")
     parser.add_argument("--recall-frames", type=int, default=480, help="frames for recall and flicker (0: all)")
+    parser.add_argument(
+        "--transport", choices=("ipc", "tcp"), default="ipc", help="between stages (default ipc, as on one host)"
+    )
     parser.add_argument("--markdown", metavar="FILE", help="also write the table to FILE")
     parser.add_argument("--smoke", action="store_true", help="a few seconds, 2 cameras: checks that it all runs")
 
@@ -456,7 +468,7 @@ def run(args: argparse.Namespace) -> int:
     paper_fps = paper_loop(video, model, base, args.paper_seconds)
     tracking = measure_tracking(read_frames(video, limit=args.recall_frames), video_fps(video), base, model)
     with tempfile.TemporaryDirectory(prefix="emopipe-bench-") as tmp:
-        cfg = bench_config(base, video, args.cameras, Path(tmp) / "events.jsonl")
+        cfg = bench_config(base, video, args.cameras, Path(tmp), args.transport)
         pipe = run_pipeline(cfg, args.warmup, args.seconds, Path(tmp))
     progress("")
     text = report(video, paper_fps, pipe, tracking, base, args)

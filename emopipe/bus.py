@@ -28,11 +28,15 @@ is the endpoints' job (ipc:// in a private directory, CURVE on tcp://).
 from __future__ import annotations
 
 import logging
+import os
 import re
+import stat
+import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import zmq
@@ -44,6 +48,8 @@ if TYPE_CHECKING:
     from prometheus_client.metrics import Counter as CounterChild
 
 log = logging.getLogger(__name__)
+#: in an endpoint: the private directory of runtime_dir()
+RUNTIME = "{runtime}"
 #: what a pipeline subscriber subscribes to: a message kind, or a kind and one camera
 WANTED = re.compile(
     "(?:{kinds})\\.(?:{camera}\\.)?".format(kinds="|".join(messages.KINDS), camera=messages.CAMERA_ID.pattern).encode()
@@ -208,11 +214,35 @@ def subscriber(ctx: zmq.Context, endpoint: str, topics: Iterable[bytes], hwm: in
 
 
 def addresses(endpoint: str) -> list[str]:
-    """The addresses of a configured endpoint: one, or several separated by commas."""
+    """The addresses of a configured endpoint: one, or several separated by commas;
+    ``{runtime}`` stands for ``runtime_dir()``."""
     found = [a.strip() for a in endpoint.split(",") if a.strip()]
     if not found:
         raise ValueError(f"endpoint {endpoint!r} names no address")
+    if any(RUNTIME in a for a in found):
+        found = [a.replace(RUNTIME, str(runtime_dir())) for a in found]
     return found
+
+
+def runtime_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Where the default ipc:// sockets live: ``$XDG_RUNTIME_DIR/emopipe``, else
+    ``/tmp/emopipe-<uid>``, made mode 0700 so no other user can connect (inject frames or
+    watch them). One that another user owns or others may open is refused, named."""
+    env = os.environ if environ is None else environ
+    base = env.get("XDG_RUNTIME_DIR", "")
+    path = (
+        Path(base) / "emopipe"
+        if base and Path(base).is_dir()
+        else Path(tempfile.gettempdir()) / f"emopipe-{os.getuid()}"
+    )
+    path.mkdir(mode=0o700, exist_ok=True)
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise PermissionError(
+            f"{path} must be a directory of user {os.getuid()} with mode 0700 (it is uid {info.st_uid}, "
+            f"mode {stat.S_IMODE(info.st_mode):o}): the pipeline's sockets would be open to others"
+        )
+    return path
 
 
 def topics_for(kinds: Sequence[str], cameras: Sequence[str]) -> list[bytes]:

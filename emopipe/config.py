@@ -70,9 +70,10 @@ class PipelineConfig:
 class EndpointsConfig:
     # Several addresses separated by commas: a publisher binds each, a subscriber connects
     # to each (fan-in from a stage scaled out over several processes or hosts).
-    frames: str = "tcp://127.0.0.1:5550"  # capture binds (XPUB), detect and sink connect
-    faces: str = "tcp://127.0.0.1:5551"  # detect binds, classify connects
-    results: str = "tcp://127.0.0.1:5552"  # classify binds, sink connects
+    # {runtime}: a directory only this user may open (emopipe.bus.runtime_dir); tcp:// between hosts.
+    frames: str = "ipc://{runtime}/frames"  # capture binds (XPUB), detect and sink connect
+    faces: str = "ipc://{runtime}/faces"  # detect binds, classify connects
+    results: str = "ipc://{runtime}/results"  # classify binds, sink connects
 
 
 @dataclass(frozen=True)

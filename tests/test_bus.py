@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import zmq
 
 from emopipe import bus, messages
+from emopipe.config import Config
 from emopipe.messages import EndOfStream, Frame, Message
 
 
@@ -182,3 +186,17 @@ def test_a_subscription_flood_leaves_the_table_bounded_and_a_leaving_peer_takes_
         time.sleep(0.02)
     assert dict(pub.subscriptions) == {}
     pub.close()
+
+
+def test_default_endpoints_are_sockets_in_a_directory_only_this_user_may_open(tmp_path: Path) -> None:
+    runtime = tmp_path / "run"
+    runtime.mkdir()
+    env = {"XDG_RUNTIME_DIR": str(runtime)}
+    path = bus.runtime_dir(env)
+    assert path == runtime / "emopipe" and stat.S_IMODE(path.stat().st_mode) == 0o700
+    path.chmod(0o755)  # others could connect: refused, naming the directory and its mode
+    with pytest.raises(PermissionError, match=rf"{path} must be a directory of user \d+ with mode 0700 .*mode 755"):
+        bus.runtime_dir(env)
+    fallback = bus.runtime_dir({"XDG_RUNTIME_DIR": str(tmp_path / "missing")})
+    assert fallback.name == f"emopipe-{os.getuid()}" and stat.S_IMODE(fallback.stat().st_mode) == 0o700
+    assert bus.addresses(Config().endpoints.frames) == [f"ipc://{bus.runtime_dir()}/frames"]
