@@ -162,7 +162,7 @@ def test_a_flood_of_300000_random_subscriptions_leaves_capture_publishing_and_co
     still grows by what libzmq keeps per subscription (printed, not yet bounded: see emopipe/bus.py)."""
     port = free_port()
     config = ipc_dir / "c.toml"
-    capture = {"metrics_port": port, "subscribers": 1}
+    capture: dict[str, object] = {"metrics_port": port, "subscribers": 1}
     config.write_text(pipeline_toml(ipc_dir, [("cam0", carphone, True)], capture=capture, pipeline={"realtime": True}))
     sub = bus.subscriber(zmq_ctx, f"ipc://{ipc_dir}/frames", bus.topics_for(["frame"], ["cam0"]), hwm=10)
     proc = start_stage("capture", config, ipc_dir / "capture.log")
