@@ -17,6 +17,3 @@ EMOTIONS: tuple[str, ...] = (
 )
 
 NUM_CLASSES = len(EMOTIONS)
-
-#: FER-2013 faces are 48x48 single-channel images.
-FACE_SIZE = 48

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 from emopipe.config import DEFAULT_MODEL
 from emopipe.labels import EMOTIONS
 from helpers import shipped_keras_model
+from services.classify.model import EmotionModel
 from training.data import DEFAULT_DATA, load_folder
 from training.evaluate import Report, evaluate, predict
 from training.flip import METADATA_VALUE as FLIP_METADATA
@@ -29,8 +28,9 @@ if not PUBLIC_TEST.is_dir():
 
 
 @pytest.fixture(scope="module")
-def session() -> ort.InferenceSession:
-    return ort.InferenceSession(str(DEFAULT_MODEL), providers=["CPUExecutionProvider"])
+def model() -> EmotionModel:
+    """The shipped file, read as the classify stage reads it (all cores, for speed)."""
+    return EmotionModel(DEFAULT_MODEL, intra_op_threads=0)
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +39,8 @@ def public_test() -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def report(session: ort.InferenceSession, public_test: tuple[np.ndarray, np.ndarray]) -> Report:
-    return evaluate(session, *public_test, "PublicTest")
+def report(model: EmotionModel, public_test: tuple[np.ndarray, np.ndarray]) -> Report:
+    return evaluate(model, *public_test, "PublicTest")
 
 
 def test_shipped_model_does_not_regress_below_the_accuracy_floor_on_publictest(report: Report) -> None:
@@ -48,9 +48,9 @@ def test_shipped_model_does_not_regress_below_the_accuracy_floor_on_publictest(r
     assert report.accuracy >= MIN_PUBLICTEST_ACCURACY
 
 
-def test_metadata_states_the_accuracy_the_model_actually_has(session: ort.InferenceSession, report: Report) -> None:
-    meta = session.get_modelmeta().custom_metadata_map
-    assert json.loads(meta["labels"]) == list(EMOTIONS)
+def test_metadata_states_the_accuracy_the_model_actually_has(model: EmotionModel, report: Report) -> None:
+    assert model.labels == EMOTIONS and model.input_size == 48
+    meta = model.session.get_modelmeta().custom_metadata_map
     assert float(meta["publictest_accuracy"]) == pytest.approx(report.accuracy, abs=5e-5)
 
 
@@ -62,20 +62,25 @@ def test_model_card_quotes_the_reproduced_accuracy_and_recalls(report: Report) -
 
 
 def test_the_committed_weights_export_to_the_shipped_model(
-    session: ort.InferenceSession, public_test: tuple[np.ndarray, np.ndarray], tmp_path: Path
+    model: EmotionModel, public_test: tuple[np.ndarray, np.ndarray], tmp_path: Path
 ) -> None:
     """The card's export command (flip averaging, int8 calibrated on 512 Training faces) run on
     training/checkpoints/emonet-slim.weights.h5 gives the shipped file's answers."""
-    meta = session.get_modelmeta().custom_metadata_map
+    meta = model.session.get_modelmeta().custom_metadata_map
     assert meta["test_time_augmentation"] == FLIP_METADATA and meta["precision"] == INT8_METADATA
     pytest.importorskip("keras")  # the training extra: the checks above run without it
     from training.export import export
 
-    model = shipped_keras_model()
-    export(model, tmp_path / "again.onnx", flip_average=True, int8_calibration=calibration_faces(DEFAULT_DATA))
-    again = ort.InferenceSession(str(tmp_path / "again.onnx"), providers=["CPUExecutionProvider"])
+    export(
+        shipped_keras_model(),
+        tmp_path / "again.onnx",
+        flip_average=True,
+        int8_calibration=calibration_faces(DEFAULT_DATA),
+    )
+    again = EmotionModel(tmp_path / "again.onnx", intra_op_threads=0)
+    assert again.labels == model.labels and again.input_size == model.input_size
     images, labels = public_test
-    shipped, exported = predict(session, images), predict(again, images)
+    shipped, exported = predict(model, images), predict(again, images)
     assert (shipped.argmax(axis=1) == exported.argmax(axis=1)).mean() >= 0.999
     right = [int((probs.argmax(axis=1) == labels).sum()) for probs in (shipped, exported)]
     assert abs(right[0] - right[1]) <= 2, right

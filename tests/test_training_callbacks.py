@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-keras = pytest.importorskip("keras")
+pytest.importorskip("keras")
+import keras  # noqa: E402
 
 from training import callbacks as callbacks_module  # noqa: E402
 from training.callbacks import ResumableEarlyStopping, ResumableReduceLROnPlateau, StopBefore  # noqa: E402

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from emopipe.labels import EMOTIONS
-from training.data import DatasetError, load_csv, load_folder, load_splits
-from training.pack import pack
+from training.data import DatasetError, load_csv, load_folder, load_splits, subset, training_splits
 
 
 def _pixels(value: int, count: int = 48 * 48) -> str:
@@ -19,7 +18,7 @@ def _pixels(value: int, count: int = 48 * 48) -> str:
 
 
 def _write_csv(
-    path: Path, rows: list[tuple[object, str, str]], header: tuple[str, ...] = ("emotion", "pixels", "Usage")
+    path: Path, rows: list[tuple[object, ...]], header: tuple[str, ...] = ("emotion", "pixels", "Usage")
 ) -> Path:
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
@@ -154,47 +153,18 @@ def _fer_folders(root: Path) -> Path:
     return root
 
 
-def test_pack_round_trips_the_folders_pixel_for_pixel(tmp_path: Path) -> None:
+def test_a_limited_run_decodes_only_its_faces_and_gets_those_of_the_whole(tmp_path: Path) -> None:
+    """``--limit`` on image folders reads just the faces it draws: the same faces, labels and
+    order as cutting the whole data set, and no cache file is written for them."""
     root = _fer_folders(tmp_path / "fer")
-    counts = pack(root, tmp_path / "packed.npz")
-    assert counts == {"train": 5, "test": 3}
-    (train_x, train_y), (test_x, test_y) = load_splits(tmp_path / "packed.npz")
-    (want_train_x, want_train_y), (want_test_x, want_test_y) = load_splits(root)
-    np.testing.assert_array_equal(train_x, want_train_x)
-    np.testing.assert_array_equal(test_x, want_test_x)
-    assert train_y.tolist() == want_train_y.tolist() and test_y.tolist() == want_test_y.tolist()
-    assert train_y.dtype == np.int64 and train_x.std() > 50  # noise faces, really decoded
-    with np.load(tmp_path / "packed.npz") as packed:
-        prefix = len(packed["train_prefix"])
-        stored = len(packed["train_bytes"])
-    files = sum(p.stat().st_size for p in (root / "train").rglob("*.jpg"))
-    assert prefix > 100 and stored == files - 5 * prefix  # the shared JPEG header is kept once
-
-
-def test_pack_stops_at_a_bad_image_and_names_it(tmp_path: Path) -> None:
-    root = _fer_folders(tmp_path / "fer")
-    _write_face(root / "test" / "happy" / "big.png", 1, size=(64, 64))
-    with pytest.raises(DatasetError, match=r"big\.png: image is 64x64"):
-        pack(root, tmp_path / "packed.npz")
-    assert not (tmp_path / "packed.npz").exists()
-
-
-def test_a_damaged_or_foreign_archive_is_named(tmp_path: Path) -> None:
-    root = _fer_folders(tmp_path / "fer")
-    pack(root, tmp_path / "packed.npz")
-    with np.load(tmp_path / "packed.npz") as packed:
-        arrays = {key: packed[key] for key in packed.files}
-    first = arrays["test_names"][0].decode()
-    arrays["test_prefix"][:2] = 0  # no JPEG start-of-image marker: no test image decodes
-    np.savez(tmp_path / "damaged.npz", **arrays)
-    with pytest.raises(DatasetError, match=rf"damaged\.npz:{first}: not a readable image"):
-        load_splits(tmp_path / "damaged.npz")
-    arrays["train_labels"][0] = 9
-    np.savez(tmp_path / "label.npz", **arrays)
-    with pytest.raises(DatasetError, match=r"train has a label outside 0\.\.6"):
-        load_splits(tmp_path / "label.npz")
-    np.savez(tmp_path / "foreign.npz", x_train=np.zeros(3))
-    with pytest.raises(DatasetError, match="not a training.pack archive"):
-        load_splits(tmp_path / "foreign.npz")
-    with pytest.raises(DatasetError, match="packed data set not found"):
-        load_splits(tmp_path / "absent.npz")
+    (train_x, train_y), (test_x, test_y) = training_splits(root, tmp_path / "cache", limit=3, seed=4)
+    (all_train, all_test) = load_splits(root)
+    for (x, y), whole in (((train_x, train_y), all_train), ((test_x, test_y), all_test)):
+        want_x, want_y = subset(whole, 3, seed=4)
+        np.testing.assert_array_equal(x, want_x)
+        assert y.tolist() == want_y.tolist() and len(y) == 3
+    assert train_x.std() > 50  # noise faces, really decoded
+    assert not (tmp_path / "cache").exists()
+    (x, _), _ = training_splits(root, tmp_path / "cache")  # the whole set is cached
+    assert len(x) == 5 and len(list((tmp_path / "cache").glob("fer2013-*.npz"))) == 1
+    np.testing.assert_array_equal(training_splits(root, tmp_path / "cache")[0][0], x)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 onnx = pytest.importorskip("onnx")
-keras = pytest.importorskip("keras")
+pytest.importorskip("keras")
+import keras  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 from helpers import shipped_keras_model  # noqa: E402

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import cv2
@@ -15,6 +14,7 @@ import onnxruntime as ort  # noqa: E402
 
 from emopipe.labels import EMOTIONS  # noqa: E402
 from helpers import shipped_keras_model  # noqa: E402
+from services.classify.model import EmotionModel  # noqa: E402
 from training.data import DEFAULT_DATA, load_folder  # noqa: E402
 from training.evaluate import predict  # noqa: E402
 from training.export import export  # noqa: E402
@@ -44,17 +44,17 @@ def faces() -> tuple[np.ndarray, np.ndarray]:
     return images[picked], labels[picked]
 
 
-def _session(path: Path, optimized: Path | None = None) -> ort.InferenceSession:
+def _optimize(path: Path, optimized: Path) -> None:
+    """Writes the graph onnxruntime runs for ``path`` (after its fusions) to ``optimized``."""
     options = ort.SessionOptions()
-    if optimized is not None:
-        options.optimized_model_filepath = str(optimized)
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    options.optimized_model_filepath = str(optimized)
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def test_int8_model_answers_like_the_float_model_on_real_faces(exported: tuple[Path, Path], faces) -> None:
     images, labels = faces
-    float_probs = predict(_session(exported[0]), images)
-    int8_probs = predict(_session(exported[1]), images)
+    float_probs = predict(EmotionModel(exported[0]), images)
+    int8_probs = predict(EmotionModel(exported[1]), images)
     assert int8_probs.shape == (400, 7)
     np.testing.assert_allclose(int8_probs.sum(axis=1), 1.0, atol=1e-4)
     assert (int8_probs.argmax(axis=1) == float_probs.argmax(axis=1)).mean() >= 0.95
@@ -66,19 +66,20 @@ def test_int8_model_answers_like_the_float_model_on_real_faces(exported: tuple[P
 
 
 def test_int8_answers_do_not_depend_on_the_rest_of_the_batch(exported: tuple[Path, Path], faces) -> None:
-    session = _session(exported[1])
-    batch = faces[0][:32, ..., None].astype(np.float32)
-    whole = session.run(None, {"pixels": batch})[0]
-    one_by_one = np.concatenate([session.run(None, {"pixels": batch[i : i + 1]})[0] for i in range(32)])
+    model = EmotionModel(exported[1])
+    batch = faces[0][:32]
+    whole = model.predict(batch)
+    one_by_one = np.concatenate([model.predict(batch[i : i + 1]) for i in range(32)])
     np.testing.assert_allclose(one_by_one, whole, atol=1e-6)
 
 
 def test_int8_graph_runs_integer_convolutions_after_the_float_first_one(
     exported: tuple[Path, Path], tmp_path: Path
 ) -> None:
+    model = EmotionModel(exported[1])
+    assert model.labels == EMOTIONS and model.input_size == 48
+    assert model.session.get_modelmeta().custom_metadata_map["precision"] == METADATA_VALUE
     proto = onnx.load(str(exported[1]))
-    meta = {p.key: p.value for p in proto.metadata_props}
-    assert meta["precision"] == METADATA_VALUE and json.loads(meta["labels"]) == list(EMOTIONS)
     weights = {t.name for t in proto.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
     convs = [n for n in proto.graph.node if n.op_type == "Conv"]
     assert convs[0].input[1] in weights  # the first convolution keeps float32 weights
@@ -86,7 +87,7 @@ def test_int8_graph_runs_integer_convolutions_after_the_float_first_one(
     assert [n.op_type for n in proto.graph.node if n.name.endswith("/guard")] == ["Relu"]
     # onnxruntime fuses the QDQ pairs into integer kernels, and no pool reads a quantized
     # tensor in NCHW layout (the slow path the guard Relu prevents).
-    _session(exported[1], tmp_path / "optimized.onnx")
+    _optimize(exported[1], tmp_path / "optimized.onnx")
     optimized = onnx.load(str(tmp_path / "optimized.onnx")).graph.node
     assert [n.op_type for n in optimized].count("QLinearConv") == len(convs) - 1
     quantized = {n.output[0] for n in optimized if n.op_type == "QuantizeLinear"}
@@ -101,7 +102,7 @@ def test_calibration_draws_training_faces_reproducibly(tmp_path: Path) -> None:
     tiny = tmp_path / "tiny"
     (tiny / "train" / "happy").mkdir(parents=True)
     cv2.imwrite(str(tiny / "train" / "happy" / "a.png"), np.zeros((48, 48), np.uint8))
-    with pytest.raises(ValueError, match=r"tiny/train has 1 faces, fewer than the 5"):
+    with pytest.raises(ValueError, match=r"tiny/train has 1 Training faces, fewer than the 5"):
         calibration_faces(tiny, 5)
 
 

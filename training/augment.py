@@ -7,8 +7,6 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from emopipe.labels import FACE_SIZE
-
 
 @dataclass(frozen=True)
 class Augmentation:
@@ -20,32 +18,33 @@ class Augmentation:
     erase_area: tuple[float, float] = (0.02, 0.15)
 
 
-def _affine(rng: np.random.Generator, aug: Augmentation) -> np.ndarray:
-    centre = (FACE_SIZE / 2, FACE_SIZE / 2)
+def _affine(rng: np.random.Generator, aug: Augmentation, side: int) -> np.ndarray:
+    centre = (side / 2, side / 2)
     angle = rng.uniform(-aug.rotation_deg, aug.rotation_deg)
     scale = rng.uniform(1 - aug.zoom, 1 + aug.zoom)
     matrix = np.asarray(cv2.getRotationMatrix2D(centre, angle, scale), dtype=np.float64)
-    matrix[:, 2] += rng.uniform(-aug.shift, aug.shift, size=2) * FACE_SIZE
+    matrix[:, 2] += rng.uniform(-aug.shift, aug.shift, size=2) * side
     return matrix
 
 
 def _erase(image: np.ndarray, rng: np.random.Generator, aug: Augmentation) -> None:
-    area = rng.uniform(*aug.erase_area) * FACE_SIZE * FACE_SIZE
+    side = image.shape[0]
+    area = rng.uniform(*aug.erase_area) * side * side
     aspect = np.exp(rng.uniform(np.log(0.3), np.log(3.3)))
-    h = int(min(FACE_SIZE, round(np.sqrt(area * aspect))))
-    w = int(min(FACE_SIZE, round(np.sqrt(area / aspect))))
-    top = int(rng.integers(0, FACE_SIZE - h + 1))
-    left = int(rng.integers(0, FACE_SIZE - w + 1))
+    h = int(min(side, round(np.sqrt(area * aspect))))
+    w = int(min(side, round(np.sqrt(area / aspect))))
+    top = int(rng.integers(0, side - h + 1))
+    left = int(rng.integers(0, side - w + 1))
     image[top : top + h, left : left + w] = rng.integers(0, 256, size=(h, w), dtype=np.uint8)
 
 
 def augment_batch(images: np.ndarray, rng: np.random.Generator, aug: Augmentation) -> np.ndarray:
-    """Return an augmented copy of ``images`` (uint8 ``[N,48,48]``)."""
+    """Return an augmented copy of ``images`` (uint8 ``[N,S,S]``)."""
     out = np.empty_like(images)
-    size = (FACE_SIZE, FACE_SIZE)
+    side = images.shape[1]
     for i, image in enumerate(images):
         warped = cv2.warpAffine(
-            image, _affine(rng, aug), size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101
+            image, _affine(rng, aug, side), (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101
         )
         if aug.flip and rng.random() < 0.5:
             warped = warped[:, ::-1]

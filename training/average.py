@@ -27,7 +27,7 @@ import keras
 import numpy as np
 
 from training.data import DEFAULT_CACHE, DEFAULT_DATA, cached_splits
-from training.ensemble import probabilities
+from training.flip import flip_averaged
 from training.models import load_checkpoint
 
 log = logging.getLogger("emopipe.average")
@@ -45,7 +45,7 @@ def average_weights(models: list[keras.Model]) -> keras.Model:
 
 
 def recalibrate_batch_norm(model: keras.Model, images: np.ndarray, batch_size: int = 256) -> int:
-    """Re-estimate every batch-norm layer's moving statistics on ``images`` (raw ``[N,48,48]``
+    """Re-estimate every batch-norm layer's moving statistics on ``images`` (raw ``[N,S,S]``
     pixels): the cumulative mean of the per-batch statistics. Returns the batches run."""
     norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     if not norms:
@@ -76,7 +76,11 @@ def recalibrate_on_training(model: keras.Model, data: Path, cache: Path) -> None
 def accuracy(model: keras.Model, images: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     """The model's accuracy on raw 0..255 faces: one pass, and each face's probabilities
     averaged with its mirror image's (what ``emopipe-export --flip-average`` builds)."""
-    plain, flipped = probabilities(model, images)
+
+    def predict(faces: np.ndarray) -> np.ndarray:
+        return np.asarray(model.predict(faces[..., None].astype("float32"), batch_size=256, verbose=0))
+
+    plain, flipped = flip_averaged(predict, images)
     return float(np.mean(plain.argmax(1) == labels)), float(np.mean(flipped.argmax(1) == labels))
 
 

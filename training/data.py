@@ -5,12 +5,14 @@
   PrivateTest. The split comes from that column, never from row positions.
 * The image-folder layout: ``<root>/<emotion>/*.jpg`` (e.g. ``train/happy/x.jpg``),
   folder names being the lower-case labels.
-* That layout packed by ``training.pack`` into one ``.npz`` holding the image files' bytes
-  (what travels to a GPU machine: FER-2013's JPEGs are smaller than their pixels compressed).
 
 Both return ``(images uint8 [N,48,48], labels int64 [N])`` with labels in FER-2013's
 id order (``emopipe.labels.EMOTIONS``). Anything malformed stops the load with a
 ``DatasetError`` naming the file, row or folder: nothing is skipped silently.
+
+The face size, 48, is a fact of the data set and is written here only: the networks'
+input shape comes from it (``training.models``), the export writes the Keras model's input
+size into the ONNX metadata, and serving reads it from there.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from emopipe.labels import EMOTIONS, FACE_SIZE
+from emopipe.labels import EMOTIONS
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,9 @@ log = logging.getLogger(__name__)
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "fer2013"
 #: Where ``cached_splits`` keeps the packed arrays by default (ignored by git).
 DEFAULT_CACHE = Path(__file__).resolve().parents[1] / ".cache"
+
+#: FER-2013 faces are 48x48 single-channel images: the one place the models' input size is written.
+FACE_SIZE = 48
 
 USAGES = ("Training", "PublicTest", "PrivateTest")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".pgm")
@@ -60,7 +65,7 @@ def _parse_row(row: dict[str, str], where: str) -> tuple[np.ndarray, int, str]:
         raise DatasetError(f"{where}: unknown Usage {usage!r} (expected one of {', '.join(USAGES)})")
     fields = (row["pixels"] or "").split()
     if len(fields) != _PIXELS:
-        raise DatasetError(f"{where}: {len(fields)} pixel values, expected {_PIXELS} (48x48)")
+        raise DatasetError(f"{where}: {len(fields)} pixel values, expected {_PIXELS} ({FACE_SIZE}x{FACE_SIZE})")
     try:
         values = np.array(fields, dtype=np.int64)
     except ValueError as err:
@@ -94,42 +99,13 @@ def load_csv(path: str | Path) -> dict[str, Split]:
     }
 
 
-def decode_face(encoded: np.ndarray, where: str | Path) -> np.ndarray:
-    image = cv2.imdecode(encoded, cv2.IMREAD_GRAYSCALE)
-    if image is None:
-        raise DatasetError(f"{where}: not a readable image")
-    if image.shape != (FACE_SIZE, FACE_SIZE):
-        raise DatasetError(f"{where}: image is {image.shape[1]}x{image.shape[0]}, expected 48x48")
-    return image
-
-
 def read_face(path: Path) -> np.ndarray:
-    return decode_face(np.fromfile(path, np.uint8), path)
-
-
-def load_packed(path: str | Path) -> tuple[Split, Split]:
-    """(Training, PublicTest) from a ``training.pack`` archive, decoding its image files."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: packed data set not found")
-    splits = []
-    with np.load(path) as packed:
-        for split in ("train", "test"):
-            keys = [f"{split}_{k}" for k in ("prefix", "bytes", "offsets", "labels", "names")]
-            missing = [k for k in keys if k not in packed.files]
-            if missing:
-                raise DatasetError(f"{path}: not a training.pack archive (no {', '.join(missing)})")
-            prefix, blob, offsets, labels, names = (packed[k] for k in keys)
-            if len(offsets) != len(labels) + 1 or len(names) != len(labels) or not len(labels):
-                raise DatasetError(f"{path}: {split} has {len(labels)} labels, {len(offsets)} offsets")
-            if labels.min() < 0 or labels.max() >= len(EMOTIONS):
-                raise DatasetError(f"{path}: {split} has a label outside 0..{len(EMOTIONS) - 1}")
-            images = [
-                decode_face(np.concatenate([prefix, blob[start:end]]), f"{path}:{name.decode()}")
-                for start, end, name in zip(offsets[:-1], offsets[1:], names, strict=True)
-            ]
-            splits.append((np.stack(images), labels.astype(np.int64)))
-    return splits[0], splits[1]
+    image = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_GRAYSCALE)
+    if image is None:
+        raise DatasetError(f"{path}: not a readable image")
+    if image.shape != (FACE_SIZE, FACE_SIZE):
+        raise DatasetError(f"{path}: image is {image.shape[1]}x{image.shape[0]}, expected {FACE_SIZE}x{FACE_SIZE}")
+    return image
 
 
 def folder_files(root: str | Path) -> list[tuple[Path, int]]:
@@ -163,20 +139,39 @@ def load_folder(root: str | Path) -> Split:
     return np.stack(images), np.array([label for _, label in found], np.int64)
 
 
+def sample(total: int, count: int, seed: int) -> np.ndarray:
+    """Indices of ``count`` of ``total`` items, drawn without replacement with ``seed``, in order."""
+    return np.sort(np.random.default_rng(seed).choice(total, count, replace=False))
+
+
+def subset(split: Split, count: int, seed: int) -> Split:
+    """``count`` faces of ``split`` drawn with ``seed`` (all of them if ``count`` is 0 or too large)."""
+    if count <= 0 or count >= len(split[1]):
+        return split
+    picked = sample(len(split[1]), count, seed)
+    return split[0][picked], split[1][picked]
+
+
+def load_folder_subset(root: str | Path, count: int, seed: int) -> Split:
+    """``subset(load_folder(root), count, seed)``, decoding only the faces drawn."""
+    found = folder_files(root)
+    if count <= 0 or count >= len(found):
+        return load_folder(root)
+    picked = [found[i] for i in sample(len(found), count, seed)]
+    return np.stack([read_face(file) for file, _ in picked]), np.array([label for _, label in picked], np.int64)
+
+
 def load_splits(source: str | Path) -> tuple[Split, Split]:
-    """(Training, PublicTest) from a Kaggle CSV file, a ``training.pack`` archive (.npz) or an
-    image-folder root with train/ and test/."""
+    """(Training, PublicTest) from a Kaggle CSV file or an image-folder root with train/ and test/."""
     source = Path(source)
     if source.suffix.lower() == ".csv":
         splits = load_csv(source)
         return splits["Training"], splits["PublicTest"]
-    if source.suffix.lower() == ".npz":
-        return load_packed(source)
     return load_folder(source / "train"), load_folder(source / "test")
 
 
 def cached_splits(source: str | Path, cache_dir: str | Path) -> tuple[Split, Split]:
-    """``load_splits`` memoised in one compressed .npz (also what travels to a GPU machine)."""
+    """``load_splits`` memoised in one compressed .npz under ``cache_dir``, keyed by the source's path."""
     source = Path(source).resolve()
     key = hashlib.sha1(str(source).encode()).hexdigest()[:10]
     cache = Path(cache_dir) / f"fer2013-{key}.npz"
@@ -188,3 +183,15 @@ def cached_splits(source: str | Path, cache_dir: str | Path) -> tuple[Split, Spl
     np.savez_compressed(cache, x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val)
     log.info("packed %s into %s", source, cache)
     return (x_train, y_train), (x_val, y_val)
+
+
+def training_splits(source: str | Path, cache_dir: str | Path, limit: int = 0, seed: int = 0) -> tuple[Split, Split]:
+    """(Training, PublicTest), each cut to ``limit`` faces drawn with ``seed`` if ``limit`` > 0.
+
+    The whole data set comes through ``cached_splits``; a cut from image folders decodes only
+    the faces drawn (the same faces as cutting the whole), so a smoke run starts at once."""
+    source = Path(source)
+    if limit > 0 and source.is_dir():
+        return load_folder_subset(source / "train", limit, seed), load_folder_subset(source / "test", limit, seed)
+    train, val = cached_splits(source, cache_dir)
+    return subset(train, limit, seed), subset(val, limit, seed)

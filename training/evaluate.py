@@ -5,7 +5,9 @@
     emopipe-evaluate new.onnx --against old.onnx   # also: faces only one of the two gets right
 
 Prints accuracy, per-class recall and the confusion matrix, and saves the matrix as PNG.
-The model is fed exactly what serving feeds it: raw 0..255 pixels, float32 [N,48,48,1].
+The model is read and fed exactly as serving reads and feeds it
+(``services.classify.model.EmotionModel``: labels and input size from its metadata, raw
+0..255 pixels), with all CPU cores.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
+from services.classify.model import EmotionModel
 from training.data import DEFAULT_DATA, load_csv, load_folder
 from training.paired import compare, format_paired
 from training.plots import plot_confusion
@@ -33,25 +35,15 @@ class Report:
     confusion: list[list[int]]  # rows: true class, columns: predicted, in label order
 
 
-def model_labels(session: ort.InferenceSession) -> list[str]:
-    meta = session.get_modelmeta().custom_metadata_map
-    if "labels" not in meta:
-        raise ValueError("model metadata has no 'labels' entry")
-    return list(json.loads(meta["labels"]))
+def predict(model: EmotionModel, images: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Class probabilities for uint8 ``[N,S,S]`` faces, ``batch`` faces at a time."""
+    if len(images) == 0:
+        return model.predict(images)
+    return np.concatenate([model.predict(images[i : i + batch]) for i in range(0, len(images), batch)])
 
 
-def predict(session: ort.InferenceSession, images: np.ndarray, batch: int = 256) -> np.ndarray:
-    """Class probabilities for uint8 ``[N,48,48]`` faces."""
-    name = session.get_inputs()[0].name
-    out = [
-        session.run(None, {name: images[i : i + batch, ..., None].astype("float32")})[0]
-        for i in range(0, len(images), batch)
-    ]
-    return np.concatenate(out)
-
-
-def evaluate(session: ort.InferenceSession, images: np.ndarray, labels: np.ndarray, split: str) -> Report:
-    return summarize(predict(session, images).argmax(axis=1), labels, model_labels(session), split)
+def evaluate(model: EmotionModel, images: np.ndarray, labels: np.ndarray, split: str) -> Report:
+    return summarize(predict(model, images).argmax(axis=1), labels, list(model.labels), split)
 
 
 def summarize(predicted: np.ndarray, labels: np.ndarray, names: list[str], split: str) -> Report:
@@ -94,16 +86,15 @@ def main(argv: list[str] | None = None) -> int:
     for path in (args.model, args.against):
         if path is not None and not path.is_file():
             parser.error(f"{path}: model not found")
-    session = ort.InferenceSession(str(args.model), providers=["CPUExecutionProvider"])
-    names = model_labels(session)
+    model = EmotionModel(args.model, intra_op_threads=0)
+    names = list(model.labels)
     other = None
     if args.against:
-        other = ort.InferenceSession(str(args.against), providers=["CPUExecutionProvider"])
-        other_names = model_labels(other)
-        if other_names != names:
-            raise SystemExit(f"{args.against}: labels {other_names} differ from {args.model}'s {names}")
+        other = EmotionModel(args.against, intra_op_threads=0)
+        if other.labels != model.labels:
+            raise SystemExit(f"{args.against}: labels {list(other.labels)} differ from {args.model}'s {names}")
     images, labels = load_split(args.data, args.split)
-    predicted = predict(session, images).argmax(axis=1)
+    predicted = predict(model, images).argmax(axis=1)
     report = summarize(predicted, labels, names, args.split)
     print(format_report(report, names))
     if other is not None:

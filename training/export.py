@@ -2,10 +2,11 @@
 
     emopipe-export runs/emonet/best.keras services/classify/models/emotion.onnx
 
-The contract: input float32 ``[N,48,48,1]`` of raw grey pixels 0..255 (scaling is inside the
+The contract: input float32 ``[N,S,S,1]`` of raw grey pixels 0..255 (scaling is inside the
 graph), output ``[N,7]`` softmax probabilities in FER-2013 order, dynamic batch. The model
-describes itself: ``labels`` (JSON list) and ``input_size`` are written into its metadata,
-and serving reads them from there. Constant scales are folded into the weights they feed
+describes itself: ``labels`` (JSON list) and ``input_size`` (S, read from the Keras model's
+own input shape: 48 for FER-2013) are written into its metadata, and serving reads them
+from there. Constant scales are folded into the weights they feed
 (``training.fold``), so the input scaling costs no separate pass over the pixels.
 
 Two options make the shipped model (both recorded in the metadata):
@@ -31,7 +32,7 @@ import keras
 import numpy as np
 import onnx
 
-from emopipe.labels import EMOTIONS, FACE_SIZE
+from emopipe.labels import EMOTIONS, NUM_CLASSES
 from training.data import DEFAULT_DATA
 from training.flip import METADATA_VALUE as FLIP_METADATA
 from training.flip import add_flip_average
@@ -40,8 +41,16 @@ from training.models import load_checkpoint
 from training.quantize import CALIBRATION_FACES, calibration_faces, quantize
 from training.quantize import METADATA_VALUE as INT8_METADATA
 
-INPUT_FORMAT = "float32 [N,48,48,1], raw grey pixel values 0..255 (normalised inside the graph)"
-OUTPUT_FORMAT = "float32 [N,7], softmax probabilities in the order of 'labels'"
+INPUT_PIXELS = "raw grey pixel values 0..255 (normalised inside the graph)"
+OUTPUT_FORMAT = f"float32 [N,{NUM_CLASSES}], softmax probabilities in the order of 'labels'"
+
+
+def input_size(model: keras.Model) -> int:
+    """The side S of the square grey faces ``model`` takes (input shape ``(None, S, S, 1)``)."""
+    shape = tuple(model.input_shape)
+    if len(shape) != 4 or shape[1] != shape[2] or shape[3] != 1 or not isinstance(shape[1], int):
+        raise ValueError(f"model {model.name!r} has input shape {shape}, not (None, S, S, 1) grey faces")
+    return shape[1]
 
 
 def _with_dynamic_batch(model: onnx.ModelProto) -> None:
@@ -61,9 +70,10 @@ def export(
     """Write ``model`` as ONNX to ``path`` with its self-description in the metadata.
 
     ``flip_average`` adds test-time flip averaging to the graph; ``int8_calibration``
-    (uint8 ``[N,48,48]`` Training faces) quantizes it to int8, calibrated on those faces.
+    (uint8 ``[N,S,S]`` Training faces) quantizes it to int8, calibrated on those faces.
     """
-    model(np.zeros((1, FACE_SIZE, FACE_SIZE, 1), "float32"))  # a loaded model must be called once before export
+    size = input_size(model)
+    model(np.zeros((1, size, size, 1), "float32"))  # a loaded model must be called once before export
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "model.onnx"
         model.export(str(raw), format="onnx", verbose=False)
@@ -79,8 +89,8 @@ def export(
         options["precision"] = INT8_METADATA
     metadata = {
         "labels": json.dumps(list(EMOTIONS)),
-        "input_size": str(FACE_SIZE),
-        "input_format": INPUT_FORMAT,
+        "input_size": str(size),
+        "input_format": f"float32 [N,{size},{size},1], {INPUT_PIXELS}",
         "output_format": OUTPUT_FORMAT,
         "architecture": model.name,
         "parameters": str(model.count_params()),
@@ -109,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         "--calibration-data",
         type=Path,
         default=DEFAULT_DATA,
-        help="FER-2013 (image-folder root, .npz or Kaggle CSV) whose Training faces calibrate --int8",
+        help="FER-2013 (image-folder root or Kaggle CSV) whose Training faces calibrate --int8",
     )
     parser.add_argument(
         "--calibration-faces", type=int, default=CALIBRATION_FACES, help="how many Training faces calibrate --int8"

@@ -1,9 +1,11 @@
-"""Test-time flip averaging inside an exported ONNX graph.
+"""Test-time flip averaging: each face's probabilities averaged with its mirror image's.
 
 A face and its mirror image show the same expression, and a network trained with flips
 answers the two a little differently; averaging the two answers is worth about one point
-of PublicTest accuracy for the shipped model. The issue's contract puts any test-time
-averaging inside the graph, so serving still runs one model on raw faces:
+of PublicTest accuracy for the shipped model. :func:`flip_averaged` computes it for any
+model run from Python (a distillation teacher, ``training.average``'s accuracy); the
+shipped model does it inside its graph (:func:`add_flip_average`, ``emopipe-export
+--flip-average``), so serving still runs one model on raw faces:
 
     pixels [N,48,48,1] -> Reshape (NCHW) -> Concat(x, x mirrored) [2N,1,48,48]
         -> the network -> probabilities [2N,7] -> Reshape [2,N,7] -> ReduceMean -> [N,7]
@@ -13,11 +15,21 @@ The batch stays dynamic. The cost is the network's, twice (as one batch of 2N).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
 METADATA_VALUE = "horizontal flip: probabilities of the face and its mirror image averaged"
+
+
+def flip_averaged(predict: Callable[[np.ndarray], np.ndarray], faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``predict``'s ``[N,C]`` probabilities for ``faces`` (``[N,H,W]``) one pass, and each row
+    averaged with the row for the face's mirror image; faces and mirrors run as one batch of 2N."""
+    both = predict(np.concatenate([faces, faces[:, :, ::-1]]))
+    plain = both[: len(faces)]
+    return plain, (plain + both[len(faces) :]) / 2
 
 
 def _first_layout_node(graph: onnx.GraphProto, input_name: str) -> onnx.NodeProto:

@@ -1,8 +1,9 @@
 """The emotion CNNs, written in backend-agnostic Keras 3 (TensorFlow on a CPU, PyTorch on a GPU).
 
-Every model takes raw grey pixels, float32 ``[N,48,48,1]`` in 0..255, and returns softmax
-probabilities ``[N,7]`` in FER-2013 order. Scaling to [0,1] is the first layer, so the
-exported graph carries its own normalisation and serving cannot get it wrong.
+Every model takes raw grey pixels, float32 ``[N,S,S,1]`` in 0..255 with S the data set's
+face size (``training.data.FACE_SIZE``, 48), and returns softmax probabilities ``[N,7]`` in
+FER-2013 order. Scaling to [0,1] is the first layer, so the exported graph carries its own
+normalisation and serving cannot get it wrong.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from pathlib import Path
 import keras
 from keras import layers
 
-from emopipe.labels import FACE_SIZE, NUM_CLASSES
+from emopipe.labels import NUM_CLASSES
+from training.data import FACE_SIZE
 
 
 def _inputs() -> tuple[keras.KerasTensor, keras.KerasTensor]:
@@ -21,27 +23,21 @@ def _inputs() -> tuple[keras.KerasTensor, keras.KerasTensor]:
     return raw, layers.Rescaling(1.0 / 255.0, name="scale_0_1")(raw)
 
 
-def paper(dropout: float = 0.3, dense_dropout: float = 0.4, batch_norm: bool = False, name: str = "") -> keras.Model:
-    """The paper's network: 4 conv layers 32-64-128-256, each with max-pooling and dropout,
-    dense 512 and 256 with dropout, softmax over 7 (about 34 M multiply-adds a face).
-
-    ``dropout`` follows each conv block and ``dense_dropout`` each dense layer; ``batch_norm``
-    puts batch normalisation between every conv or dense layer and its ReLU, the one change
-    the ``paper-bn`` recipe makes to the paper's."""
+def paper() -> keras.Model:
+    """The paper's network, the baseline: 4 conv layers 32-64-128-256, each with max-pooling
+    and dropout 0.3, dense 512 and 256 with dropout 0.4, softmax over 7 (about 34 M
+    multiply-adds a face)."""
     raw, x = _inputs()
-    plain = None if batch_norm else "relu"  # with batch norm, the ReLU comes after it
     for filters in (32, 64, 128, 256):
-        x = layers.Conv2D(filters, 3, padding="same", activation=plain, use_bias=not batch_norm)(x)
-        x = _bn_relu(x) if batch_norm else x
+        x = layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
         x = layers.MaxPooling2D()(x)
-        x = layers.Dropout(dropout)(x)
+        x = layers.Dropout(0.3)(x)
     x = layers.Flatten()(x)
     for units in (512, 256):
-        x = layers.Dense(units, activation=plain, use_bias=not batch_norm)(x)
-        x = _bn_relu(x) if batch_norm else x
-        x = layers.Dropout(dense_dropout)(x)
+        x = layers.Dense(units, activation="relu")(x)
+        x = layers.Dropout(0.4)(x)
     probs = layers.Dense(NUM_CLASSES, activation="softmax", name="probabilities")(x)
-    return keras.Model(raw, probs, name=name or ("paper-bn" if batch_norm else "paper"))
+    return keras.Model(raw, probs, name="paper")
 
 
 def _bn_relu(x: keras.KerasTensor) -> keras.KerasTensor:
@@ -69,42 +65,23 @@ def vgg(stages: tuple[tuple[int, int], ...], head: int = 256, dropout: float = 0
     return keras.Model(raw, probs, name=name)
 
 
-def emonet() -> keras.Model:
-    """A VGG-style net near the paper's cost; the teacher of the shipped ``emonet-slim``."""
-    return vgg(((24, 1), (48, 1), (96, 2), (192, 2)), name="emonet")
-
-
 def emonet_slim() -> keras.Model:
-    """The shipped default: emonet with its last two stages narrowed to 80 and 160 filters (24%
-    fewer multiply-adds, well over 1,000 faces/s on one CPU core), made by pruning a trained
-    emonet (``training.prune``), fine-tuning it and distilling emonet into it."""
+    """The shipped network: stages of 24, 48, 2x80 and 2x160 filters (32 M multiply-adds, well
+    over 1,000 faces/s on one CPU core), trained alone (``emonet-slim-long``) and then distilled
+    from ``emonet-wide`` (``emonet-slim-kd``)."""
     return vgg(((24, 1), (48, 1), (80, 2), (160, 2)), name="emonet-slim")
 
 
-def emonet_mid() -> keras.Model:
-    """A student for int8 single-pass serving: 32-64-128x2-256x2 filters, 75 M multiply-adds
-    (2.3x ``emonet-slim``). ``emopipe-export --int8`` runs it at 1,136 faces/s on one core,
-    measured beside the shipped flip-averaged ``emonet-slim`` at 1,240: less margin over the
-    1,000 faces/s budget, so it ships only if it is clearly more accurate."""
-    return vgg(((32, 1), (64, 1), (128, 2), (256, 2)), name="emonet-mid")
-
-
 def emonet_wide() -> keras.Model:
-    """A teacher for GPU training, 10x emonet's multiply-adds (421 M): two convolutions in every stage,
-    64-128-256-384 filters, a dense layer of 512. Far too slow for the classify stage's budget;
-    it exists to be distilled into ``emonet-slim``."""
+    """The teacher, 13x the shipped network's multiply-adds (421 M): two convolutions in every
+    stage, 64-128-256-384 filters, a dense layer of 512. Far too slow for the classify stage's
+    budget; it exists to be distilled into ``emonet-slim``."""
     return vgg(((64, 2), (128, 2), (256, 2), (384, 2)), head=512, name="emonet-wide")
 
 
 ARCHITECTURES: dict[str, Callable[[], keras.Model]] = {
     "paper": paper,
-    "paper-bn": lambda: paper(batch_norm=True),
-    # dropout at the low end of the paper's 0.25-0.4, after the dense layers too
-    "paper-light": lambda: paper(dropout=0.25, dense_dropout=0.25, name="paper-light"),
-    "paper-bn-light": lambda: paper(dropout=0.25, dense_dropout=0.25, batch_norm=True, name="paper-bn-light"),
-    "emonet": emonet,
     "emonet-slim": emonet_slim,
-    "emonet-mid": emonet_mid,
     "emonet-wide": emonet_wide,
 }
 
@@ -119,7 +96,7 @@ def build(name: str) -> keras.Model:
 # A checkpoint names its optimizer's class by module, and the PyTorch backend's optimizers live
 # in a module of their own (keras.src.backend.torch.optimizers), which TensorFlow cannot import.
 # Naming the portable classes here lets a run trained on a GPU with KERAS_BACKEND=torch be
-# resumed, averaged, pruned and exported under TensorFlow, and the other way round.
+# resumed, averaged and exported under TensorFlow, and the other way round.
 _PORTABLE_OPTIMIZERS = {"Adam": keras.optimizers.Adam, "AdamW": keras.optimizers.AdamW}
 
 

@@ -37,7 +37,7 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
-from training.data import folder_files, load_splits, read_face
+from training.data import load_folder_subset, load_splits, sample
 
 METADATA_VALUE = "int8 (static, per-channel weights, uint8 activations; first convolution float32)"
 # How many Training faces calibrate the shipped model (emopipe-export --calibration-faces).
@@ -47,16 +47,15 @@ CALIBRATION_FACES = 512
 def calibration_faces(source: Path, count: int = CALIBRATION_FACES, seed: int = 0) -> np.ndarray:
     """``count`` Training faces, uint8 ``[count,48,48]``, drawn at random with ``seed``."""
     source = Path(source)
-    rng = np.random.default_rng(seed)
     if source.is_dir():
-        files = folder_files(source / "train")
-        if len(files) < count:
-            raise ValueError(f"{source / 'train'} has {len(files)} faces, fewer than the {count} asked for calibration")
-        return np.stack([read_face(files[i][0]) for i in sorted(rng.choice(len(files), count, replace=False))])
-    (images, _), _ = load_splits(source)
+        images = load_folder_subset(source / "train", count, seed)[0]  # all of them if too few
+        where = source / "train"
+    else:
+        (images, _), _ = load_splits(source)
+        where = source
     if len(images) < count:
-        raise ValueError(f"{source} has {len(images)} Training faces, fewer than the {count} asked for calibration")
-    return images[np.sort(rng.choice(len(images), count, replace=False))]
+        raise ValueError(f"{where} has {len(images)} Training faces, fewer than the {count} asked for calibration")
+    return images if len(images) == count else images[sample(len(images), count, seed)]
 
 
 class _Faces(CalibrationDataReader):

@@ -54,11 +54,14 @@ class Recipe:
         saved.write_text(self.to_json())
 
 
+# The paper's baseline, the shipped model's three recipes, and nothing else: the recipes tried
+# on the way (paper-bn, paper-light, emonet, emonet-refine, emonet-slim-distill, emonet-mid-kd,
+# ...) and what they measured are in training/EXPERIMENTS.md.
 RECIPES: dict[str, Recipe] = {
     # The paper: Adam 1e-3, batch 128, up to 100 epochs, early stopping, reduce-LR-on-plateau,
     # rotation/shift/zoom augmentation. PublicTest accuracy swings by 1-3 points from epoch to
-    # epoch at lr 1e-3, so early stopping waits 4 plateau periods: with 12 (2.4 periods) the
-    # paper-bn run stopped 2 epochs after its second halving, its train accuracy still rising.
+    # epoch at lr 1e-3, so early stopping waits 4 plateau periods: with 12 (2.4 periods) a
+    # batch-normed variant stopped 2 epochs after its second halving, train accuracy still rising.
     "paper": Recipe(
         architecture="paper",
         epochs=100,
@@ -66,79 +69,36 @@ RECIPES: dict[str, Recipe] = {
         plateau_patience=5,
         augmentation=Augmentation(rotation_deg=10, shift=0.1, zoom=0.1),
     ),
-    # The shipped default: batch-normed VGG-style net, AdamW with warm-up and cosine decay,
-    # label smoothing, flips and random erasing on top of the paper's augmentation.
-    "emonet": Recipe(
-        architecture="emonet",
-        epochs=16,
-        optimizer="adamw",
-        learning_rate=2e-3,
-        weight_decay=0.01,
-        warmup_epochs=1,
-        label_smoothing=0.1,
-        augmentation=Augmentation(rotation_deg=10, shift=0.1, zoom=0.1, flip=True, erase_prob=0.1),
-    ),
 }
 
-# The paper's recipe with one change: batch norm between each conv or dense layer and its ReLU
-# (the plain net underfits under the paper's dropout; see the model card).
-RECIPES["paper-bn"] = replace(RECIPES["paper"], architecture="paper-bn")
-# The paper's recipe on the paper's network with dropout at the low end of its 0.25-0.4 (both
-# runs above stopped underfitting: train accuracy 58% and 63% against the paper's 78.9%);
-# 100 epochs: 80 minutes on a 2-core CPU with AVX-512 (paper-light: 63.25%, see the model
-# card), about 4 hours on the slower hosts of earlier sessions (132-145 s an epoch).
-RECIPES["paper-light"] = replace(RECIPES["paper"], architecture="paper-light")
-# With batch norm as well, from the first epoch: 63.50% (71 epochs, last five averaged; card).
-RECIPES["paper-bn-light"] = replace(RECIPES["paper"], architecture="paper-bn-light")
-# A second stage for the CPU: paper-bn's weights go on training with the dropout lowered to
-# 0.25 (paper-bn-light) at the learning rate paper-bn had reached (2.5e-4), a fixed 24 epochs
-# (no early stopping), the last five kept and averaged with training.average:
-#   emopipe-train --recipe paper-bn-light-tune --init runs/paper-bn/best.keras --snapshots-from 20
-RECIPES["paper-bn-light-tune"] = replace(
-    RECIPES["paper-bn-light"], epochs=24, learning_rate=2.5e-4, early_stopping_patience=0, plateau_patience=3
-)
-
-# A second, gentler cosine cycle (a warm restart) from the weights of an emonet run:
-#   emopipe-train --recipe emonet-refine --init runs/emonet/best.keras
-RECIPES["emonet-refine"] = replace(RECIPES["emonet"], epochs=12, learning_rate=1e-3, warmup_epochs=0)
-# A short, low-peak cycle that stays in the basin of the weights it starts from; its later
-# epochs are kept (--snapshots-from) and averaged with training.average:
-#   emopipe-train --recipe emonet-polish --init <averaged.keras> --snapshots-from 8
-RECIPES["emonet-polish"] = replace(RECIPES["emonet"], epochs=18, learning_rate=4e-4, warmup_epochs=0)
-# Fine-tuning emonet-slim after training.prune has narrowed a trained emonet into it:
-#   emopipe-train --recipe emonet-slim-tune --init <pruned.keras> --snapshots-from 9
-RECIPES["emonet-slim-tune"] = replace(RECIPES["emonet-polish"], architecture="emonet-slim", epochs=16)
-# Distilling a trained emonet's flip-averaged predictions into emonet-slim (training.distill);
-# the teacher's soft targets replace label smoothing (the shipped model, see its card):
-#   emopipe-train --recipe emonet-slim-distill --teacher runs/emonet-teacher.onnx \
-#       --init runs/emonet-slim/averaged.keras --snapshots-from 21
-RECIPES["emonet-slim-distill"] = replace(
-    RECIPES["emonet-slim-tune"], epochs=30, label_smoothing=0.0, teacher_weight=0.6
-)
-
-# Long schedules for a CUDA GPU machine (KERAS_BACKEND=torch; see the model card): batches of
-# 256 (the PyTorch backend launches one kernel per operation, so small batches leave the GPU
-# waiting), stronger augmentation. ``emonet-wide`` is a teacher, not a model to ship.
-_GPU_AUGMENTATION = Augmentation(rotation_deg=15, shift=0.12, zoom=0.15, flip=True, erase_prob=0.5)
-RECIPES["emonet-wide"] = replace(
-    RECIPES["emonet"],
+# The shipped model's recipes (its card, *Training recipe*): AdamW, warm-up then cosine decay to
+# 0, batches of 256 (on a GPU under KERAS_BACKEND=torch small batches leave it waiting), flips
+# and random erasing on top of the paper's augmentation. ``emonet-wide`` is the teacher, not a
+# model to ship.
+_AUGMENTATION = Augmentation(rotation_deg=15, shift=0.12, zoom=0.15, flip=True, erase_prob=0.5)
+RECIPES["emonet-wide"] = Recipe(
     architecture="emonet-wide",
     epochs=50,
     batch_size=256,
+    optimizer="adamw",
     learning_rate=3e-3,
     weight_decay=0.05,
     warmup_epochs=3,
-    augmentation=_GPU_AUGMENTATION,
+    label_smoothing=0.1,
+    augmentation=_AUGMENTATION,
 )
+# The shipped network trained alone, from scratch: the student's starting point.
 RECIPES["emonet-slim-long"] = replace(
     RECIPES["emonet-wide"],
     architecture="emonet-slim",
     epochs=55,
     weight_decay=0.01,
-    augmentation=replace(_GPU_AUGMENTATION, erase_prob=0.25),
+    augmentation=replace(_AUGMENTATION, erase_prob=0.25),
 )
-# emonet-slim-long taught by a trained emonet-wide (a .keras teacher, run on the GPU), from
-# emonet-slim-long's weights, on a lower-peak cycle:
+# emonet-slim-long taught by a trained emonet-wide (training.distill), from emonet-slim-long's
+# weights, on a lower-peak cycle; the teacher's soft targets replace label smoothing. Run four
+# times for the shipped weights (40, 40, 20 and 10 epochs, each cycle from the previous one's
+# last five epochs averaged: --snapshots-from, training.average; training/README.md):
 #   emopipe-train --recipe emonet-slim-kd --teacher runs/emonet-wide/best.keras \
 #       --init runs/emonet-slim-long/best.keras --snapshots-from 36
 RECIPES["emonet-slim-kd"] = replace(
@@ -148,14 +108,6 @@ RECIPES["emonet-slim-kd"] = replace(
     warmup_epochs=1,
     label_smoothing=0.0,
     teacher_weight=0.7,
-)
-
-# A wider student distilled from emonet-wide from scratch, to ship as one int8 pass (GPU):
-#   python -m training.half runs/emonet-wide/best.keras .gpu/emonet-wide-fp16.keras   # here
-#   emopipe-train --recipe emonet-mid-kd --data .gpu/fer2013.npz \
-#       --teacher .gpu/emonet-wide-fp16.keras --snapshots-from 56                      # there
-RECIPES["emonet-mid-kd"] = replace(
-    RECIPES["emonet-slim-long"], architecture="emonet-mid", epochs=60, label_smoothing=0.0, teacher_weight=0.7
 )
 
 

@@ -2,8 +2,10 @@
 
     python -m training.speed services/classify/models/emotion.onnx [other.onnx ...]
 
-Several models given together are timed interleaved in the same run, so their ratio holds
-on a noisy machine. Prints the median of the repeats and the machine it ran on.
+Each model is opened and run as the classify stage runs it
+(``services.classify.model.EmotionModel``, one thread), on a face of the size its metadata
+gives. Several models given together are timed interleaved in the same run, so their ratio
+holds on a noisy machine. Prints the median of the repeats and the machine it ran on.
 """
 
 from __future__ import annotations
@@ -18,20 +20,15 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-
-def one_thread_session(path: Path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+from services.classify.model import EmotionModel
 
 
-def faces_per_second(session: ort.InferenceSession, face: np.ndarray, runs: int) -> float:
-    name = session.get_inputs()[0].name
+def faces_per_second(model: EmotionModel, runs: int) -> float:
+    """``runs`` single-face inferences of one random face of the model's input size."""
+    face = np.random.default_rng(0).integers(0, 256, (1, model.input_size, model.input_size), dtype=np.uint8)
     start = time.perf_counter()
     for _ in range(runs):
-        session.run(None, {name: face})
+        model.predict(face)
     return runs / (time.perf_counter() - start)
 
 
@@ -51,14 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=500, help="inferences per repeat")
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args(argv)
-    face = np.random.default_rng(0).integers(0, 256, (1, 48, 48, 1)).astype(np.float32)
-    sessions = {path: one_thread_session(path) for path in args.models}
+    models = {path: EmotionModel(path, intra_op_threads=1) for path in args.models}
     rates: dict[Path, list[float]] = {path: [] for path in args.models}
-    for session in sessions.values():
-        faces_per_second(session, face, 50)  # warm-up
+    for model in models.values():
+        faces_per_second(model, 50)  # warm-up
     for _ in range(args.repeats):
-        for path, session in sessions.items():
-            rates[path].append(faces_per_second(session, face, args.runs))
+        for path, model in models.items():
+            rates[path].append(faces_per_second(model, args.runs))
     print(f"onnxruntime {ort.__version__}, 1 thread, batch 1, on {cpu_name()} ({platform.machine()})")
     for path, values in rates.items():
         spread = f"min {min(values):,.0f}, max {max(values):,.0f}, {args.repeats} x {args.runs}"

@@ -1,13 +1,16 @@
 """Train an emotion CNN on FER-2013 Training, validating on PublicTest.
 
-    emopipe-train --recipe emonet                 # the shipped default
-    emopipe-train --recipe paper --out runs/paper # the paper's baseline
+    emopipe-train --recipe paper                  # the paper's baseline
+    emopipe-train --recipe emonet-slim-kd --teacher training/checkpoints/emonet-wide-fp16.keras \\
+        --init training/checkpoints/emonet-slim.weights.h5 --epochs 10 --snapshots-from 6
 
-Each epoch prints one progress line and writes, under ``--out``: ``last.keras`` (model and
-optimizer state, to resume), ``best.keras`` (best PublicTest accuracy so far), ``recipe.json``,
-``history.csv`` and ``curves.png`` (with ``--snapshots-from``, also ``epochs/epoch-NN.keras``).
-Run the same command again to resume an interrupted run.
-Works on any Keras 3 backend: ``KERAS_BACKEND=torch`` trains on a CUDA machine without TensorFlow.
+(training/README.md has the sequence that made the shipped model.) Each epoch prints one
+progress line and writes, under ``--out`` (default ``runs/<recipe>``): ``last.keras`` (model
+and optimizer state, to resume), ``best.keras`` (best PublicTest accuracy so far),
+``recipe.json``, ``history.csv`` and ``curves.png`` (with ``--snapshots-from``, also
+``epochs/epoch-NN.keras``). Run the same command again to resume an interrupted run.
+Works on any Keras 3 backend: TensorFlow on a CPU, or ``KERAS_BACKEND=torch`` on a CUDA GPU
+(PyTorch finds the GPU itself); checkpoints saved under one load under the other.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import keras
 import numpy as np
@@ -34,7 +36,7 @@ from training.callbacks import (
     StopAfter,
     StopBefore,
 )
-from training.data import DEFAULT_CACHE, DEFAULT_DATA, Split, cached_splits
+from training.data import DEFAULT_CACHE, DEFAULT_DATA, Split, training_splits
 from training.distill import Teacher, Teachers, soft_targets
 from training.models import build, load_checkpoint
 from training.recipes import RECIPES, Recipe, recipe
@@ -42,7 +44,6 @@ from training.recipes import RECIPES, Recipe, recipe
 log = logging.getLogger("emopipe.train")
 
 REPO = Path(__file__).resolve().parents[1]
-TORCH_CHECKPOINT = "last.pt"  # training.torch_train's resumable state, in place of last.keras
 
 
 class FaceBatches(keras.utils.PyDataset):
@@ -112,13 +113,6 @@ def _history(out: Path) -> list[dict[str, str]]:
         return []
     with path.open(newline="") as handle:
         return list(csv.DictReader(handle))
-
-
-def subset(split: Split, limit: int, seed: int) -> Split:
-    if limit <= 0 or limit >= len(split[1]):
-        return split
-    picked = np.random.default_rng(seed).choice(len(split[1]), limit, replace=False)
-    return split[0][picked], split[1][picked]
 
 
 def _model(r: Recipe, out: Path, steps_per_epoch: int, init: Path | None) -> tuple[keras.Model, int]:
@@ -203,12 +197,9 @@ def train(
     time_limit: float = 0.0,
 ) -> keras.Model:
     check_teachers(r, teachers)
-    if (out / TORCH_CHECKPOINT).is_file():
-        raise SystemExit(f"{out} holds a training.torch_train run ({TORCH_CHECKPOINT}); resume it with that command")
     r.claim(out)
     keras.utils.set_random_seed(r.seed)
-    train_split, val_split = cached_splits(data, cache)
-    train_split, val_split = subset(train_split, limit, r.seed), subset(val_split, limit, r.seed)
+    train_split, val_split = training_splits(data, cache, limit, r.seed)
     model, initial_epoch = _model(r, out, math.ceil(len(train_split[1]) / r.batch_size), init)
     if initial_epoch >= r.epochs:
         log.info("%s already finished %d epochs", out, initial_epoch)
@@ -246,16 +237,15 @@ def train(
     return model
 
 
-def run_arguments(doc: str | None) -> argparse.ArgumentParser:
-    """The options of a training run, shared by ``emopipe-train`` and ``training.torch_train``."""
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipe", choices=sorted(RECIPES), default="emonet")
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", choices=sorted(RECIPES), required=True)
     parser.add_argument(
         "--data", type=Path, default=DEFAULT_DATA, help="image-folder root (train/, test/) or Kaggle fer2013.csv"
     )
     parser.add_argument("--out", type=Path, help="run folder (default: runs/<recipe>)")
-    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where the packed data set is kept")
-    parser.add_argument("--epochs", type=int, help="override the recipe's epoch count")
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where the decoded data set is cached")
+    parser.add_argument("--epochs", type=int, help="override the recipe's epoch count (the schedule stretches)")
     parser.add_argument("--batch-size", type=int, help="override the recipe's batch size")
     parser.add_argument(
         "--limit", type=int, default=0, help="use only this many train and PublicTest faces (smoke runs)"
@@ -269,7 +259,9 @@ def run_arguments(doc: str | None) -> argparse.ArgumentParser:
         help="stop this invocation after the last epoch that ends within SECONDS (resume later)",
     )
     parser.add_argument(
-        "--init", type=Path, help="start from the weights of this .keras checkpoint (same architecture)"
+        "--init",
+        type=Path,
+        help="start from the weights of this .keras checkpoint or .weights.h5 file (same architecture)",
     )
     parser.add_argument(
         "--snapshots-from",
@@ -283,9 +275,9 @@ def run_arguments(doc: str | None) -> argparse.ArgumentParser:
         type=Path,
         action="append",
         default=[],
-        help="exported .onnx model or .keras checkpoint (a float16 copy from training.half too) whose "
-        "flip-averaged predictions make part of the targets (recipes with teacher_weight > 0; also on "
-        "resume); repeat it to be taught by the mean of several teachers",
+        help="a .keras checkpoint or exported .onnx model whose flip-averaged predictions make part of "
+        "the targets (recipes with teacher_weight > 0; also on resume); repeat it to be taught by the "
+        "mean of several teachers",
     )
     parser.add_argument(
         "--seed",
@@ -296,8 +288,8 @@ def run_arguments(doc: str | None) -> argparse.ArgumentParser:
     return parser
 
 
-def parse_run_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """Parsed options, with the files they name checked; logging set up."""
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     for teacher in args.teacher:
         if not teacher.is_file():
@@ -305,26 +297,19 @@ def parse_run_arguments(parser: argparse.ArgumentParser, argv: list[str] | None)
     if args.init is not None and not args.init.is_file():
         parser.error(f"--init {args.init}: checkpoint not found")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    return args
-
-
-def run_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The keyword arguments of ``train`` that the parsed options give."""
-    return {
-        "limit": args.limit,
-        "stop_after": args.stop_after,
-        "init": args.init,
-        "snapshots_from": args.snapshots_from,
-        "teachers": args.teacher,
-        "time_limit": args.time_limit,
-    }
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_run_arguments(run_arguments(__doc__), argv)
     r = recipe(args.recipe, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed)
-    out = args.out or REPO / "runs" / args.recipe
-    train(r, args.data, out, args.cache, **run_options(args))
+    train(
+        r,
+        args.data,
+        args.out or REPO / "runs" / args.recipe,
+        args.cache,
+        limit=args.limit,
+        stop_after=args.stop_after,
+        init=args.init,
+        snapshots_from=args.snapshots_from,
+        teachers=args.teacher,
+        time_limit=args.time_limit,
+    )
     return 0
 
 
