@@ -169,9 +169,10 @@ def test_classify_process_publishes_results_for_every_faces_message_and_exports_
         assert stop(proc) == 0
 
 
-def test_classify_process_exits_with_a_config_error_naming_a_missing_model(ipc_dir: Path, carphone: Path) -> None:
+@pytest.mark.parametrize("stage", ["classify", "detect"])  # detect reads the model's input size
+def test_a_stage_exits_with_a_config_error_naming_a_missing_model(stage: str, ipc_dir: Path, carphone: Path) -> None:
     config = ipc_dir / "c.toml"
     config.write_text(pipeline_toml(ipc_dir, [("cam0", carphone, False)], classify={"model": ipc_dir / "no.onnx"}))
-    proc = start_stage("classify", config, ipc_dir / "classify.log")
+    proc = start_stage(stage, config, ipc_dir / f"{stage}.log")
     assert proc.wait(60) == 2
-    assert f"model file {ipc_dir}/no.onnx does not exist" in (ipc_dir / "classify.log").read_text()
+    assert f"model file {ipc_dir}/no.onnx does not exist" in (ipc_dir / f"{stage}.log").read_text()
