@@ -79,11 +79,21 @@ class Publisher:
         stop: threading.Event,
         refused: CounterChild | None = None,
     ) -> None:
-        self.ctx = ctx
-        self.hwm = hwm
+        self.sock = ctx.socket(zmq.XPUB)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.SNDHWM, hwm)
+        self.sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscriber's subscription, not just the first
+        self.sock.setsockopt(zmq.XPUB_MANUAL, 1)  # and none takes effect until pump_subscriptions accepts it
+        if lossless:
+            self.sock.setsockopt(zmq.XPUB_NODROP, 1)
+        for address in addresses(endpoint):
+            try:
+                self.sock.bind(address)
+            except zmq.ZMQError as exc:
+                self.sock.close(linger=0)
+                raise zmq.ZMQError(exc.errno, f"cannot bind {address}: {exc.strerror}") from exc
         self.endpoint = endpoint
         self.lossless = lossless
-        self.sock = self._bind()
         self.subscribers = subscribers
         self.subscribe_timeout_s = subscribe_timeout_s
         self.stop = stop
@@ -92,22 +102,6 @@ class Publisher:
         self._refused_metric = refused
         self._refused_logged = (0.0, 0)  # when, and the count then
         self._ready: set[bytes] = set()
-
-    def _bind(self) -> zmq.Socket:
-        sock = self.ctx.socket(zmq.XPUB)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, self.hwm)
-        sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscriber's subscription, not just the first
-        sock.setsockopt(zmq.XPUB_MANUAL, 1)  # and none takes effect until pump_subscriptions accepts it
-        if self.lossless:
-            sock.setsockopt(zmq.XPUB_NODROP, 1)
-        for address in addresses(self.endpoint):
-            try:
-                sock.bind(address)
-            except zmq.ZMQError as exc:
-                sock.close(linger=0)
-                raise zmq.ZMQError(exc.errno, f"cannot bind {address}: {exc.strerror}") from exc
-        return sock
 
     def send(self, msg: Message) -> bool:
         """Send one message; False if stopped while waiting for room or subscribers."""

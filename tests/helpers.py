@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -16,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zmq
+
+from emopipe import bus
 
 REPO = Path(__file__).resolve().parent.parent
 # The shipped model's weights (its model card's --init for a further cycle).
@@ -50,6 +54,24 @@ def write_model(path: Path, size: int, metadata_size: int | None = None) -> Path
         model.metadata_props.add(key=key, value=value)
     onnx.save(model, str(path))
     return path
+
+
+def stage_sockets(
+    ctx: zmq.Context, ipc: Path, into: str, out: str, subscribe_timeout_s: float = 60.0
+) -> tuple[bus.Publisher, zmq.Socket]:
+    """What a stage process under test is fed by and read from: a lossless publisher bound on
+    ``ipc://<ipc>/<into>`` (the stage's input endpoint) and a subscriber to its ``out`` endpoint,
+    for that kind of message and end-of-stream."""
+    pub = bus.Publisher(
+        ctx,
+        f"ipc://{ipc}/{into}",
+        lossless=True,
+        hwm=8,
+        subscribers=1,
+        subscribe_timeout_s=subscribe_timeout_s,
+        stop=threading.Event(),
+    )
+    return pub, bus.subscriber(ctx, f"ipc://{ipc}/{out}", bus.topics_for([out, "eos"], []), hwm=100)
 
 
 def free_port() -> int:

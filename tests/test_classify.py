@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -15,11 +14,11 @@ import onnx
 import pytest
 import zmq
 
-from emopipe import bus, messages
+from emopipe import messages
 from emopipe.config import DetectConfig
 from emopipe.labels import EMOTIONS
 from emopipe.messages import Box, EndOfStream, Faces, Results
-from helpers import free_port, pipeline_toml, start_stage, stop, write_model
+from helpers import free_port, pipeline_toml, stage_sockets, start_stage, stop, write_model
 from services.classify.main import classify
 from services.classify.model import EmotionModel, ModelError
 from services.detect.detector import FaceDetector
@@ -133,16 +132,7 @@ def test_classify_process_publishes_results_for_every_faces_message_and_exports_
     )
     proc = start_stage("classify", config, ipc_dir / "classify.log")
     try:
-        pub = bus.Publisher(
-            zmq_ctx,
-            f"ipc://{ipc_dir}/faces",
-            lossless=True,
-            hwm=8,
-            subscribers=1,
-            subscribe_timeout_s=60,
-            stop=threading.Event(),
-        )
-        sub = bus.subscriber(zmq_ctx, f"ipc://{ipc_dir}/results", bus.topics_for(["results", "eos"], []), hwm=100)
+        pub, sub = stage_sockets(zmq_ctx, ipc_dir, "faces", "results")
         pub.send(real_faces)
         pub.send(Faces("cam0", 1, 2.0, (), np.zeros((0, 48, 48), np.uint8)))
         pub.send(EndOfStream("cam0", 2, 3.0))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -12,10 +11,10 @@ import numpy as np
 import pytest
 import zmq
 
-from emopipe import bus, messages
+from emopipe import messages
 from emopipe.config import DetectConfig
 from emopipe.messages import Box, EndOfStream, Faces, Frame
-from helpers import free_port, pipeline_toml, start_stage, stop, write_model
+from helpers import free_port, pipeline_toml, stage_sockets, start_stage, stop, write_model
 from services.detect.detector import FaceDetector, clip_box
 
 
@@ -104,11 +103,7 @@ def test_detect_process_answers_every_frame_forwards_eos_and_survives_malformed_
     carphone_frames: list[np.ndarray],  # type: ignore[no-untyped-def]
 ) -> None:
     proc, ipc, port = detect_stage
-    stopper = threading.Event()
-    pub = bus.Publisher(
-        zmq_ctx, f"ipc://{ipc}/frames", lossless=True, hwm=8, subscribers=1, subscribe_timeout_s=30, stop=stopper
-    )
-    sub = bus.subscriber(zmq_ctx, f"ipc://{ipc}/faces", bus.topics_for(["faces", "eos"], []), hwm=100)
+    pub, sub = stage_sockets(zmq_ctx, ipc, "frames", "faces", subscribe_timeout_s=30)
     pub.send(Frame("cam0", 0, 1.0, carphone_frames[0]))
     good = messages.encode(Frame("cam0", 1, 2.0, np.zeros((60, 80, 3), np.uint8)), sent=time.time())
     pub.sock.send_multipart([good[0], good[1], b"short"])  # wrong byte count
@@ -143,16 +138,7 @@ def test_detect_process_crops_at_the_input_size_of_the_configured_model(
     config.write_text(pipeline_toml(ipc_dir, [("cam0", carphone, False)], classify={"model": model}))
     proc = start_stage("detect", config, ipc_dir / "detect.log")
     try:
-        pub = bus.Publisher(
-            zmq_ctx,
-            f"ipc://{ipc_dir}/frames",
-            lossless=True,
-            hwm=8,
-            subscribers=1,
-            subscribe_timeout_s=30,
-            stop=threading.Event(),
-        )
-        sub = bus.subscriber(zmq_ctx, f"ipc://{ipc_dir}/faces", bus.topics_for(["faces"], []), hwm=100)
+        pub, sub = stage_sockets(zmq_ctx, ipc_dir, "frames", "faces", subscribe_timeout_s=30)
         pub.send(Frame("cam0", 0, 1.0, carphone_frames[0]))
         assert sub.poll(30_000), f"detect published nothing; log:\n{(ipc_dir / 'detect.log').read_text()}"
         faces = messages.decode(sub.recv_multipart())

@@ -21,8 +21,16 @@ class ModelError(RuntimeError):
 
 class EmotionModel:
     def __init__(self, path: Path, intra_op_threads: int = 1) -> None:
+        if not path.is_file():
+            raise ModelError(f"model file {path} does not exist")
         self.path = path
-        self.session = _open(path, intra_op_threads)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types for bad files
+            raise ModelError(f"model file {path} cannot be loaded: {exc}") from exc
         meta = self.session.get_modelmeta().custom_metadata_map
         self.labels = _labels(path, meta)
         self.input_size = _input_size(path, meta)
@@ -72,18 +80,6 @@ def input_size(path: Path) -> int:
     Detect crops faces at this size: the one place it is written down is the model.
     """
     return EmotionModel(path, intra_op_threads=1).input_size
-
-
-def _open(path: Path, intra_op_threads: int) -> ort.InferenceSession:
-    if not path.is_file():
-        raise ModelError(f"model file {path} does not exist")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = intra_op_threads
-    options.inter_op_num_threads = 1
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types for bad files
-        raise ModelError(f"model file {path} cannot be loaded: {exc}") from exc
 
 
 def _labels(path: Path, meta: dict[str, str]) -> tuple[str, ...]:
