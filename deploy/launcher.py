@@ -258,15 +258,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop = install_stop_handlers()
     try:
         cfg = resolve(args)
+        empty_line_files(cfg)
     except (ConfigError, OSError, subprocess.CalledProcessError) as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
     setup_logging("launcher", cfg.pipeline.log_level)
-    for lines in (cfg.sink.events, cfg.sink.tracks):  # the sink appends (a restarted sink continues)
-        if lines:  # so each run starts them empty
-            path = resolve_path(lines)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("")
     with tempfile.TemporaryDirectory(prefix="emopipe-run-") as tmp:
         config_path = Path(tmp) / "config.toml"
         config_path.write_text(config_mod.to_toml(cfg))
@@ -283,6 +279,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             if prometheus is not None:
                 prometheus.stop()
+
+
+def empty_line_files(cfg: Config) -> None:
+    """The sink appends (a restarted sink continues its files), so each run starts them empty."""
+    for lines in (cfg.sink.events, cfg.sink.tracks):
+        if lines:
+            path = resolve_path(lines)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text("")
+            except OSError as exc:
+                raise OSError(f"cannot write the JSON-lines file {path}: {exc.strerror or exc}") from exc
 
 
 def check_config(path: str) -> int:

@@ -265,6 +265,11 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"'sources[{i}].fps' must be >= 0, got {src.fps}")
     if len(set(ids)) != len(ids):
         raise ConfigError(f"duplicate source ids in {ids}")
+    if ids:  # a stage's config on another host may list no sources: then any camera id goes
+        for section in ("detect", "classify", "sink"):
+            unknown = [c for c in getattr(cfg, section).cameras if c not in ids]
+            if unknown:
+                raise ConfigError(f"'{section}.cameras' names {unknown}, which no source has (sources: {ids})")
     _check_positive(cfg)
     return cfg
 

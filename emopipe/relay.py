@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 import zmq
 
-from emopipe import bus, messages
+from emopipe import bus, messages, service
 from emopipe.bus import Publisher, SubscriberTimeoutError
 from emopipe.config import Config
 from emopipe.messages import EndOfStream, Message, MessageError
@@ -104,16 +104,22 @@ def serve(
     endpoint, kind = source
     ctx = zmq.Context()
     sub = bus.subscriber(ctx, endpoint, bus.topics_for([kind, "eos"], cameras), hwm)
-    pub = Publisher(
-        ctx,
-        target,
-        lossless=cfg.lossless,
-        hwm=hwm,
-        subscribers=section.subscribers,
-        subscribe_timeout_s=cfg.bus.subscribe_timeout_s,
-        stop=stop,
-        refused=metrics.subscriptions_refused.labels(stage=stage),
-    )
+    try:
+        with service.starting(stage):
+            pub = Publisher(
+                ctx,
+                target,
+                lossless=cfg.lossless,
+                hwm=hwm,
+                subscribers=section.subscribers,
+                subscribe_timeout_s=cfg.bus.subscribe_timeout_s,
+                stop=stop,
+                refused=metrics.subscriptions_refused.labels(stage=stage),
+            )
+    except SystemExit:
+        sub.close(linger=0)
+        ctx.term()
+        raise
     log.info("%s: %s messages from %s -> %s", stage, kind, endpoint, target)
     try:
         run(stage, sub, pub, expected, handle, metrics, stop)

@@ -8,7 +8,10 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import zmq
 
 from emopipe import config as config_mod
 from emopipe.config import Config, ConfigError
@@ -31,6 +34,18 @@ def setup(stage: str, argv: Sequence[str] | None = None) -> tuple[Config, thread
     for key, value in config_mod.env_overrides(os.environ).items():
         logging.getLogger(__name__).info("config override from the environment: %s = %r", key, value)
     return cfg, install_stop_handlers()
+
+
+@contextmanager
+def starting(stage: str) -> Iterator[None]:
+    """Start-up steps that fail for a reason a restart cannot mend (a port already in use, a
+    file that cannot be written): log one message naming it and exit with ``EXIT_CONFIG``, so
+    the launcher stops instead of restarting the stage again and again."""
+    try:
+        yield
+    except (OSError, zmq.ZMQError) as exc:
+        logging.getLogger(__name__).error("%s cannot start: %s", stage, exc)
+        raise SystemExit(EXIT_CONFIG) from exc
 
 
 def setup_logging(name: str, level: str) -> None:

@@ -16,7 +16,7 @@ from emopipe.bus import Publisher, SubscriberTimeoutError
 from emopipe.config import Config, resolve_path
 from emopipe.messages import EndOfStream, Frame
 from emopipe.metrics import Metrics
-from services.capture.sources import Captured, Mailbox, SourceError, SourceReader, folder_images
+from services.capture.sources import Captured, Mailbox, SourceError, SourceReader, folder_images, open_video
 
 log = logging.getLogger("emopipe.capture")
 
@@ -31,6 +31,8 @@ def check_sources(cfg: Config) -> None:
             folder_images(src)
         elif not path.is_file():
             raise SourceError(f"source {src.id}: {src.uri} is neither a video file nor a folder")
+        else:  # a file that is not a video fails here once, not at every restart
+            open_video(src).release()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,18 +46,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", exc)
         return service.EXIT_CONFIG
     metrics = metrics_mod.create(CollectorRegistry(), "capture", cfg.cameras)
-    metrics_mod.serve(metrics, cfg.capture.metrics_port, cfg.pipeline.metrics_host)
     ctx = zmq.Context()
-    pub = Publisher(
-        ctx,
-        cfg.endpoints.frames,
-        lossless=cfg.lossless,
-        hwm=cfg.bus.lossless_hwm if cfg.lossless else cfg.bus.live_hwm,
-        subscribers=cfg.capture.subscribers,
-        subscribe_timeout_s=cfg.bus.subscribe_timeout_s,
-        stop=stop,
-        refused=metrics.subscriptions_refused.labels(stage="capture"),
-    )
+    with service.starting("capture"):
+        metrics_mod.serve(metrics, cfg.capture.metrics_port, cfg.pipeline.metrics_host)
+        pub = Publisher(
+            ctx,
+            cfg.endpoints.frames,
+            lossless=cfg.lossless,
+            hwm=cfg.bus.lossless_hwm if cfg.lossless else cfg.bus.live_hwm,
+            subscribers=cfg.capture.subscribers,
+            subscribe_timeout_s=cfg.bus.subscribe_timeout_s,
+            stop=stop,
+            refused=metrics.subscriptions_refused.labels(stage="capture"),
+        )
     log.info("publishing %s on %s (%s)", cfg.cameras, cfg.endpoints.frames, "lossless" if cfg.lossless else "live")
     try:
         return run(cfg, pub, stop, metrics)

@@ -84,7 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     metrics = metrics_mod.create(CollectorRegistry(), "classify", cameras)
     assert metrics.model_info is not None  # created for the classify stage
     metrics.model_info.info(model.info())
-    metrics_mod.serve(metrics, cfg.classify.metrics_port, cfg.pipeline.metrics_host)
+    with service.starting("classify"):
+        metrics_mod.serve(metrics, cfg.classify.metrics_port, cfg.pipeline.metrics_host)
     handler = make_handler(model, metrics)
     return relay.serve(
         "classify", cfg, (cfg.endpoints.faces, "faces"), cfg.endpoints.results, Faces, handler, metrics, stop

@@ -21,7 +21,7 @@ class FaceDetector:
         path = Path(cv2.data.haarcascades) / CASCADE_FILE  # type: ignore[attr-defined]
         self.cascade = cv2.CascadeClassifier(str(path))
         if self.cascade.empty():
-            raise RuntimeError(f"cannot load the Haar cascade {path}")
+            raise FileNotFoundError(f"the Haar cascade {path} is missing or not a cascade (reinstall opencv-python)")
         self.cfg = cfg
         self.face_size = face_size
 

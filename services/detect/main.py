@@ -72,10 +72,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", exc)
         return service.EXIT_CONFIG
     log.info("crops of %dx%d pixels, the input of %s", face_size, face_size, model)
-    detect = Detect(cfg.detect, face_size)
+    with service.starting("detect"):
+        detect = Detect(cfg.detect, face_size)
     cameras = cfg.detect.cameras or cfg.cameras
     metrics = metrics_mod.create(CollectorRegistry(), "detect", cameras)
-    metrics_mod.serve(metrics, cfg.detect.metrics_port, cfg.pipeline.metrics_host)
+    with service.starting("detect"):
+        metrics_mod.serve(metrics, cfg.detect.metrics_port, cfg.pipeline.metrics_host)
     handler = make_handler(detect, metrics)
     return relay.serve(
         "detect", cfg, (cfg.endpoints.frames, "frame"), cfg.endpoints.faces, Frame, handler, metrics, stop

@@ -35,8 +35,11 @@ class LineWriter:
         self.path = path
         self._fh: IO[str] | None = None
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = path.open("a", encoding="utf-8")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._fh = path.open("a", encoding="utf-8")
+            except OSError as exc:
+                raise OSError(f"cannot write the JSON-lines file {path}: {exc.strerror or exc}") from exc
 
     def write(self, line: dict[str, Any]) -> None:
         if self._fh is not None:

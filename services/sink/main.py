@@ -149,17 +149,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg, stop = service.setup("sink", argv)
     cameras = cfg.sink.cameras or cfg.cameras
     metrics = metrics_mod.create(CollectorRegistry(), "sink", cameras)
-    metrics_mod.serve(metrics, cfg.sink.metrics_port, cfg.pipeline.metrics_host)
     viewer: Viewer | None = None
     store: FrameStore | None = None
-    if cfg.viewer.port:
-        store = FrameStore(cameras)
-        viewer = Viewer(store, cfg.viewer.host, cfg.viewer.port)
-        viewer.start()
-        log.info("viewer on %s", viewer.url)
-    events = LineWriter(resolve_path(cfg.sink.events) if cfg.sink.events else None)
-    tracks = LineWriter(resolve_path(cfg.sink.tracks) if cfg.sink.tracks else None)
-    outputs = Outputs(cfg.sink, cameras, store)
+    with service.starting("sink"):
+        metrics_mod.serve(metrics, cfg.sink.metrics_port, cfg.pipeline.metrics_host)
+        events = LineWriter(resolve_path(cfg.sink.events) if cfg.sink.events else None)
+        tracks = LineWriter(resolve_path(cfg.sink.tracks) if cfg.sink.tracks else None)
+        if cfg.viewer.port:
+            store = FrameStore(cameras)
+            viewer = Viewer(store, cfg.viewer.host, cfg.viewer.port)
+            viewer.start()
+            log.info("viewer on %s", viewer.url)
+        outputs = Outputs(cfg.sink, cameras, store)
     ctx = zmq.Context()
     hwm = cfg.bus.lossless_hwm if cfg.lossless else cfg.bus.live_hwm * 4
     frames = bus.subscriber(ctx, cfg.endpoints.frames, bus.topics_for(["frame", "eos"], cfg.sink.cameras), hwm)
