@@ -43,6 +43,7 @@ import zmq
 
 from emopipe import messages
 from emopipe.messages import EndOfStream, Message
+from emopipe.throttle import ThrottledLog
 
 if TYPE_CHECKING:
     from prometheus_client.metrics import Counter as CounterChild
@@ -98,9 +99,8 @@ class Publisher:
         self.subscribe_timeout_s = subscribe_timeout_s
         self.stop = stop
         self.subscriptions: Counter[bytes] = Counter()
-        self.refused = 0
         self._refused_metric = refused
-        self._refused_logged = (0.0, 0)  # when, and the count then
+        self._refused_log = ThrottledLog(log, REFUSED_LOG_EVERY_S)
         self._ready: set[bytes] = set()
 
     def send(self, msg: Message) -> bool:
@@ -137,21 +137,21 @@ class Publisher:
             # anything else (an unsubscription of a refused prefix, a message that is not a
             # subscription) changes nothing
 
+    @property
+    def refused(self) -> int:
+        return self._refused_log.count
+
     def _refuse(self, prefix: bytes) -> None:
-        self.refused += 1
         if self._refused_metric is not None:
             self._refused_metric.inc()
-        when, count = self._refused_logged
-        now = time.monotonic()
-        if now - when >= REFUSED_LOG_EVERY_S:
-            log.warning(
-                "%s: refused %d subscription(s) that no pipeline stage makes (or over %d), latest %r",
-                self.endpoint,
-                self.refused - count,
-                MAX_SUBSCRIPTIONS,
-                prefix[:80],
-            )
-            self._refused_logged = (now, self.refused)
+        self._refused_log.event(
+            "subscription",
+            logging.WARNING,
+            "%s: refused a subscription that no pipeline stage makes (or over %d): %r",
+            self.endpoint,
+            MAX_SUBSCRIPTIONS,
+            prefix[:80],
+        )
 
     def subscriber_count(self, topic: bytes) -> int:
         self.pump_subscriptions()
@@ -196,10 +196,16 @@ class Publisher:
         self.sock.close(linger=0)
 
 
-def subscriber(ctx: zmq.Context, endpoint: str, topics: Iterable[bytes], hwm: int) -> zmq.Socket:
+def subscriber(
+    ctx: zmq.Context, endpoint: str, topics: Iterable[bytes], hwm: int, max_message_mb: int = 64
+) -> zmq.Socket:
+    """A SUB socket connected to every address of ``endpoint``. libzmq refuses a message part
+    over ``max_message_mb`` before it is read, and cuts that publisher off for good (a protocol
+    error: no reconnect). The pipeline's own stages never send one: capture drops a bigger frame."""
     sock = ctx.socket(zmq.SUB)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVHWM, hwm)
+    sock.setsockopt(zmq.MAXMSGSIZE, max_message_mb << 20)
     for t in topics:
         sock.setsockopt(zmq.SUBSCRIBE, t)
     for address in addresses(endpoint):

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
-from emopipe.messages import CAMERA_ID
+from emopipe.messages import CAMERA_ID, MAX_PAYLOAD_BYTES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -82,6 +82,7 @@ class BusConfig:
     lossless_hwm: int = 8  # queue bound per socket when files are analysed completely
     subscribe_timeout_s: float = 120.0  # lossless: wait this long for the next stage
     eos_repeat_s: float = 1.0  # capture repeats end-of-stream this often (live PUB may drop it)
+    max_message_mb: int = 64  # a received message part over this is refused before decoding (the peer is cut off)
 
 
 @dataclass(frozen=True)
@@ -299,6 +300,7 @@ def _check_positive(cfg: Config) -> None:
         "classify.intra_op_threads": cfg.classify.intra_op_threads >= 0,
         "bus.live_hwm": cfg.bus.live_hwm >= 1,
         "bus.lossless_hwm": cfg.bus.lossless_hwm >= 1,
+        "bus.max_message_mb": 1 <= cfg.bus.max_message_mb <= MAX_PAYLOAD_BYTES >> 20,
         "sink.jpeg_quality": 1 <= cfg.sink.jpeg_quality <= 100,
         "pipeline.log_level": cfg.pipeline.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
     }

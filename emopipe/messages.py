@@ -54,6 +54,8 @@ SCHEMA_VERSION = 2
 KINDS = ("frame", "faces", "results", "eos")
 MAX_HEADER_BYTES = 64 * 1024
 MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
+MAX_DIMENSIONS = 3  # frames [H, W, 3], crops [N, S, S], probabilities [N, labels], end-of-stream [0]
+BOX_LIMIT = 2**31  # box coordinates and sizes fit OpenCV's int
 _DTYPES: dict[str, np.dtype[Any]] = {"uint8": np.dtype(np.uint8), "float32": np.dtype(np.float32)}
 CAMERA_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # whole string: use fullmatch
 
@@ -215,7 +217,7 @@ def decode(parts: Sequence[Any]) -> Message:
     array = _payload_array(header, payload)
     common = {
         "camera": camera,
-        "seq": _field(header, "seq", int),
+        "seq": _count(header, "seq"),
         "ts": _number(header, "ts"),
         "sent": _number(header, "sent"),
     }
@@ -254,17 +256,29 @@ def _field(header: dict[str, Any], key: str, kind: type) -> Any:
     return value
 
 
+def _count(header: dict[str, Any], key: str) -> int:
+    value = _field(header, key, int)
+    if not 0 <= value < 2**63:
+        raise MessageError("malformed", f"header field {key!r} is {value!r}, expected 0 <= n < 2**63")
+    return int(value)
+
+
 def _number(header: dict[str, Any], key: str) -> float:
+    """A time in epoch seconds: finite and not negative."""
     value = header.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise MessageError("malformed", f"header field {key!r} is {value!r}, expected a number")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise MessageError("malformed", f"header field {key!r} is {value!r}, expected a time (seconds >= 0)")
     return float(value)
 
 
 def _payload_array(header: dict[str, Any], payload: memoryview) -> np.ndarray:
     shape = header.get("shape")
     dtype_name = header.get("dtype")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+    if (
+        not isinstance(shape, list)
+        or len(shape) > MAX_DIMENSIONS
+        or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_PAYLOAD_BYTES for d in shape)
+    ):
         raise MessageError("malformed", f"bad shape {shape!r}")
     if dtype_name not in _DTYPES:
         raise MessageError("malformed", f"unsupported dtype {dtype_name!r}")
@@ -283,7 +297,13 @@ def _boxes(header: dict[str, Any], count: int) -> tuple[Box, ...]:
         raise MessageError("malformed", f"boxes {raw!r} do not match {count} payload rows")
     boxes = []
     for item in raw:
-        if not (isinstance(item, list) and len(item) == 4 and all(isinstance(v, int) for v in item)):
+        if not (
+            isinstance(item, list)
+            and len(item) == 4
+            and all(isinstance(v, int) and not isinstance(v, bool) and -BOX_LIMIT < v < BOX_LIMIT for v in item)
+            and item[2] >= 0
+            and item[3] >= 0
+        ):
             raise MessageError("malformed", f"bad box {item!r}")
         boxes.append(Box(*item))
     return tuple(boxes)
@@ -329,9 +349,11 @@ def _decode_results(common: dict[str, Any], header: dict[str, Any], array: np.nd
     if (
         not isinstance(confidences, list)
         or len(confidences) != count
-        or not all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in confidences)
+        or not all(isinstance(c, (int, float)) and not isinstance(c, bool) and 0 <= c <= 1 for c in confidences)
     ):
-        raise MessageError("malformed", f"confidences {confidences!r} do not match face count")
+        raise MessageError("malformed", f"confidences {confidences!r} do not match face count (each in [0, 1])")
+    if not np.isfinite(array).all():
+        raise MessageError("malformed", "probabilities hold NaN or infinity")
     faces = tuple(
         FaceResult(
             box=box, emotion=emotion, confidence=float(conf), probabilities=tuple(float(p) for p in row), track=track

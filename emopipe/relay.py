@@ -19,6 +19,7 @@ from emopipe.bus import Publisher, SubscriberTimeoutError
 from emopipe.config import Config
 from emopipe.messages import EndOfStream, Message, MessageError
 from emopipe.metrics import Metrics
+from emopipe.throttle import ThrottledLog
 
 log = logging.getLogger(__name__)
 
@@ -35,17 +36,27 @@ def decode_batch(stage: str, raw: list[list[zmq.Frame]], expected: type, metrics
     return decoded
 
 
+#: bad messages are counted each; their log lines are throttled (a flood does not fill the disk)
+bad_messages = ThrottledLog(log)
+
+
 def decode_one(stage: str, parts: list[zmq.Frame], expected: type, metrics: Metrics) -> Message | None:
     try:
         msg = messages.decode(parts)
     except MessageError as exc:
         topic = bytes(parts[0].buffer) if parts else b""
-        log.error("%s: dropped message %r: %s", stage, topic[:80], exc)
+        bad_messages.event(exc.reason, logging.ERROR, "%s: dropped message %r: %s", stage, topic[:80], exc)
         metrics.frames_dropped.labels(stage=stage, reason=exc.reason).inc()
         return None
     if not isinstance(msg, (expected, EndOfStream)):
-        log.error(
-            "%s: dropped %s message for %s: expected %s", stage, messages.kind_of(msg), msg.camera, expected.__name__
+        bad_messages.event(
+            "unexpected",
+            logging.ERROR,
+            "%s: dropped %s message for %s: expected %s",
+            stage,
+            messages.kind_of(msg),
+            msg.camera,
+            expected.__name__,
         )
         metrics.frames_dropped.labels(stage=stage, reason="malformed").inc()
         return None
@@ -103,7 +114,7 @@ def serve(
     hwm = cfg.bus.lossless_hwm if cfg.lossless else cfg.bus.live_hwm
     endpoint, kind = source
     ctx = zmq.Context()
-    sub = bus.subscriber(ctx, endpoint, bus.topics_for([kind, "eos"], cameras), hwm)
+    sub = bus.subscriber(ctx, endpoint, bus.topics_for([kind, "eos"], cameras), hwm, cfg.bus.max_message_mb)
     try:
         with service.starting(stage):
             pub = Publisher(

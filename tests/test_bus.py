@@ -200,3 +200,25 @@ def test_default_endpoints_are_sockets_in_a_directory_only_this_user_may_open(tm
     fallback = bus.runtime_dir({"XDG_RUNTIME_DIR": str(tmp_path / "missing")})
     assert fallback.name == f"emopipe-{os.getuid()}" and stat.S_IMODE(fallback.stat().st_mode) == 0o700
     assert bus.addresses(Config().endpoints.frames) == [f"ipc://{bus.runtime_dir()}/frames"]
+
+
+def test_a_part_over_the_size_limit_is_refused_before_it_is_read(zmq_ctx: zmq.Context, ipc_dir: Path) -> None:
+    endpoint = f"ipc://{ipc_dir}/limit"
+    pub = zmq_ctx.socket(zmq.PUB)
+    pub.bind(endpoint)
+    sub = bus.subscriber(zmq_ctx, endpoint, [b"eos."], hwm=10, max_message_mb=1)
+    small = messages.encode(EndOfStream("cam0", 1, 1.0), sent=1.0)
+    deadline = time.monotonic() + 10
+    while not sub.poll(50) and time.monotonic() < deadline:  # subscribed
+        pub.send_multipart(small)
+    assert messages.decode(sub.recv_multipart()) == EndOfStream("cam0", 1, 1.0, sent=1.0)
+    pub.send_multipart([b"eos.cam0.", b"h", b"x" * (2 << 20)])
+    for _ in range(20):
+        pub.send_multipart(small)
+    time.sleep(0.5)
+    received = []
+    while sub.poll(100):
+        received.append(sub.recv_multipart())
+    assert len(received) <= 20 and all(len(b"".join(parts)) < 1000 for parts in received)  # never the big one
+    pub.close(linger=0)
+    sub.close(linger=0)

@@ -20,6 +20,7 @@ from emopipe import bus, messages, metrics
 from emopipe.config import CaptureConfig, SourceConfig
 from emopipe.messages import Frame
 from helpers import free_port, pipeline_toml, start_stage, stop
+from services.capture import main as capture_main
 from services.capture.sources import Captured, Mailbox, SourceReader, frame_rate
 from services.sink.render import encode_jpeg
 from services.sink.viewer import FrameStore, Viewer
@@ -187,8 +188,29 @@ def test_a_flood_of_300000_random_subscriptions_leaves_capture_publishing_and_co
         assert isinstance(messages.decode(sub.recv_multipart()), Frame)
         print(f"capture RSS {before / 1e6:.0f} MB before, {after / 1e6:.0f} MB after {count} subscriptions")
         log = (ipc_dir / "capture.log").read_text()
-        assert 0 < log.count("subscription(s) that no pipeline stage makes") <= 10  # rate-limited
+        assert 0 < log.count("subscription that no pipeline stage makes") <= 10  # rate-limited
         flood.close(linger=0)
     finally:
         sub.close(linger=0)
         assert stop(proc) == 0
+
+
+def test_a_frame_over_the_message_limit_is_dropped_counted_and_the_next_one_sent(
+    zmq_ctx: zmq.Context, ipc_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    endpoint = f"ipc://{ipc_dir}/frames"
+    pub = bus.Publisher(
+        zmq_ctx, endpoint, lossless=False, hwm=10, subscribers=1, subscribe_timeout_s=5, stop=threading.Event()
+    )
+    sub = bus.subscriber(zmq_ctx, endpoint, [b"frame."], hwm=10, max_message_mb=1)
+    found = metrics.create(CollectorRegistry(), "capture", ["cam0"])
+    big = Captured("cam0", 0, 1.0, np.zeros((720, 1280, 3), np.uint8))  # 2.7 MB
+    small = Captured("cam0", 1, 2.0, np.zeros((480, 640, 3), np.uint8))  # 0.9 MB
+    capture_main.publish(big, pub, found, {}, 1 << 20)
+    capture_main.publish(small, pub, found, {}, 1 << 20)
+    assert sub.poll(5000)
+    assert messages.decode(sub.recv_multipart()).seq == 1
+    assert found.frames_dropped.labels(stage="capture", reason="oversized")._value.get() == 1
+    assert "camera cam0: dropped a 1280x720 frame of 2764800 bytes, over bus.max_message_mb" in caplog.text
+    pub.close()
+    sub.close(linger=0)

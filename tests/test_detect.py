@@ -148,3 +148,32 @@ def test_detect_process_crops_at_the_input_size_of_the_configured_model(
         sub.close(linger=0)
     finally:
         assert stop(proc) == 0
+
+
+def test_a_flood_of_garbage_is_counted_by_reason_and_logged_a_few_times_while_frames_flow(
+    detect_stage,
+    zmq_ctx: zmq.Context,
+    carphone_frames: list[np.ndarray],  # type: ignore[no-untyped-def]
+) -> None:
+    proc, ipc, port = detect_stage
+    pub, sub = stage_sockets(zmq_ctx, ipc, "frames", "faces", subscribe_timeout_s=30)
+    good = messages.encode(Frame("cam0", 0, 1.0, np.zeros((60, 80, 3), np.uint8)), sent=time.time())
+    rng = np.random.default_rng(0)
+    garbage = [[good[0], rng.bytes(40), b""], [good[0], good[1], b"short"], [good[0]] + [b"x"] * 6]
+    for seq in range(10):
+        pub.send(Frame("cam0", seq, 1.0 + seq, carphone_frames[seq]))
+        for parts in garbage * 500:
+            pub.sock.send_multipart(parts)
+    pub.send(EndOfStream("cam0", 10, 20.0))
+    got: list[messages.Message] = []
+    while len(got) < 11 and sub.poll(30_000):
+        got.append(messages.decode(sub.recv_multipart()))
+    assert [m.seq for m in got] == list(range(11)) and isinstance(got[-1], EndOfStream)
+    text = scrape(port)
+    assert metric_value(text, 'emopipe_frames_dropped_total{reason="malformed",stage="detect"}') == 15_000
+    assert metric_value(text, 'emopipe_frames_processed_total{camera="cam0",stage="detect"}') == 10
+    assert proc.poll() is None
+    log = (ipc / "detect.log").read_text()
+    assert 1 <= log.count("detect: dropped message") <= 6  # throttled: per reason, the first, then one per 10 s
+    pub.close()
+    sub.close(linger=0)

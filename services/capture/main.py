@@ -16,6 +16,7 @@ from emopipe.bus import Publisher, SubscriberTimeoutError
 from emopipe.config import Config, resolve_path
 from emopipe.messages import EndOfStream, Frame
 from emopipe.metrics import Metrics
+from emopipe.throttle import ThrottledLog
 from services.capture.sources import Captured, Mailbox, SourceError, SourceReader, folder_images, open_video
 
 log = logging.getLogger("emopipe.capture")
@@ -89,7 +90,7 @@ def run(cfg: Config, pub: Publisher, stop: threading.Event, metrics: Metrics) ->
         wake.clear()
         for box in mailboxes:
             for item in box.take_all():
-                publish(item, pub, metrics, ended)
+                publish(item, pub, metrics, ended, cfg.bus.max_message_mb << 20)
         if ended and time.monotonic() - last_repeat > cfg.bus.eos_repeat_s:
             # live PUB may have dropped it; a restarted stage may have missed it
             for eos in ended.values():
@@ -102,12 +103,28 @@ def run(cfg: Config, pub: Publisher, stop: threading.Event, metrics: Metrics) ->
     return 0
 
 
-def publish(item: Captured, pub: Publisher, metrics: Metrics, ended: dict[str, EndOfStream]) -> None:
+#: frames over the message size limit: counted each, logged now and then
+oversized = ThrottledLog(log)
+
+
+def publish(item: Captured, pub: Publisher, metrics: Metrics, ended: dict[str, EndOfStream], max_bytes: int) -> None:
     if item.image is None:
         eos = EndOfStream(camera=item.camera, seq=item.seq, ts=item.ts)
         ended[item.camera] = eos
         pub.send(eos)
         log.info("camera %s: end of stream after %d frames", item.camera, item.seq)
+        return
+    if item.image.nbytes > max_bytes:  # the next stages would cut capture off (bus.subscriber)
+        metrics.frames_dropped.labels(stage="capture", reason="oversized").inc()
+        oversized.event(
+            item.camera,
+            logging.ERROR,
+            "camera %s: dropped a %dx%d frame of %d bytes, over bus.max_message_mb",
+            item.camera,
+            item.image.shape[1],
+            item.image.shape[0],
+            item.image.nbytes,
+        )
         return
     start = time.perf_counter()
     if pub.send(Frame(camera=item.camera, seq=item.seq, ts=item.ts, image=item.image)):

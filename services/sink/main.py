@@ -163,8 +163,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         outputs = Outputs(cfg.sink, cameras, store)
     ctx = zmq.Context()
     hwm = cfg.bus.lossless_hwm if cfg.lossless else cfg.bus.live_hwm * 4
-    frames = bus.subscriber(ctx, cfg.endpoints.frames, bus.topics_for(["frame", "eos"], cfg.sink.cameras), hwm)
-    results = bus.subscriber(ctx, cfg.endpoints.results, bus.topics_for(["results", "eos"], cfg.sink.cameras), hwm)
+    limit = cfg.bus.max_message_mb
+    frames = bus.subscriber(ctx, cfg.endpoints.frames, bus.topics_for(["frame", "eos"], cfg.sink.cameras), hwm, limit)
+    results = bus.subscriber(
+        ctx, cfg.endpoints.results, bus.topics_for(["results", "eos"], cfg.sink.cameras), hwm, limit
+    )
     progress = Progress([s for s in cfg.sources if s.id in cameras], cfg.sink.progress_s)
     try:
         sink = Sink(cfg, metrics, events, outputs, tracks, progress)
