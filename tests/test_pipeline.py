@@ -324,3 +324,53 @@ def test_file_run_on_a_terminal_draws_a_progress_bar_per_camera(ipc_dir: Path, c
             -3000:
         ]
     assert f"emopipe: {2 * total} frames" in text
+
+
+def test_each_stage_sigkilled_in_turn_results_flow_again_within_5_s_and_the_lines_stay_whole(
+    ipc_dir: Path, carphone: Path, model_path: Path
+) -> None:
+    port = free_port()
+    config = ipc_dir / "c.toml"
+    config.write_text(pipeline_toml(ipc_dir, [], classify={"model": model_path}, viewer={"port": port}))
+    log, events = ipc_dir / "run.log", ipc_dir / "events.jsonl"
+    proc = launch(config, log, "--source", f"cam0={carphone}", "--loop", "--realtime", "--events", str(events))
+
+    def lines() -> int:
+        return events.read_bytes().count(b"\n") if events.exists() else 0
+
+    def flowing(since: float, within: float) -> bool:
+        """Three lines of frames captured after ``since`` (epoch s) written within ``within`` s."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            raw = events.read_bytes() if events.exists() else b""
+            tail = raw[: raw.rfind(b"\n") + 1].splitlines()[-20:]  # whole lines (one may be half written)
+            if sum(json.loads(line)["ts"] > since for line in tail) >= 3:
+                return True
+            time.sleep(0.05)
+        return False
+
+    try:
+        assert flowing(0, 60), log.read_text()
+        recovery = {}
+        for stage in ("capture", "detect", "classify", "sink"):
+            pid = stage_pids(log)[stage]
+            before = lines()
+            killed, clock = time.time(), time.monotonic()
+            os.kill(pid, signal.SIGKILL)
+            assert flowing(killed, 5.0), f"no results within 5 s of killing {stage}:\n{log.read_text()[-3000:]}"
+            recovery[stage] = round(time.monotonic() - clock, 2)
+            assert stage_pids(log)[stage] != pid and lines() > before
+            if stage == "sink":  # the viewer is back too
+                jpeg = fetch(f"http://127.0.0.1:{port}/snapshot/cam0.jpg", time.monotonic() + 5)
+                assert cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR) is not None
+        print("results again after SIGKILL (s):", recovery)
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        reap(proc, log)
+    raw = events.read_bytes()
+    assert raw.endswith(b"\n")
+    written = [json.loads(line) for line in raw.splitlines()]  # every line whole: each parses
+    keys = [(e["camera"], e["frame"], e["ts"]) for e in written]
+    assert len(keys) == len(set(keys)), "a line was written twice"

@@ -177,3 +177,15 @@ def test_progress_knows_the_total_of_files_and_folders_but_not_of_live_or_looped
     assert expected_frames(SourceConfig(id="w", uri="0")) is None
     assert expected_frames(SourceConfig(id="r", uri="rtsp://127.0.0.1:8554/cam")) is None
     assert (format_seconds(59.6), format_seconds(3725), format_seconds(float("nan"))) == ("1:00", "1:02:05", "?")
+
+
+def test_a_line_left_unfinished_by_a_killed_sink_is_cut_before_appending(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_text('{"frame":0}\n{"frame":1}\n{"fra')
+    writer = LineWriter(path)
+    writer.write({"frame": 2})
+    writer.close()
+    assert path.read_text() == '{"frame":0}\n{"frame":1}\n{"frame":2}\n'
+    path.write_text('{"unfinished')
+    LineWriter(path).close()
+    assert path.read_text() == ""

@@ -28,6 +28,25 @@ def event(results: Results, smoothed: list[Smoothed]) -> dict[str, Any]:
     }
 
 
+def drop_partial_line(path: Path) -> None:
+    """A sink killed in the middle of a line left it unfinished: cut it off, so the lines
+    appended next stay whole (every line written before stays)."""
+    if not path.is_file():
+        return
+    with path.open("rb+") as fh:
+        end = fh.seek(0, 2)
+        if end == 0:
+            return
+        fh.seek(end - 1)
+        if fh.read(1) == b"\n":
+            return
+        start = max(0, end - (1 << 20))
+        fh.seek(start)
+        tail = fh.read()
+        cut = tail.rfind(b"\n")
+        fh.truncate(start + cut + 1 if cut >= 0 else 0 if start == 0 else end)
+
+
 class LineWriter:
     """Appends JSON lines, so a restarted sink continues the file; ``emopipe run`` starts it empty."""
 
@@ -37,6 +56,7 @@ class LineWriter:
         if path is not None:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
+                drop_partial_line(path)
                 self._fh = path.open("a", encoding="utf-8")
             except OSError as exc:
                 raise OSError(f"cannot write the JSON-lines file {path}: {exc.strerror or exc}") from exc
