@@ -93,6 +93,7 @@ class CaptureConfig:
     folder_fps: float = 5.0
     reconnect_backoff_s: float = 1.0
     reconnect_backoff_max_s: float = 30.0
+    stall_timeout_s: float = 5.0  # a network stream that delivers no frame this long (or won't open) is reopened
 
 
 @dataclass(frozen=True)
@@ -296,6 +297,7 @@ def _check_positive(cfg: Config) -> None:
         "detect.track_hold_s": cfg.detect.track_hold_s >= 0,
         "detect.track_timeout_s": cfg.detect.track_timeout_s >= cfg.detect.track_hold_s,
         "sink.smooth_s": cfg.sink.smooth_s >= 0,
+        "capture.stall_timeout_s": cfg.capture.stall_timeout_s > 0,
         "sink.progress_s": cfg.sink.progress_s >= 0,
         "classify.intra_op_threads": cfg.classify.intra_op_threads >= 0,
         "bus.live_hwm": cfg.bus.live_hwm >= 1,

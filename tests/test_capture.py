@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import logging
+import shutil
+import signal
+import subprocess
 import threading
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -214,3 +218,84 @@ def test_a_frame_over_the_message_limit_is_dropped_counted_and_the_next_one_sent
     assert "camera cam0: dropped a 1280x720 frame of 2764800 bytes, over bus.max_message_mb" in caplog.text
     pub.close()
     sub.close(linger=0)
+
+
+def serve_stream(video: Path, port: int) -> subprocess.Popen[bytes]:
+    """A real network camera: Debian's ffmpeg serving the video, looped at its own rate, over HTTP."""
+    return subprocess.Popen(
+        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(video)]
+        + ["-c", "copy", "-f", "mpegts", "-listen", "1", f"http://127.0.0.1:{port}/live.ts"],
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def frames_per_camera(sub: zmq.Socket, seconds: float) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for parts in bus.receive(sub, 50):
+            counts[messages.decode(parts).camera] += 1
+    return counts
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs Debian's ffmpeg (.ci/run installs it)")
+def test_a_network_camera_killed_and_restarted_reconnects_while_the_other_keeps_its_rate(
+    ipc_dir: Path, carphone: Path, zmq_ctx: zmq.Context
+) -> None:
+    stream_port, port = free_port(), free_port()
+    config = ipc_dir / "c.toml"
+    capture = {"metrics_port": port, "subscribers": 1, "reconnect_backoff_s": 0.5, "reconnect_backoff_max_s": 1.0}
+    text = pipeline_toml(ipc_dir, [("file", carphone, True)], capture=capture, pipeline={"realtime": True})
+    config.write_text(f'[[sources]]\nid = "net"\nuri = "http://127.0.0.1:{stream_port}/live.ts"\n\n' + text)
+    server = serve_stream(carphone, stream_port)
+    sub = bus.subscriber(zmq_ctx, f"ipc://{ipc_dir}/frames", bus.topics_for(["frame"], []), hwm=100)
+    proc = start_stage("capture", config, ipc_dir / "capture.log")
+    up, reconnects = 'emopipe_camera_up{camera="net"}', 'emopipe_camera_reconnects_total{camera="net"}'
+    try:
+        assert wait_for(lambda: frames_per_camera(sub, 0.5)["net"] > 0, 30), (ipc_dir / "capture.log").read_text()
+        before = frames_per_camera(sub, 4.0)
+        server.kill()
+        server.wait()
+        assert wait_for(lambda: scrape_value(port, up) == 0, 10)
+        during = frames_per_camera(sub, 4.0)
+        server = serve_stream(carphone, stream_port)
+        assert wait_for(lambda: frames_per_camera(sub, 0.5)["net"] > 0, 20), (ipc_dir / "capture.log").read_text()
+        print(f"frames in 4 s, before: {dict(before)}, while the network camera was down: {dict(during)}")
+        assert before["net"] > 40 and during["net"] < 10  # (a few were queued when it went down)
+        assert during["file"] >= 0.9 * before["file"]
+        assert scrape_value(port, up) == 1 and scrape_value(port, reconnects) >= 1
+        assert proc.poll() is None
+    finally:
+        stop(proc)
+        server.kill()
+        server.wait()
+        sub.close(linger=0)
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs Debian's ffmpeg (.ci/run installs it)")
+def test_a_network_camera_that_stalls_without_closing_is_noticed_and_reopened(
+    ipc_dir: Path, carphone: Path, zmq_ctx: zmq.Context
+) -> None:
+    stream_port, port = free_port(), free_port()
+    config = ipc_dir / "c.toml"
+    capture = {"metrics_port": port, "subscribers": 1, "reconnect_backoff_s": 0.5, "stall_timeout_s": 1.0}
+    text = pipeline_toml(ipc_dir, [], capture=capture, pipeline={"realtime": True})
+    config.write_text(f'[[sources]]\nid = "net"\nuri = "http://127.0.0.1:{stream_port}/live.ts"\n\n' + text)
+    server = serve_stream(carphone, stream_port)
+    sub = bus.subscriber(zmq_ctx, f"ipc://{ipc_dir}/frames", bus.topics_for(["frame"], []), hwm=100)
+    proc = start_stage("capture", config, ipc_dir / "capture.log")
+    reconnects = 'emopipe_camera_reconnects_total{camera="net"}'
+    try:
+        assert wait_for(lambda: frames_per_camera(sub, 0.5)["net"] > 0, 30), (ipc_dir / "capture.log").read_text()
+        server.send_signal(signal.SIGSTOP)  # the connection stays open, no data comes
+        stalled = time.monotonic()
+        assert wait_for(lambda: scrape_value(port, reconnects) >= 1, 10), (ipc_dir / "capture.log").read_text()
+        print(f"stall noticed and the camera reopened after {time.monotonic() - stalled:.1f} s")
+        assert scrape_value(port, 'emopipe_camera_up{camera="net"}') == 0
+        assert "stopped delivering frames; reconnecting" in (ipc_dir / "capture.log").read_text()
+    finally:
+        stop(proc)
+        server.send_signal(signal.SIGCONT)
+        server.kill()
+        server.wait()
+        sub.close(linger=0)

@@ -81,13 +81,20 @@ def frame_rate(src: SourceConfig, cap_cfg: CaptureConfig, native: float) -> floa
     return cap_cfg.folder_fps
 
 
-def open_video(src: SourceConfig) -> cv2.VideoCapture:
+def open_video(src: SourceConfig, timeout_s: float = 0.0) -> cv2.VideoCapture:
+    """Open a webcam, file or stream; a stream given ``timeout_s`` fails to open, or stops
+    reading, after that long without data (a stalled camera is then reopened)."""
     target: int | str = int(src.uri) if src.uri.isdigit() else src.uri
     if isinstance(target, str) and not src.is_live and not resolve_path(target).is_file():
         raise SourceError(f"source {src.id}: video file {target} does not exist")
     if isinstance(target, str) and not src.is_live:
         target = str(resolve_path(target))
-    cap = cv2.VideoCapture(target)
+    if isinstance(target, str) and src.is_live and timeout_s > 0:
+        ms = int(timeout_s * 1000)
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
+        cap = cv2.VideoCapture(target, cv2.CAP_FFMPEG, params)
+    else:
+        cap = cv2.VideoCapture(target)
     if not cap.isOpened():
         cap.release()
         raise SourceError(f"source {src.id}: cannot open {src.uri}")
@@ -189,7 +196,7 @@ class SourceReader(threading.Thread):
                 self.metrics.camera_reconnects.labels(camera=self.src.id).inc()
             first = False
             try:
-                cap = open_video(self.src)
+                cap = open_video(self.src, self.cap_cfg.stall_timeout_s)
             except SourceError as exc:
                 log.error("%s; retrying in %.1fs", exc, backoff)
                 self.stop.wait(backoff)
@@ -203,9 +210,16 @@ class SourceReader(threading.Thread):
     def _read_live(self, cap: cv2.VideoCapture) -> bool:
         """Read until the source fails; True if it delivered at least one frame."""
         delivered = False
+        shape = None
         for image, read_s in self._video_frames(cap):
             if self.stop.is_set():
                 break
+            if shape is not None and image.shape != shape:
+                log.error("source %s: a frame of %s after frames of %s; reopening", self.src.id, image.shape, shape)
+                self.metrics.frames_dropped.labels(stage="capture", reason="wrong_size").inc()
+                cap.release()
+                break
+            shape = image.shape
             self._deliver(image, read_s)
             delivered = True
         self.metrics.camera_up.labels(camera=self.src.id).set(0)
