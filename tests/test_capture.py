@@ -244,7 +244,8 @@ def test_a_network_camera_killed_and_restarted_reconnects_while_the_other_keeps_
 ) -> None:
     stream_port, port = free_port(), free_port()
     config = ipc_dir / "c.toml"
-    capture = {"metrics_port": port, "subscribers": 1, "reconnect_backoff_s": 0.5, "reconnect_backoff_max_s": 1.0}
+    capture: dict[str, object] = {"metrics_port": port, "subscribers": 1, "reconnect_backoff_s": 0.5}
+    capture["reconnect_backoff_max_s"] = 1.0
     text = pipeline_toml(ipc_dir, [("file", carphone, True)], capture=capture, pipeline={"realtime": True})
     config.write_text(f'[[sources]]\nid = "net"\nuri = "http://127.0.0.1:{stream_port}/live.ts"\n\n' + text)
     server = serve_stream(carphone, stream_port)
@@ -278,7 +279,8 @@ def test_a_network_camera_that_stalls_without_closing_is_noticed_and_reopened(
 ) -> None:
     stream_port, port = free_port(), free_port()
     config = ipc_dir / "c.toml"
-    capture = {"metrics_port": port, "subscribers": 1, "reconnect_backoff_s": 0.5, "stall_timeout_s": 1.0}
+    capture: dict[str, object] = {"metrics_port": port, "subscribers": 1, "reconnect_backoff_s": 0.5}
+    capture["stall_timeout_s"] = 1.0
     text = pipeline_toml(ipc_dir, [], capture=capture, pipeline={"realtime": True})
     config.write_text(f'[[sources]]\nid = "net"\nuri = "http://127.0.0.1:{stream_port}/live.ts"\n\n' + text)
     server = serve_stream(carphone, stream_port)
