@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from pathlib import Path
 from typing import IO, Any
 
@@ -52,19 +54,27 @@ class LineWriter:
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
-        self._fh: IO[str] | None = None
+        self._fh: IO[bytes] | None = None
         if path is not None:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 drop_partial_line(path)
-                self._fh = path.open("a", encoding="utf-8")
+                self._fh = path.open("ab", buffering=0)  # each line one write(2), nothing held back
             except OSError as exc:
                 raise OSError(f"cannot write the JSON-lines file {path}: {exc.strerror or exc}") from exc
 
     def write(self, line: dict[str, Any]) -> None:
-        if self._fh is not None:
-            self._fh.write(json.dumps(line, separators=(",", ":")) + "\n")
-            self._fh.flush()
+        """Append one whole line, or raise OSError naming the file (a full disk) with nothing of it left."""
+        if self._fh is None:
+            return
+        data = (json.dumps(line, separators=(",", ":")) + "\n").encode()
+        try:
+            written = self._fh.write(data)
+            if written is not None and 0 < written < len(data):  # the disk filled up within the line
+                self._fh.truncate(self._fh.seek(0, 2) - written)
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot write {self.path}: {exc.strerror or exc}") from exc
 
     @property
     def enabled(self) -> bool:

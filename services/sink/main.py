@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import zmq
 from prometheus_client import CollectorRegistry
@@ -20,6 +21,7 @@ from emopipe.config import Config, resolve_path
 from emopipe.messages import EndOfStream, Frame, Message, Results
 from emopipe.metrics import Metrics
 from emopipe.relay import decode_batch
+from emopipe.throttle import ThrottledLog
 from services.sink.events import LineWriter, event
 from services.sink.join import CameraJoin, Joined
 from services.sink.outputs import Outputs
@@ -30,6 +32,12 @@ from services.sink.viewer import FrameStore, Viewer
 
 log = logging.getLogger("emopipe.sink")
 EXIT_INCOMPLETE = 3
+#: lines that could not be written: counted each, logged now and then
+write_errors = ThrottledLog(log)
+
+
+class WriteError(OSError):
+    """Lossless: a JSON line could not be written (a full disk); the message names the file."""
 
 
 class Sink:
@@ -104,7 +112,7 @@ class Sink:
                 for label in res.labels:
                     self.metrics.predictions.labels(camera=camera, emotion=label)
         smoothed = self.smoother.update(res)
-        self.events.write(event(res, smoothed))
+        self.write(self.events, event(res, smoothed))
         if self.progress is not None:
             self.progress.written(res.camera, len(res.faces))
         if self.outputs.store is not None:
@@ -119,9 +127,20 @@ class Sink:
         self.metrics.stage_latency.labels(stage="sink", camera=res.camera).observe(time.perf_counter() - start)
         self.metrics.frames_processed.labels(stage="sink", camera=res.camera).inc()
 
+    def write(self, writer: LineWriter, line: dict[str, Any]) -> None:
+        """A line that cannot be written (a full disk) is counted; live, the pipeline goes on
+        (logged now and then); lossless, the sink stops naming the file (WriteError)."""
+        try:
+            writer.write(line)
+        except OSError as exc:
+            self.metrics.frames_dropped.labels(stage="sink", reason="write_error").inc()
+            if self.cfg.lossless:
+                raise WriteError(f"{exc.strerror}; stopping: this run would miss lines") from exc
+            write_errors.event(str(writer.path), logging.ERROR, "%s; the line is lost, going on (live)", exc.strerror)
+
     def write_ended(self, camera: str, now: float | None) -> None:
         for state in self.smoother.ended(camera, now):
-            self.tracks.write(state.summary(self.smoother.labels))
+            self.write(self.tracks, state.summary(self.smoother.labels))
             if self.progress is not None:
                 self.progress.track_ended(camera)
 
@@ -172,13 +191,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         sink = Sink(cfg, metrics, events, outputs, tracks, progress)
         try:
-            return run(sink, frames, results, stop)
-        finally:
+            code = run(sink, frames, results, stop)
             for camera in sink.joins:  # stopped or ended: every track still open ends here
                 sink.write_ended(camera, None)
+        except WriteError as exc:
+            log.error("%s", exc)
+            code = service.EXIT_CONFIG  # not restarted: the disk is still full
+        finally:
             tracks.close()
             progress.close()
             print(progress.summary(outputs.paths(events.path, tracks.path)), flush=True)
+        return code
     finally:
         frames.close(linger=0)
         results.close(linger=0)
