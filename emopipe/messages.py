@@ -280,7 +280,7 @@ def _payload_array(header: dict[str, Any], payload: memoryview) -> np.ndarray:
         or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_PAYLOAD_BYTES for d in shape)
     ):
         raise MessageError("malformed", f"bad shape {shape!r}")
-    if dtype_name not in _DTYPES:
+    if not isinstance(dtype_name, str) or dtype_name not in _DTYPES:
         raise MessageError("malformed", f"unsupported dtype {dtype_name!r}")
     dtype = _DTYPES[dtype_name]
     expected = math.prod(shape) * dtype.itemsize
