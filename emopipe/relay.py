@@ -114,23 +114,18 @@ def serve(
     hwm = cfg.bus.lossless_hwm if cfg.lossless else cfg.bus.live_hwm
     endpoint, kind = source
     ctx = zmq.Context()
+    with service.starting(stage):  # bound first: a failed bind leaves no socket open
+        pub = Publisher(
+            ctx,
+            target,
+            lossless=cfg.lossless,
+            hwm=hwm,
+            subscribers=section.subscribers,
+            subscribe_timeout_s=cfg.bus.subscribe_timeout_s,
+            stop=stop,
+            refused=metrics.subscriptions_refused.labels(stage=stage),
+        )
     sub = bus.subscriber(ctx, endpoint, bus.topics_for([kind, "eos"], cameras), hwm, cfg.bus.max_message_mb)
-    try:
-        with service.starting(stage):
-            pub = Publisher(
-                ctx,
-                target,
-                lossless=cfg.lossless,
-                hwm=hwm,
-                subscribers=section.subscribers,
-                subscribe_timeout_s=cfg.bus.subscribe_timeout_s,
-                stop=stop,
-                refused=metrics.subscriptions_refused.labels(stage=stage),
-            )
-    except SystemExit:
-        sub.close(linger=0)
-        ctx.term()
-        raise
     log.info("%s: %s messages from %s -> %s", stage, kind, endpoint, target)
     try:
         run(stage, sub, pub, expected, handle, metrics, stop)
