@@ -1,12 +1,26 @@
 """ZeroMQ socket helpers: publishers bind, subscribers connect.
 
+A publisher is a ROUTER socket and each subscriber a DEALER (one per address), not
+PUB/SUB: subscriptions travel as application messages (``[SUBSCRIBE, prefix, ...]``, the
+subscriber's whole set, repeated every ``RESUBSCRIBE_S``), so the publisher decides what
+it keeps. With XPUB, libzmq (4.3.5) kept every subscription a peer sent, about 1.4 KB
+each, until that peer left: 300,000 random ones grew capture by 450 MB. Here a peer has
+at most ``MAX_TOPICS_PER_PEER`` prefixes, each one a pipeline stage makes (``frame.``,
+``frame.cam0.``; see ``topics_for``), and there are at most ``MAX_PEERS`` peers; anything
+else is refused, counted, and logged at most once every ``REFUSED_LOG_EVERY_S``. A SUB or
+XSUB peer cannot connect at all (libzmq refuses the socket type in the handshake).
+
 Two delivery modes, chosen per pipeline (``Config.lossless``):
 
-* lossless (files, analysed completely): the publisher is an XPUB with
-  ``XPUB_NODROP``, so a full queue makes sending wait (back-pressure: the pipeline
-  slows down) instead of dropping.
-* live (cameras, URLs, ``--realtime``): small high-water marks; a full queue drops,
-  and the receiving stage keeps only the newest frame per camera (see ``keep_newest``).
+* lossless (files, analysed completely): a full queue to a subscriber makes sending
+  wait (back-pressure: the pipeline slows down) instead of dropping;
+* live (cameras, URLs, ``--realtime``): small high-water marks; a full queue drops the
+  message for that subscriber, counted (``reason="hwm"``), and the receiving stage keeps
+  only the newest frame per camera (see ``keep_newest``).
+
+The publisher learns that a subscriber left when a send to it fails
+(``ZMQ_ROUTER_MANDATORY``: ``EHOSTUNREACH``); a restarted publisher learns its
+subscribers again within ``RESUBSCRIBE_S``.
 
 An endpoint may list several addresses separated by commas: a publisher binds each,
 a subscriber connects to each (fan-in from a stage scaled out over several processes).
@@ -14,19 +28,12 @@ a subscriber connects to each (fan-in from a stage scaled out over several proce
 In both modes, before a topic's first message the publisher waits until the expected
 number of subscribers has subscribed, so nobody misses the start of a stream.
 
-Publishers decide which subscriptions take effect (``ZMQ_XPUB_MANUAL``): only the prefixes a
-pipeline subscriber makes (``frame.``, ``frame.cam0.``; see ``topics_for``), and at most
-``MAX_SUBSCRIPTIONS`` distinct ones: a peer cannot subscribe to everything (``b""``) and a
-flood does not grow this module's table. Each refused one is counted; the log says so at
-most once every ``REFUSED_LOG_EVERY_S``. libzmq itself (4.3.5) still keeps every
-subscription a peer sent, about 1.4 KB each, until that peer leaves; keeping such peers out
-is the endpoints' job (ipc:// in a private directory, CURVE on tcp://).
-
 ``ZMQ_CONFLATE`` is not used: it breaks multipart messages.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -36,6 +43,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,7 +63,16 @@ RUNTIME = "{runtime}"
 WANTED = re.compile(
     "(?:{kinds})\\.(?:{camera}\\.)?".format(kinds="|".join(messages.KINDS), camera=messages.CAMERA_ID.pattern).encode()
 )
-MAX_SUBSCRIPTIONS = 4096
+#: the first part of a subscriber's message to its publisher
+SUBSCRIBE = b"SUBSCRIBE"
+#: a subscriber repeats its subscriptions this often (a restarted publisher learns them again)
+RESUBSCRIBE_S = 0.25
+MAX_PEERS = 128
+MAX_TOPICS_PER_PEER = 512
+#: with MAX_PEERS peers, one that has not resubscribed for this long makes room for a new one
+STALE_PEER_S = 5.0
+#: what a publisher accepts from a peer: subscriptions are small
+MAX_INCOMING_BYTES = 64 << 10
 #: handled per call, so a flood cannot hold up sending
 EVENTS_PER_PUMP = 10_000
 REFUSED_LOG_EVERY_S = 10.0
@@ -65,8 +82,18 @@ class SubscriberTimeoutError(RuntimeError):
     """Lossless mode: the next stage did not subscribe in time."""
 
 
+@dataclass
+class Peer:
+    prefixes: tuple[bytes, ...]
+    seen: float  # monotonic time of its latest subscription message
+
+    def wants(self, topic: bytes) -> bool:
+        return any(topic.startswith(p) for p in self.prefixes)
+
+
 class Publisher:
-    """An XPUB socket that sends ``messages`` and, in lossless mode, never drops."""
+    """A ROUTER socket that sends ``messages`` to the peers subscribed to their topic and,
+    in lossless mode, never drops."""
 
     def __init__(
         self,
@@ -79,14 +106,14 @@ class Publisher:
         subscribe_timeout_s: float,
         stop: threading.Event,
         refused: CounterChild | None = None,
+        dropped: CounterChild | None = None,
     ) -> None:
-        self.sock = ctx.socket(zmq.XPUB)
+        self.sock = ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, hwm)
-        self.sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscriber's subscription, not just the first
-        self.sock.setsockopt(zmq.XPUB_MANUAL, 1)  # and none takes effect until pump_subscriptions accepts it
-        if lossless:
-            self.sock.setsockopt(zmq.XPUB_NODROP, 1)
+        self.sock.setsockopt(zmq.RCVHWM, 100)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_INCOMING_BYTES)
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a full queue: EAGAIN; a peer that left: EHOSTUNREACH
         for address in addresses(endpoint):
             try:
                 self.sock.bind(address)
@@ -98,64 +125,88 @@ class Publisher:
         self.subscribers = subscribers
         self.subscribe_timeout_s = subscribe_timeout_s
         self.stop = stop
-        self.subscriptions: Counter[bytes] = Counter()
+        self.peers: dict[bytes, Peer] = {}
+        self.dropped = 0  # live: messages a full queue to a subscriber dropped
         self._refused_metric = refused
+        self._dropped_metric = dropped
         self._refused_log = ThrottledLog(log, REFUSED_LOG_EVERY_S)
+        self._dropped_log = ThrottledLog(log, REFUSED_LOG_EVERY_S)
         self._ready: set[bytes] = set()
 
-    def send(self, msg: Message) -> bool:
-        """Send one message; False if stopped while waiting for room or subscribers."""
-        self.pump_subscriptions()
-        parts = messages.encode(msg, sent=time.time())
-        if not self.wait_subscribed(parts[0]):
-            return False
-        return self._send_parts(parts)
-
-    def pump_subscriptions(self) -> None:
-        """Read the (un)subscription messages the XPUB socket has queued; accept the ones a
-        pipeline subscriber makes, refuse (and count) the rest."""
-        for _ in range(EVENTS_PER_PUMP):
-            try:
-                event = self.sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            prefix = event[1:]
-            if event[:1] == b"\x01":
-                if WANTED.fullmatch(prefix) and (
-                    prefix in self.subscriptions or len(self.subscriptions) < MAX_SUBSCRIPTIONS
-                ):
-                    self.sock.setsockopt(zmq.SUBSCRIBE, prefix)  # for the peer this event came from
-                    self.subscriptions[prefix] += 1
-                else:
-                    self._refuse(prefix)
-            elif event[:1] == b"\x00" and self.subscriptions.get(prefix, 0) > 0:
-                # a peer's own unsubscription, or one libzmq makes for a peer that left (then a no-op)
-                self.sock.setsockopt(zmq.UNSUBSCRIBE, prefix)
-                self.subscriptions[prefix] -= 1
-                if not self.subscriptions[prefix]:
-                    del self.subscriptions[prefix]
-            # anything else (an unsubscription of a refused prefix, a message that is not a
-            # subscription) changes nothing
+    @property
+    def subscriptions(self) -> Counter[bytes]:
+        """How many peers hold each accepted prefix."""
+        return Counter(p for peer in self.peers.values() for p in peer.prefixes)
 
     @property
     def refused(self) -> int:
         return self._refused_log.count
 
-    def _refuse(self, prefix: bytes) -> None:
+    def send(self, msg: Message) -> bool:
+        """Send one message; False if stopped while waiting for room or subscribers."""
+        return self.send_parts(messages.encode(msg, sent=time.time()))
+
+    def send_parts(self, parts: Sequence[Any]) -> bool:
+        """Send an encoded message (the first part its topic) as ``send`` does."""
+        self.pump_subscriptions()
+        topic = bytes(parts[0])
+        if not self.wait_subscribed(topic):
+            return False
+        return self._send_parts(topic, parts)
+
+    def pump_subscriptions(self) -> None:
+        """Read what peers sent: a pipeline subscriber's subscriptions are kept (replacing
+        that peer's earlier ones); anything else is refused and counted."""
+        for _ in range(EVENTS_PER_PUMP):
+            try:
+                parts = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            identity, body = parts[0], parts[1:]
+            if not body or body[0] != SUBSCRIBE:
+                self._refuse(identity, b"|".join(body)[:80], "a message that is not a subscription")
+                continue
+            self._subscribe(identity, body[1:])
+
+    def _subscribe(self, identity: bytes, prefixes: list[bytes]) -> None:
+        bad = [p for p in prefixes if not WANTED.fullmatch(p)]
+        if bad:
+            self._refuse(identity, bad[0], "a subscription that no pipeline stage makes", len(bad))
+        kept = tuple(dict.fromkeys(p for p in prefixes if WANTED.fullmatch(p)))
+        if len(kept) > MAX_TOPICS_PER_PEER:
+            over = kept[MAX_TOPICS_PER_PEER:]
+            self._refuse(identity, over[0], f"over {MAX_TOPICS_PER_PEER} subscriptions of one peer", len(over))
+            kept = kept[:MAX_TOPICS_PER_PEER]
+        now = time.monotonic()
+        if identity not in self.peers and len(self.peers) >= MAX_PEERS and not self._forget_stalest(now):
+            self._refuse(identity, b"", f"a peer over {MAX_PEERS}")
+            return
+        self.peers[identity] = Peer(kept, now)
+
+    def _forget_stalest(self, now: float) -> bool:
+        identity, peer = min(self.peers.items(), key=lambda item: item[1].seen)
+        if now - peer.seen < STALE_PEER_S:
+            return False
+        del self.peers[identity]
+        return True
+
+    def _refuse(self, identity: bytes, what: bytes, why: str, count: int = 1) -> None:
         if self._refused_metric is not None:
-            self._refused_metric.inc()
+            self._refused_metric.inc(count)
         self._refused_log.event(
             "subscription",
             logging.WARNING,
-            "%s: refused a subscription that no pipeline stage makes (or over %d): %r",
+            "%s: refused %s from peer %s: %r",
             self.endpoint,
-            MAX_SUBSCRIPTIONS,
-            prefix[:80],
+            why,
+            identity.hex(),
+            what[:80],
+            count=count,
         )
 
     def subscriber_count(self, topic: bytes) -> int:
         self.pump_subscriptions()
-        return sum(n for prefix, n in self.subscriptions.items() if topic.startswith(prefix))
+        return sum(1 for peer in self.peers.values() if peer.wants(topic))
 
     def wait_subscribed(self, topic: bytes) -> bool:
         """Before a topic's first message, wait for its subscribers; False if stopped.
@@ -182,35 +233,128 @@ class Publisher:
         self._ready.add(topic)
         return True
 
-    def _send_parts(self, parts: Sequence[Any]) -> bool:
-        while not self.stop.is_set():
-            try:
-                self.sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+    def _send_parts(self, topic: bytes, parts: Sequence[Any]) -> bool:
+        """To every peer that wants ``topic``: live, a full queue drops (counted); lossless,
+        it waits for room (back-pressure). False if stopped while waiting."""
+        waiting = [identity for identity, peer in self.peers.items() if peer.wants(topic)]
+        while waiting:
+            full = []
+            for identity in waiting:
+                try:
+                    self.sock.send_multipart([identity, *parts], flags=zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    full.append(identity)
+                except zmq.ZMQError as exc:
+                    if exc.errno != errno.EHOSTUNREACH:
+                        raise
+                    self.peers.pop(identity, None)  # it left
+            if not self.lossless:
+                self._drop(topic, len(full))
                 return True
-            except zmq.Again:  # lossless and the queue is full: wait for room (back-pressure)
-                self.sock.poll(100, zmq.POLLOUT)
+            waiting = [identity for identity in full if identity in self.peers]
+            if waiting:
+                if self.stop.is_set():
+                    return False
+                self.sock.poll(10, zmq.POLLIN)  # room comes as the peer reads; meanwhile, its subscriptions
                 self.pump_subscriptions()
-        return False
+        return True
+
+    def _drop(self, topic: bytes, count: int) -> None:
+        if not count:
+            return
+        self.dropped += count
+        if self._dropped_metric is not None:
+            self._dropped_metric.inc(count)
+        self._dropped_log.event(
+            "hwm",
+            logging.WARNING,
+            "%s: a subscriber's queue is full (bus.live_hwm): dropped %r for it",
+            self.endpoint,
+            topic[:80],
+        )
 
     def close(self) -> None:
         self.sock.close(linger=0)
 
 
-def subscriber(
-    ctx: zmq.Context, endpoint: str, topics: Iterable[bytes], hwm: int, max_message_mb: int = 64
-) -> zmq.Socket:
-    """A SUB socket connected to every address of ``endpoint``. libzmq refuses a message part
-    over ``max_message_mb`` before it is read, and cuts that publisher off for good (a protocol
+class Subscriber:
+    """DEALER sockets, one per address of ``endpoint``, that subscribe to ``topics`` and
+    receive the messages published on them. libzmq refuses a message part over
+    ``max_message_mb`` before it is read, and cuts that publisher off for good (a protocol
     error: no reconnect). The pipeline's own stages never send one: capture drops a bigger frame."""
-    sock = ctx.socket(zmq.SUB)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVHWM, hwm)
-    sock.setsockopt(zmq.MAXMSGSIZE, max_message_mb << 20)
-    for t in topics:
-        sock.setsockopt(zmq.SUBSCRIBE, t)
-    for address in addresses(endpoint):
-        sock.connect(address)
-    return sock
+
+    def __init__(
+        self, ctx: zmq.Context, endpoint: str, topics: Iterable[bytes], hwm: int, max_message_mb: int = 64
+    ) -> None:
+        self.topics = list(topics)
+        self.addresses = addresses(endpoint)
+        self.sockets: list[zmq.Socket] = []
+        for address in self.addresses:
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RCVHWM, hwm)
+            sock.setsockopt(zmq.SNDHWM, 2)  # subscriptions wait for the connection; a few at most
+            sock.setsockopt(zmq.MAXMSGSIZE, max_message_mb << 20)
+            sock.connect(address)
+            self.sockets.append(sock)
+        self._poller = zmq.Poller()
+        for sock in self.sockets:
+            self._poller.register(sock, zmq.POLLIN)
+        self._subscribed = -float("inf")
+        self.subscribe()
+
+    def subscribe(self) -> None:
+        """Send the subscriptions to every publisher (queued until connected, two at most)."""
+        self._subscribed = time.monotonic()
+        for address, sock in zip(self.addresses, self.sockets, strict=True):
+            try:
+                sock.send_multipart([SUBSCRIBE, *self.topics], zmq.NOBLOCK)
+            except zmq.Again:
+                log.debug("%s: not connected, subscriptions already queued", address)
+
+    def _keep_subscribed(self) -> None:
+        if time.monotonic() - self._subscribed >= RESUBSCRIBE_S:
+            self.subscribe()
+
+    def poll(self, timeout_ms: int) -> bool:
+        """Whether a message arrives within ``timeout_ms`` (subscribing again meanwhile, as due)."""
+        deadline = time.monotonic() + timeout_ms / 1000
+        while True:
+            self._keep_subscribed()
+            left = deadline - time.monotonic()
+            step = max(0.0, min(left, RESUBSCRIBE_S))
+            if self._poller.poll(round(step * 1000)):
+                return True
+            if left <= step:
+                return False
+
+    def receive(self, timeout_ms: int, limit: int = 1000) -> list[list[zmq.Frame]]:
+        """Wait up to ``timeout_ms`` for a message, then take whatever else is queued."""
+        batch: list[list[zmq.Frame]] = []
+        if not self.poll(timeout_ms):
+            return batch
+        for sock in self.sockets:
+            while len(batch) < limit:
+                try:
+                    batch.append(sock.recv_multipart(zmq.NOBLOCK, copy=False))
+                except zmq.Again:
+                    break
+        return batch
+
+    def recv_multipart(self, timeout_ms: int = 60_000) -> list[bytes]:
+        """One message (for tests and tools); TimeoutError if none comes within ``timeout_ms``."""
+        deadline = time.monotonic() + timeout_ms / 1000
+        while self.poll(max(0, round((deadline - time.monotonic()) * 1000))):
+            for sock in self.sockets:
+                try:
+                    return sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    continue
+        raise TimeoutError(f"no message within {timeout_ms} ms")
+
+    def close(self, linger: int = 0) -> None:
+        for sock in self.sockets:
+            sock.close(linger=linger)
 
 
 def addresses(endpoint: str) -> list[str]:
@@ -250,19 +394,6 @@ def topics_for(kinds: Sequence[str], cameras: Sequence[str]) -> list[bytes]:
     if not cameras:
         return [messages.topic(k) for k in kinds]
     return [messages.topic(k, c) for k in kinds for c in cameras]
-
-
-def receive(sock: zmq.Socket, timeout_ms: int, limit: int = 1000) -> list[list[zmq.Frame]]:
-    """Wait up to ``timeout_ms`` for a message, then take whatever else is queued."""
-    batch: list[list[zmq.Frame]] = []
-    if not sock.poll(timeout_ms, zmq.POLLIN):
-        return batch
-    while len(batch) < limit:
-        try:
-            batch.append(sock.recv_multipart(zmq.NOBLOCK, copy=False))
-        except zmq.Again:
-            break
-    return batch
 
 
 def keep_newest(batch: Sequence[Message]) -> tuple[list[Message], int]:

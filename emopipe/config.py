@@ -71,7 +71,7 @@ class EndpointsConfig:
     # Several addresses separated by commas: a publisher binds each, a subscriber connects
     # to each (fan-in from a stage scaled out over several processes or hosts).
     # {runtime}: a directory only this user may open (emopipe.bus.runtime_dir); tcp:// between hosts.
-    frames: str = "ipc://{runtime}/frames"  # capture binds (XPUB), detect and sink connect
+    frames: str = "ipc://{runtime}/frames"  # capture binds (its publisher), detect and sink connect
     faces: str = "ipc://{runtime}/faces"  # detect binds, classify connects
     results: str = "ipc://{runtime}/results"  # classify binds, sink connects
 

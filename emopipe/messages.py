@@ -9,7 +9,7 @@ Each message is one ZeroMQ multipart message of exactly three parts::
     part 2  payload  raw array bytes, C order, sent without copying (may be empty)
 
 The topic starts with the kind and carries the camera id, and ends with a dot so
-that a SUB socket takes one camera with the prefix ``b"frame.cam0."`` (which is not
+that a subscriber takes one camera with the prefix ``b"frame.cam0."`` (which is not
 a prefix of ``b"frame.cam01."``) or every camera with ``b"frame."``.
 
 Header keys present in every message:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import zmq
 
 from emopipe import bus, messages, service
-from emopipe.bus import Publisher, SubscriberTimeoutError
+from emopipe.bus import Publisher, Subscriber, SubscriberTimeoutError
 from emopipe.config import Config
 from emopipe.messages import EndOfStream, Message, MessageError
 from emopipe.metrics import Metrics
@@ -65,7 +65,7 @@ def decode_one(stage: str, parts: list[zmq.Frame], expected: type, metrics: Metr
 
 def run(
     stage: str,
-    sub: zmq.Socket,
+    sub: Subscriber,
     pub: Publisher,
     expected: type,
     handle: Handler,
@@ -75,7 +75,7 @@ def run(
     """Process messages until ``stop`` is set."""
     ended: set[str] = set()
     while not stop.is_set():
-        raw = bus.receive(sub, timeout_ms=200)
+        raw = sub.receive(timeout_ms=200)
         received = time.time()
         batch = decode_batch(stage, raw, expected, metrics)
         if not pub.lossless:
@@ -124,8 +124,9 @@ def serve(
             subscribe_timeout_s=cfg.bus.subscribe_timeout_s,
             stop=stop,
             refused=metrics.subscriptions_refused.labels(stage=stage),
+            dropped=metrics.frames_dropped.labels(stage=stage, reason="hwm"),
         )
-    sub = bus.subscriber(ctx, endpoint, bus.topics_for([kind, "eos"], cameras), hwm, cfg.bus.max_message_mb)
+    sub = bus.Subscriber(ctx, endpoint, bus.topics_for([kind, "eos"], cameras), hwm, cfg.bus.max_message_mb)
     log.info("%s: %s messages from %s -> %s", stage, kind, endpoint, target)
     try:
         run(stage, sub, pub, expected, handle, metrics, stop)

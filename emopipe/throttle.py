@@ -21,15 +21,15 @@ class ThrottledLog:
     def count(self) -> int:
         return self.counts.total()
 
-    def event(self, kind: str, level: int, msg: str, *args: object) -> bool:
-        """Count one event of ``kind``; write its line (with the number since that kind's last
-        line) if due. True if written."""
-        self.counts[kind] += 1
+    def event(self, kind: str, level: int, msg: str, *args: object, count: int = 1) -> bool:
+        """Count ``count`` events of ``kind``; write its line (with the number since that kind's
+        last line) if due. True if written."""
+        self.counts[kind] += count
         now = time.monotonic()
         last = self._last.get(kind)
         if last is not None and now - last[0] < self.every_s:
             return False
-        since = self.counts[kind] - last[1] if last is not None else 1
+        since = self.counts[kind] - last[1] if last is not None else self.counts[kind]
         suffix = f" ({since} like it since the last such line)" if since > 1 else ""
         self.logger.log(level, msg + suffix, *args)
         self._last[kind] = (now, self.counts[kind])

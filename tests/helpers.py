@@ -58,7 +58,7 @@ def write_model(path: Path, size: int, metadata_size: int | None = None) -> Path
 
 def stage_sockets(
     ctx: zmq.Context, ipc: Path, into: str, out: str, subscribe_timeout_s: float = 60.0
-) -> tuple[bus.Publisher, zmq.Socket]:
+) -> tuple[bus.Publisher, bus.Subscriber]:
     """What a stage process under test is fed by and read from: a lossless publisher bound on
     ``ipc://<ipc>/<into>`` (the stage's input endpoint) and a subscriber to its ``out`` endpoint,
     for that kind of message and end-of-stream."""
@@ -71,7 +71,7 @@ def stage_sockets(
         subscribe_timeout_s=subscribe_timeout_s,
         stop=threading.Event(),
     )
-    return pub, bus.subscriber(ctx, f"ipc://{ipc}/{out}", bus.topics_for([out, "eos"], []), hwm=100)
+    return pub, bus.Subscriber(ctx, f"ipc://{ipc}/{out}", bus.topics_for([out, "eos"], []), hwm=100)
 
 
 def free_port() -> int:

@@ -106,10 +106,10 @@ def test_detect_process_answers_every_frame_forwards_eos_and_survives_malformed_
     pub, sub = stage_sockets(zmq_ctx, ipc, "frames", "faces", subscribe_timeout_s=30)
     pub.send(Frame("cam0", 0, 1.0, carphone_frames[0]))
     good = messages.encode(Frame("cam0", 1, 2.0, np.zeros((60, 80, 3), np.uint8)), sent=time.time())
-    pub.sock.send_multipart([good[0], good[1], b"short"])  # wrong byte count
+    pub.send_parts([good[0], good[1], b"short"])  # wrong byte count
     bad_version = [bytes(p) for p in good]
     bad_version[1] = bad_version[1].replace(b"\xa1v\x02", b"\xa1v\x63")  # schema version 99
-    pub.sock.send_multipart(bad_version)
+    pub.send_parts(bad_version)
     pub.send(Frame("cam0", 1, 2.0, np.zeros((60, 80, 3), np.uint8)))
     pub.send(EndOfStream("cam0", 2, 3.0))
     assert sub.poll(30_000), "detect published nothing"
@@ -163,7 +163,7 @@ def test_a_flood_of_garbage_is_counted_by_reason_and_logged_a_few_times_while_fr
     for seq in range(10):
         pub.send(Frame("cam0", seq, 1.0 + seq, carphone_frames[seq]))
         for parts in garbage * 500:
-            pub.sock.send_multipart(parts)
+            pub.send_parts(parts)
     pub.send(EndOfStream("cam0", 10, 20.0))
     got: list[messages.Message] = []
     while len(got) < 11 and sub.poll(30_000):

@@ -59,6 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             subscribe_timeout_s=cfg.bus.subscribe_timeout_s,
             stop=stop,
             refused=metrics.subscriptions_refused.labels(stage="capture"),
+            dropped=metrics.frames_dropped.labels(stage="capture", reason="hwm"),
         )
     log.info("publishing %s on %s (%s)", cfg.cameras, cfg.endpoints.frames, "lossless" if cfg.lossless else "live")
     try:
@@ -114,7 +115,7 @@ def publish(item: Captured, pub: Publisher, metrics: Metrics, ended: dict[str, E
         pub.send(eos)
         log.info("camera %s: end of stream after %d frames", item.camera, item.seq)
         return
-    if item.image.nbytes > max_bytes:  # the next stages would cut capture off (bus.subscriber)
+    if item.image.nbytes > max_bytes:  # the next stages would cut capture off (bus.Subscriber)
         metrics.frames_dropped.labels(stage="capture", reason="oversized").inc()
         oversized.event(
             item.camera,

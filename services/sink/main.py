@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from emopipe import bus, service
 from emopipe import metrics as metrics_mod
+from emopipe.bus import Subscriber
 from emopipe.config import Config, resolve_path
 from emopipe.messages import EndOfStream, Frame, Message, Results
 from emopipe.metrics import Metrics
@@ -183,8 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ctx = zmq.Context()
     hwm = cfg.bus.lossless_hwm if cfg.lossless else cfg.bus.live_hwm * 4
     limit = cfg.bus.max_message_mb
-    frames = bus.subscriber(ctx, cfg.endpoints.frames, bus.topics_for(["frame", "eos"], cfg.sink.cameras), hwm, limit)
-    results = bus.subscriber(
+    frames = bus.Subscriber(ctx, cfg.endpoints.frames, bus.topics_for(["frame", "eos"], cfg.sink.cameras), hwm, limit)
+    results = bus.Subscriber(
         ctx, cfg.endpoints.results, bus.topics_for(["results", "eos"], cfg.sink.cameras), hwm, limit
     )
     progress = Progress([s for s in cfg.sources if s.id in cameras], cfg.sink.progress_s)
@@ -212,19 +213,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             viewer.close()
 
 
-def run(sink: Sink, frames: zmq.Socket, results: zmq.Socket, stop: threading.Event) -> int:
+def run(sink: Sink, frames: Subscriber, results: Subscriber, stop: threading.Event) -> int:
     poller = zmq.Poller()
-    poller.register(frames, zmq.POLLIN)
-    poller.register(results, zmq.POLLIN)
+    for sock in frames.sockets + results.sockets:
+        poller.register(sock, zmq.POLLIN)
     while not stop.is_set():
-        ready = dict(poller.poll(100))
+        poller.poll(100)
         received = time.time()
-        if frames in ready:
-            for msg in decode_batch("sink", bus.receive(frames, 0), Frame, sink.metrics):
-                sink.on_frame_message(msg)
-        if results in ready:
-            for msg in decode_batch("sink", bus.receive(results, 0), Results, sink.metrics):
-                sink.on_results_message(msg, received)
+        for msg in decode_batch("sink", frames.receive(0), Frame, sink.metrics):
+            sink.on_frame_message(msg)
+        for msg in decode_batch("sink", results.receive(0), Results, sink.metrics):
+            sink.on_results_message(msg, received)
         sink.release()
         sink.end_tracks()
         if sink.finished():
