@@ -230,7 +230,7 @@ def serve_stream(video: Path, port: int) -> subprocess.Popen[bytes]:
     )
 
 
-def frames_per_camera(sub: zmq.Socket, seconds: float) -> Counter[str]:
+def frames_per_camera(sub: bus.Subscriber, seconds: float) -> Counter[str]:
     counts: Counter[str] = Counter()
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
