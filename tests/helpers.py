@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -13,6 +14,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ import zmq
 
 from emopipe import bus
 
+log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent
 # The shipped model's weights (its model card's --init for a further cycle).
 SHIPPED_WEIGHTS = REPO / "training" / "checkpoints" / "emonet-slim.weights.h5"
@@ -169,6 +172,28 @@ def fetch(url: str, deadline: float) -> bytes:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+def scrape_value(port: int, sample: str) -> float:
+    """One sample's value from a stage's /metrics, e.g. ``emopipe_frames_processed_total{…}``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith(sample + " "):
+                return float(line.split()[-1])
+    raise AssertionError(f"no {sample}")
+
+
+def wait_for(condition: Callable[[], bool], timeout: float) -> bool:
+    """Whether ``condition`` holds within ``timeout`` s; an OSError (a server not up yet) counts as not yet."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return True
+        except OSError as exc:
+            log.debug("not yet: %s", exc)
+        time.sleep(0.1)
+    return False
 
 
 def green_pixels(image: np.ndarray) -> int:

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import threading
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from emopipe import bus, messages, metrics
 from emopipe.config import CaptureConfig, SourceConfig
 from emopipe.messages import Frame
-from helpers import free_port, pipeline_toml, start_stage, stop
+from helpers import free_port, pipeline_toml, scrape_value, start_stage, stop, wait_for
 from services.capture import main as capture_main
 from services.capture.sources import Captured, Mailbox, SourceReader, frame_rate
 from services.sink.render import encode_jpeg
@@ -113,26 +112,6 @@ def mjpeg_server(carphone_frames: list[np.ndarray]) -> Iterator[tuple[str, Viewe
     yield server.url + "stream/live.mjpg", server
     done.set()
     server.close()
-
-
-def scrape_value(port: int, sample: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
-        for line in resp.read().decode().splitlines():
-            if line.startswith(sample + " "):
-                return float(line.split()[-1])
-    raise AssertionError(f"no {sample}")
-
-
-def wait_for(condition, timeout: float) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if condition():
-                return True
-        except OSError:
-            pass  # the metrics server is not up yet
-        time.sleep(0.1)
-    return False
 
 
 def test_live_stream_source_publishes_frames_and_reconnects_when_the_camera_goes_away(
