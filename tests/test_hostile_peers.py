@@ -84,10 +84,14 @@ def test_floods_on_every_bound_endpoint_leave_the_live_pipeline_running_flat_and
         # Each is counted. The oversized one is cut off by libzmq before it is read; the raw bytes
         # may add some (libzmq reads a peer without the ZMTP 2+ greeting as ZMTP 1.0 frames).
         expected = SUBSCRIPTIONS + GARBAGE
+
+        def counted(stage: str) -> float:
+            return scrape_value(ports[stage], refused.format(stage))
+
         for stage in PUBLISHERS.values():
-            assert wait_for(lambda s=stage: scrape_value(ports[s], refused.format(s)) >= expected, 60), (
+            assert wait_for(lambda: counted(stage) >= expected, 60), (  # noqa: B023 (called at once)
                 stage,
-                scrape_value(ports[stage], refused.format(stage)),
+                counted(stage),
                 log.read_text()[-3000:],
                 lines_after(time.time() - 5),
             )
