@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import numpy as np
 import zmq
 
@@ -194,6 +195,19 @@ def wait_for(condition: Callable[[], bool], timeout: float) -> bool:
             log.debug("not yet: %s", exc)
         time.sleep(0.1)
     return False
+
+
+def garbage_like(good: list[Any], rng: np.random.Generator) -> list[list[Any]]:
+    """Messages on ``good``'s topic that the decoder must refuse: random header bytes, a shape
+    that lies about the byte count, too many parts, a header with a NaN time."""
+    header = msgpack.unpackb(good[1])
+    nan_time = msgpack.packb({**header, "ts": float("nan")})
+    return [
+        [good[0], rng.bytes(40), b""],
+        [good[0], good[1], b"short"],
+        [good[0]] + [b"x"] * 6,
+        [good[0], nan_time, good[2]],
+    ]
 
 
 def green_pixels(image: np.ndarray) -> int:

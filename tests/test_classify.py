@@ -18,7 +18,17 @@ from emopipe import messages
 from emopipe.config import DetectConfig
 from emopipe.labels import EMOTIONS
 from emopipe.messages import Box, EndOfStream, Faces, Results
-from helpers import free_port, pipeline_toml, stage_sockets, start_stage, stop, write_model
+from helpers import (
+    free_port,
+    garbage_like,
+    pipeline_toml,
+    scrape_value,
+    stage_sockets,
+    start_stage,
+    stop,
+    wait_for,
+    write_model,
+)
 from services.classify.main import classify
 from services.classify.model import EmotionModel, ModelError
 from services.detect.detector import FaceDetector
@@ -155,6 +165,38 @@ def test_classify_process_publishes_results_for_every_faces_message_and_exports_
         assert predicted == 0  # the sink counts predictions, by each track's smoothed label
         pub.close()
         sub.close(linger=0)
+    finally:
+        assert stop(proc) == 0
+
+
+def test_classify_process_answers_every_real_message_among_garbage_and_counts_each(
+    ipc_dir: Path, carphone: Path, zmq_ctx: zmq.Context, real_faces: Faces, model_path: Path
+) -> None:
+    port = free_port()
+    config = ipc_dir / "c.toml"
+    config.write_text(
+        pipeline_toml(ipc_dir, [("cam0", carphone, False)], classify={"metrics_port": port, "model": model_path})
+    )
+    proc = start_stage("classify", config, ipc_dir / "classify.log")
+    rng = np.random.default_rng(0)
+    count, repeat = 10, 200
+    try:
+        pub, sub = stage_sockets(zmq_ctx, ipc_dir, "faces", "results")
+        for seq in range(count):
+            faces = dataclasses.replace(real_faces, seq=seq)
+            pub.send(faces)
+            for parts in garbage_like(messages.encode(faces, sent=time.time()), rng) * repeat:
+                pub.send_parts(parts)
+        pub.send(EndOfStream("cam0", count, 99.0))
+        got = [messages.decode(sub.recv_multipart()) for _ in range(count + 1)]
+        assert [m.seq for m in got] == list(range(count + 1)) and isinstance(got[-1], EndOfStream)
+        assert all(isinstance(m, Results) and len(m.faces) == len(real_faces.boxes) for m in got[:-1])
+        malformed = 'emopipe_frames_dropped_total{reason="malformed",stage="classify"}'
+        assert wait_for(lambda: scrape_value(port, malformed) == count * 4 * repeat, 10), scrape_value(port, malformed)
+        assert proc.poll() is None
+        assert 1 <= (ipc_dir / "classify.log").read_text().count("classify: dropped message") <= 8
+        pub.close()
+        sub.close()
     finally:
         assert stop(proc) == 0
 

@@ -5,25 +5,16 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from emopipe import service
-from helpers import REPO, free_port, launch, pipeline_toml, reap, stage_pids
+from helpers import REPO, free_port, launch, pipeline_toml, reap, scrape_value, stage_pids, wait_for
 from services.sink.events import LineWriter
 
 FULL = Path("/dev/full")
 pytestmark = pytest.mark.skipif(not FULL.exists(), reason="needs /dev/full")
-
-
-def sink_sample(port: int, sample: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
-        for line in resp.read().decode().splitlines():
-            if line.startswith(sample + " "):
-                return float(line.split()[-1])
-    return 0.0
 
 
 def test_a_line_that_cannot_be_written_raises_naming_the_file() -> None:
@@ -60,18 +51,11 @@ def test_live_a_full_disk_is_counted_and_logged_now_and_then_while_the_pipeline_
     failed = 'emopipe_frames_dropped_total{reason="write_error",stage="sink"}'
     processed = 'emopipe_frames_processed_total{camera="cam0",stage="sink"}'
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if sink_sample(port, failed) > 20:
-                    break
-            except OSError:
-                pass  # the sink's metrics are not up yet
-            time.sleep(0.2)
-        first = sink_sample(port, processed)
+        assert wait_for(lambda: scrape_value(port, failed) > 20, 60), log.read_text()[-3000:]
+        first = scrape_value(port, processed)
         time.sleep(2.0)
-        assert sink_sample(port, processed) > first + 10  # still processing frames
-        assert sink_sample(port, failed) >= sink_sample(port, processed) - 1  # every line counted as lost
+        assert scrape_value(port, processed) > first + 10  # still processing frames
+        assert scrape_value(port, failed) >= scrape_value(port, processed) - 1  # every line counted as lost
         pid = stage_pids(log)["sink"]
         assert proc.poll() is None and stage_pids(log)["sink"] == pid  # not restarted
         assert 1 <= log.read_text().count("cannot write /dev/full") <= 2  # throttled: one per 10 s

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -10,10 +12,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import zmq
 
+from emopipe import bus, messages
 from emopipe.config import SourceConfig
-from emopipe.messages import Box, FaceResult, Frame, Results
-from helpers import free_port
+from emopipe.messages import Box, EndOfStream, FaceResult, Frame, Results
+from helpers import free_port, garbage_like, pipeline_toml, scrape_value, start_stage, stop, wait_for
 from services.sink.events import LineWriter, event
 from services.sink.join import CameraJoin
 from services.sink.progress import expected_frames, format_seconds
@@ -189,3 +193,51 @@ def test_a_line_left_unfinished_by_a_killed_sink_is_cut_before_appending(tmp_pat
     path.write_text('{"unfinished')
     LineWriter(path).close()
     assert path.read_text() == ""
+
+
+def test_sink_process_writes_every_real_frame_among_garbage_on_both_inputs_and_counts_each(
+    ipc_dir: Path, carphone: Path, zmq_ctx: zmq.Context
+) -> None:
+    port, events = free_port(), ipc_dir / "events.jsonl"
+    config = ipc_dir / "c.toml"
+    sink = {"metrics_port": port, "events": events}
+    config.write_text(pipeline_toml(ipc_dir, [("cam0", carphone, False)], sink=sink))
+    proc = start_stage("sink", config, ipc_dir / "sink.log")
+    frames, results_pub = (
+        bus.Publisher(
+            zmq_ctx,
+            f"ipc://{ipc_dir}/{name}",
+            lossless=True,
+            hwm=8,
+            subscribers=1,
+            subscribe_timeout_s=60,
+            stop=threading.Event(),
+        )
+        for name in ("frames", "results")
+    )
+    rng = np.random.default_rng(0)
+    count, repeat = 20, 100
+    try:
+        for seq in range(count):
+            frames.send(frame(seq))
+            results_pub.send(results(seq))
+            for pub, good in ((frames, frame(seq)), (results_pub, results(seq))):
+                for parts in garbage_like(messages.encode(good, sent=time.time()), rng) * repeat:
+                    pub.send_parts(parts)
+        malformed = 'emopipe_frames_dropped_total{reason="malformed",stage="sink"}'
+        assert wait_for(lambda: scrape_value(port, malformed) == 2 * count * 4 * repeat, 30), (
+            scrape_value(port, malformed),
+            (ipc_dir / "sink.log").read_text()[-3000:],
+        )
+        for pub in (frames, results_pub):
+            pub.send(EndOfStream("cam0", count, 200.0))
+        assert proc.wait(60) == 0, (ipc_dir / "sink.log").read_text()
+    finally:
+        stop(proc)
+        frames.close()
+        results_pub.close()
+    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    assert [e["frame"] for e in lines] == list(range(count))
+    assert all(e["faces"][0]["emotion"] == "happy" for e in lines)
+    log = (ipc_dir / "sink.log").read_text()
+    assert 1 <= log.count("sink: dropped message") <= 8, log[-3000:]  # throttled: per reason, one per 10 s
