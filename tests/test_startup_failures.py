@@ -56,6 +56,11 @@ def metrics_port_in_use(tmp: Path, video: Path, port: int) -> tuple[str, list[st
     return config, [], f"classify cannot start: cannot serve metrics on 127.0.0.1:{port}: Address already in use"
 
 
+def viewer_port_in_use(tmp: Path, video: Path, port: int) -> tuple[str, list[str], str]:
+    config = pipeline_toml(tmp, [("cam0", video, False)], viewer={"port": port})
+    return config, [], f"sink cannot start: cannot serve the viewer on 127.0.0.1:{port}: Address already in use"
+
+
 def endpoint_in_use(tmp: Path, video: Path, port: int) -> tuple[str, list[str], str]:
     config = pipeline_toml(tmp, [("cam0", video, False)]).replace(
         f'faces = "ipc://{tmp}/faces"', f'faces = "tcp://127.0.0.1:{port}"'
@@ -84,7 +89,15 @@ def unknown_camera(tmp: Path, video: Path, port: int) -> tuple[str, list[str], s
 
 @pytest.mark.parametrize(
     "case",
-    [not_a_video, metrics_port_in_use, endpoint_in_use, model_not_onnx, events_not_writable, unknown_camera],
+    [
+        not_a_video,
+        metrics_port_in_use,
+        viewer_port_in_use,
+        endpoint_in_use,
+        model_not_onnx,
+        events_not_writable,
+        unknown_camera,
+    ],
 )
 def test_a_start_up_failure_gives_one_message_and_the_config_status(
     tmp_path: Path, carphone: Path, taken_port: int, case: Case
