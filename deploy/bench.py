@@ -298,7 +298,7 @@ class TrackingResult:
 
 
 def measure_tracking(frames: list[np.ndarray], fps: float, cfg: Config, model: EmotionModel) -> TrackingResult:
-    cv2.setNumThreads(cfg.detect.threads)
+    cv2.setNumThreads(1)  # per-frame cost on one core
     reference = Detect(dataclasses.replace(cfg.detect, every_frame=True), model.input_size)
     scheduled = Detect(cfg.detect, model.input_size)
     smoother = Smoother(cfg.sink.smooth_s, cfg.detect.track_timeout_s)

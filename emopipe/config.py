@@ -105,7 +105,7 @@ class DetectConfig:
     min_neighbors: int = 5
     min_size: int = 40  # pixels of the full frame
     downscale: float = 1.0  # every_frame only: detect on the frame shrunk by this factor
-    threads: int = 1  # cv2.setNumThreads: one core per detect process (OpenCV's default takes all)
+    threads: int = 1  # cameras detected in parallel, one OpenCV thread each (OpenCV's own default takes every core)
     # Scheduled detection (services/detect/schedule.py); defaults measured in BENCHMARKS.md
     every_frame: bool = False  # the paper's way: the full-frame cascade on every frame
     scan_interval_s: float = 0.5  # the whole frame is scanned once this often: a new face is found this fast
@@ -282,7 +282,7 @@ def _check_positive(cfg: Config) -> None:
         "detect.min_neighbors": cfg.detect.min_neighbors >= 0,
         "detect.min_size": cfg.detect.min_size >= 1,
         "detect.downscale": cfg.detect.downscale >= 1.0,
-        "detect.threads": cfg.detect.threads >= 0,
+        "detect.threads": cfg.detect.threads >= 1,
         "detect.scan_interval_s": cfg.detect.scan_interval_s > 0,
         "detect.large_scan_interval_s": cfg.detect.large_scan_interval_s > 0,
         "detect.scan_scale_factor": cfg.detect.scan_scale_factor > 1.0,

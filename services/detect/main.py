@@ -25,30 +25,44 @@ log = logging.getLogger("emopipe.detect")
 
 
 class Detect:
-    """Per-camera scheduled detection and tracking (or, with ``every_frame``, the paper's full scan)."""
+    """Per-camera scheduled detection and tracking (or, with ``every_frame``, the paper's full scan).
+
+    Each camera has its own cascade (an OpenCV cascade is not safe to share between threads,
+    and ``detect.threads`` runs cameras in parallel); the first is loaded at once, so a
+    missing cascade stops the stage before it serves."""
 
     def __init__(self, cfg: DetectConfig, face_size: int) -> None:
         self.cfg = cfg
-        self.detector = FaceDetector(cfg, face_size)
+        self.face_size = face_size
+        self.detectors: dict[str, FaceDetector] = {}
+        self.spare: FaceDetector | None = FaceDetector(cfg, face_size)
         self.cameras: dict[str, CameraDetector] = {}
         self.seen: dict[str, int] = {}  # every_frame: a new id per box (no tracking)
 
+    def detector(self, camera: str) -> FaceDetector:
+        found = self.detectors.get(camera)
+        if found is None:
+            found, self.spare = self.spare or FaceDetector(self.cfg, self.face_size), None
+            self.detectors[camera] = found
+        return found
+
     def __call__(self, frame: Frame) -> Faces:
         gray = cv2.cvtColor(frame.image, cv2.COLOR_BGR2GRAY)
+        detector = self.detector(frame.camera)
         if self.cfg.every_frame:
             height, width = gray.shape
-            boxes = tuple(self.detector.find(gray, Box(0, 0, width, height), self.cfg.downscale, self.cfg.min_size))
-            crops = self.detector.crops(gray, boxes)
+            boxes = tuple(detector.find(gray, Box(0, 0, width, height), self.cfg.downscale, self.cfg.min_size))
+            crops = detector.crops(gray, boxes)
             first = self.seen.get(frame.camera, 0) + 1
             self.seen[frame.camera] = first + len(boxes) - 1
             tracks = tuple(range(first, first + len(boxes)))
             return Faces(frame.camera, frame.seq, frame.ts, boxes, crops, tracks)
         camera = self.cameras.get(frame.camera)
         if camera is None:
-            camera = self.cameras[frame.camera] = CameraDetector.create(self.cfg, self.detector)
+            camera = self.cameras[frame.camera] = CameraDetector.create(self.cfg, detector)
         faces = camera.process(gray, frame.ts)
         boxes = tuple(f.box for f in faces)
-        crops = self.detector.crops(gray, boxes)
+        crops = detector.crops(gray, boxes)
         return Faces(frame.camera, frame.seq, frame.ts, boxes, crops, tuple(f.track for f in faces))
 
 
@@ -64,7 +78,7 @@ def make_handler(detect: Detect, metrics: Metrics) -> relay.Handler:
 
 def main(argv: Sequence[str] | None = None) -> int:
     cfg, stop = service.setup("detect", argv)
-    cv2.setNumThreads(cfg.detect.threads)
+    cv2.setNumThreads(1)  # parallel by camera (detect.threads), not inside OpenCV: its default takes every core
     model = resolve_path(cfg.classify.model)
     try:
         face_size = input_size(model)
@@ -80,5 +94,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics_mod.serve(metrics, cfg.detect.metrics_port, cfg.pipeline.metrics_host)
     handler = make_handler(detect, metrics)
     return relay.serve(
-        "detect", cfg, (cfg.endpoints.frames, "frame"), cfg.endpoints.faces, Frame, handler, metrics, stop
+        "detect",
+        cfg,
+        (cfg.endpoints.frames, "frame"),
+        cfg.endpoints.faces,
+        Frame,
+        handler,
+        metrics,
+        stop,
+        cfg.detect.threads,
     )
