@@ -25,8 +25,8 @@ subscribers again within ``RESUBSCRIBE_S``.
 An endpoint may list several addresses separated by commas: a publisher binds each,
 a subscriber connects to each (fan-in from a stage scaled out over several processes).
 
-In both modes, before a topic's first message the publisher waits until the expected
-number of subscribers has subscribed, so nobody misses the start of a stream.
+Lossless, before a topic's first message the publisher waits until the expected number
+of subscribers has subscribed, so nobody misses the start of a stream.
 
 ``ZMQ_CONFLATE`` is not used: it breaks multipart messages.
 """
@@ -209,26 +209,21 @@ class Publisher:
         return sum(1 for peer in self.peers.values() if peer.wants(topic))
 
     def wait_subscribed(self, topic: bytes) -> bool:
-        """Before a topic's first message, wait for its subscribers; False if stopped.
-
-        Lossless, a missing subscriber after the timeout is an error; live, a warning
-        (the stream goes on: a subscriber that comes later gets the frames from then on).
-        """
-        if topic in self._ready:
+        """Lossless, before a topic's first message, wait for its subscribers (a missing one
+        after the timeout is an error); False if stopped. Live, never: a subscriber gets the
+        messages from when it subscribes (a restarted stage must not wait for a sink that
+        takes no frames while nothing shows them)."""
+        if topic in self._ready or not self.lossless:
             return True
         deadline = time.monotonic() + self.subscribe_timeout_s
         while self.subscriber_count(topic) < self.subscribers:
             if self.stop.is_set():
                 return False
             if time.monotonic() > deadline:
-                problem = (
+                raise SubscriberTimeoutError(
                     f"{self.endpoint}: {self.subscriber_count(topic)} of {self.subscribers} "
                     f"subscribers for {topic!r} after {self.subscribe_timeout_s}s"
                 )
-                if self.lossless:
-                    raise SubscriberTimeoutError(problem)
-                log.warning("%s; publishing anyway (live)", problem)
-                break
             self.sock.poll(100, zmq.POLLIN)
         self._ready.add(topic)
         return True
@@ -311,6 +306,13 @@ class Subscriber:
                 sock.send_multipart([SUBSCRIBE, *self.topics], zmq.NOBLOCK)
             except zmq.Again:
                 log.debug("%s: not connected, subscriptions already queued", address)
+
+    def set_topics(self, topics: Iterable[bytes]) -> None:
+        """Subscribe to these from now on (sent at once if they changed)."""
+        wanted = list(topics)
+        if wanted != self.topics:
+            self.topics = wanted
+            self.subscribe()
 
     def _keep_subscribed(self) -> None:
         if time.monotonic() - self._subscribed >= RESUBSCRIBE_S:

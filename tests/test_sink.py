@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -13,13 +14,18 @@ import cv2
 import numpy as np
 import pytest
 import zmq
+from prometheus_client import CollectorRegistry
 
 from emopipe import bus, messages
+from emopipe import config as config_mod
+from emopipe import metrics as metrics_mod
 from emopipe.config import SourceConfig
 from emopipe.messages import Box, EndOfStream, FaceResult, Frame, Results
 from helpers import free_port, garbage_like, pipeline_toml, scrape_value, start_stage, stop, wait_for
 from services.sink.events import LineWriter, event
 from services.sink.join import CameraJoin
+from services.sink.main import Sink
+from services.sink.outputs import Outputs
 from services.sink.progress import expected_frames, format_seconds
 from services.sink.render import annotate, encode_jpeg
 from services.sink.smoothing import Smoothed
@@ -47,6 +53,52 @@ def test_join_releases_in_sequence_order_whichever_path_arrives_first() -> None:
     join.add_frame(frame(1), now=5)
     out = join.release(now=100)
     assert [(j.results.seq, j.frame is not None) for j in out.joined] == [(0, True), (1, True)]
+
+
+def test_live_join_without_frames_wanted_releases_results_at_once_and_counts_no_frame_missing() -> None:
+    join = CameraJoin("cam0", lossless=False, timeout_s=1.0)
+    join.add_frame(frame(0), now=0)
+    join.add_results(results(0), now=0)
+    assert [j.frame is not None for j in join.release(now=0).joined] == [True]
+    join.want_frames(False)  # nothing shows or records the camera: the sink stops taking its frames
+    join.add_results(results(1), now=1)
+    join.add_frame(frame(2), now=1)  # one still on its way when the sink unsubscribed
+    join.add_results(results(2), now=1)
+    out = join.release(now=1)  # no waiting for frames
+    assert [(j.results.seq, j.frame is not None) for j in out.joined] == [(1, False), (2, True)]
+    assert out.missing_frames == 0 and out.unmatched_frames == 0
+    join.want_frames(True)  # a viewer opened the stream: frames come again from the next one
+    join.add_results(results(3), now=2)
+    out = join.release(now=2)
+    assert [(j.results.seq, j.frame) for j in out.joined] == [(3, None)] and out.missing_frames == 0
+    join.add_results(results(4), now=3)
+    join.add_frame(frame(4), now=3.1)
+    join.add_results(results(5), now=3.1)
+    out = join.release(now=3.2)  # from the first frame on, results wait for theirs again
+    assert [(j.results.seq, j.frame is not None) for j in out.joined] == [(4, True)]
+    assert join.release(now=5).missing_frames == 1  # 5's frame did not come within the timeout
+
+
+def test_live_sink_takes_a_cameras_frames_only_until_its_first_and_while_a_viewer_watches_it() -> None:
+    cfg = config_mod.from_dict(
+        {"pipeline": {"realtime": True}, "sources": [{"id": c, "uri": "clip.mp4"} for c in ("cam0", "cam1")]}
+    )
+    store = FrameStore(cfg.cameras)
+    outputs = Outputs(cfg.sink, cfg.cameras, store)
+    sink = Sink(cfg, metrics_mod.create(CollectorRegistry(), "sink", cfg.cameras), LineWriter(None), outputs)
+    eos = [b"eos.cam0.", b"eos.cam1."]
+    assert sink.frame_topics() == [*eos, b"frame.cam0.", b"frame.cam1."]  # the viewer has no picture yet
+    for camera in cfg.cameras:
+        sink.on_frame_message(dataclasses.replace(frame(0), camera=camera))
+        store.put(camera, b"jpeg")  # the first frame was drawn
+    assert sink.frame_topics() == eos  # nothing shows or records them: no pixels
+    store.watch("cam1", 1)  # a viewer opened cam1's stream
+    assert sink.frame_topics() == [*eos, b"frame.cam1."]
+    store.watch("cam1", -1)
+    assert sink.frame_topics() == eos
+    lossless = config_mod.replace(cfg, "pipeline", realtime=False)
+    sink = Sink(lossless, metrics_mod.create(CollectorRegistry(), "sink", cfg.cameras), LineWriter(None), outputs)
+    assert sink.frame_topics() == [b"frame.", b"eos."]  # every frame, always
 
 
 def test_lossless_join_is_done_and_complete_only_after_both_ends_of_stream() -> None:

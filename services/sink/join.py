@@ -42,10 +42,21 @@ class CameraJoin:
         self.frames_eos: int | None = None
         self.results_eos: int | None = None
         self.written = 0
+        # live, with nothing to show or record, the sink does not take this camera's frames:
+        # results go out without one, and do so (not counted as missing) until the first frame comes
+        self.frames_wanted = True
+        self.frames_from: int | None = 0  # frames are expected from this seq on (None: from the next that comes)
+
+    def want_frames(self, wanted: bool) -> None:
+        if wanted and not self.frames_wanted:
+            self.frames_from = None
+        self.frames_wanted = wanted
 
     def add_frame(self, frame: Frame, now: float | None = None) -> None:
         self.frames[frame.seq] = (time.monotonic() if now is None else now, frame)
         self.newest_frame = max(self.newest_frame, frame.seq)
+        if self.frames_from is None:
+            self.frames_from = frame.seq
 
     def add_results(self, results: Results, now: float | None = None) -> None:
         self.results.append((time.monotonic() if now is None else now, results))
@@ -74,15 +85,19 @@ class CameraJoin:
             if entry is None and not self._frame_gone(res.seq, now - arrived):
                 break
             self.results.popleft()
-            out.missing_frames += entry is None
+            out.missing_frames += entry is None and self._frame_expected(res.seq)
             out.joined.append(Joined(res, entry[1] if entry else None))
             self.last_released = res.seq
             self.written += 1
-        out.unmatched_frames = self._drop_unmatched(now)
+        dropped = self._drop_unmatched(now)
+        out.unmatched_frames = dropped if self.frames_wanted else 0  # not wanted: frames still on their way
         return out
 
+    def _frame_expected(self, seq: int) -> bool:
+        return self.frames_wanted and self.frames_from is not None and seq >= self.frames_from
+
     def _frame_gone(self, seq: int, waited: float) -> bool:
-        if self.frames_eos is not None or self.newest_frame > seq:
+        if self.frames_eos is not None or self.newest_frame > seq or not self._frame_expected(seq):
             return True
         return not self.lossless and waited > self.timeout_s
 

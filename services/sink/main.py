@@ -15,7 +15,7 @@ from typing import Any
 import zmq
 from prometheus_client import CollectorRegistry
 
-from emopipe import bus, service
+from emopipe import bus, messages, service
 from emopipe import metrics as metrics_mod
 from emopipe.bus import Subscriber
 from emopipe.config import Config, resolve_path
@@ -86,6 +86,22 @@ class Sink:
             self.metrics.transport_delay.labels(stage="sink", camera=msg.camera).observe(max(0.0, received - msg.sent))
             join.add_results(msg)
 
+    def frame_topics(self) -> list[bytes]:
+        """What to take from capture. Live, a camera's frames only while something shows or
+        records them (the viewer: until it has a first frame, then while a stream is open or
+        a snapshot was asked for), so 921 KB a frame are not copied for nothing; its
+        end-of-stream always. Lossless, or with no camera listed, every frame."""
+        if self.cfg.lossless or not self.cameras:
+            return bus.topics_for(["frame", "eos"], self.cfg.sink.cameras)
+        topics = bus.topics_for(["eos"], self.cameras)
+        for camera in self.cameras:
+            join = self.join_for(camera)
+            wanted = self.outputs.wanted(camera)
+            join.want_frames(wanted)
+            if wanted:
+                topics.append(messages.topic("frame", camera))
+        return topics
+
     def release(self) -> None:
         for camera, join in self.joins.items():
             out = join.release()
@@ -121,10 +137,9 @@ class Sink:
         for face in smoothed:
             self.metrics.predictions.labels(camera=res.camera, emotion=face.emotion).inc()
         self.write_ended(res.camera, res.ts)
-        if joined.frame is not None:
-            if self.outputs.wanted(res.camera):
-                self.outputs.show(res.camera, annotate(joined.frame.image, res, smoothed))
-            self.metrics.end_to_end_latency.labels(camera=res.camera).observe(max(0.0, time.time() - res.ts))
+        if joined.frame is not None and self.outputs.wanted(res.camera):
+            self.outputs.show(res.camera, annotate(joined.frame.image, res, smoothed))
+        self.metrics.end_to_end_latency.labels(camera=res.camera).observe(max(0.0, time.time() - res.ts))
         self.metrics.stage_latency.labels(stage="sink", camera=res.camera).observe(time.perf_counter() - start)
         self.metrics.frames_processed.labels(stage="sink", camera=res.camera).inc()
 
@@ -218,6 +233,7 @@ def run(sink: Sink, frames: Subscriber, results: Subscriber, stop: threading.Eve
     for sock in frames.sockets + results.sockets:
         poller.register(sock, zmq.POLLIN)
     while not stop.is_set():
+        frames.set_topics(sink.frame_topics())
         poller.poll(100)
         received = time.time()
         for msg in decode_batch("sink", frames.receive(0), Frame, sink.metrics):
