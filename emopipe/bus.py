@@ -177,6 +177,9 @@ class Publisher:
             over = kept[MAX_TOPICS_PER_PEER:]
             self._refuse(identity, over[0], f"over {MAX_TOPICS_PER_PEER} subscriptions of one peer", len(over))
             kept = kept[:MAX_TOPICS_PER_PEER]
+        if not kept:  # nothing (left) to send it
+            self.peers.pop(identity, None)
+            return
         now = time.monotonic()
         if identity not in self.peers and len(self.peers) >= MAX_PEERS and not self._forget_stalest(now):
             self._refuse(identity, b"", f"a peer over {MAX_PEERS}")

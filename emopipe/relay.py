@@ -4,9 +4,9 @@ Every input message gets exactly one output message (so the sink can join every
 frame); end-of-stream is forwarded as it arrives, after the frames before it. In
 live mode only the newest input per camera is processed, the rest count as stale.
 
-With ``threads`` > 1, the cameras of one received batch are processed in parallel (each
-camera's messages in order, by one thread; OpenCV and onnxruntime release the GIL), and
-the outputs are published from the loop's own thread in the batch's order.
+With ``threads`` > 1, cameras are processed in parallel (``Lanes``: each camera's messages
+in order, one at a time), and the outputs are published from the loop's own thread as
+they are ready.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import zmq
 
@@ -29,6 +30,8 @@ from emopipe.throttle import ThrottledLog
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Message], Message]
+#: with work on other threads, how often the loop looks for finished work between messages
+BUSY_POLL_MS = 2
 
 
 def decode_batch(stage: str, raw: list[list[zmq.Frame]], expected: type, metrics: Metrics) -> list[Message]:
@@ -68,6 +71,59 @@ def decode_one(stage: str, parts: list[zmq.Frame], expected: type, metrics: Metr
     return msg
 
 
+class Lanes:
+    """One lane per camera: its messages handled in order, one at a time; with ``threads`` > 1,
+    several cameras at once on a pool (OpenCV and onnxruntime release the GIL), so a slow
+    camera does not hold up the others. Live, a frame waiting in a lane is replaced by a newer
+    one of its camera (counted stale). End-of-stream leaves its lane after the frames before it."""
+
+    def __init__(self, handle: Handler, threads: int, lossless: bool, stage: str = "") -> None:
+        self.handle = handle
+        self.lossless = lossless
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix=stage) if threads > 1 else None
+        self.waiting: dict[str, deque[Message]] = {}
+        self.running: dict[str, Future[Message]] = {}
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.running)
+
+    def add(self, msg: Message) -> int:
+        """Queue ``msg`` in its camera's lane; returns how many waiting frames it made stale."""
+        lane = self.waiting.setdefault(msg.camera, deque())
+        stale = 0
+        if not self.lossless and not isinstance(msg, EndOfStream):
+            stale = sum(not isinstance(m, EndOfStream) for m in lane)
+            if stale:
+                self.waiting[msg.camera] = lane = deque(m for m in lane if isinstance(m, EndOfStream))
+        lane.append(msg)
+        return stale
+
+    def step(self) -> Iterator[Message]:
+        """The outputs ready now, each camera's in order; starts each idle lane's next message."""
+        for camera, lane in self.waiting.items():
+            future = self.running.get(camera)
+            if future is not None:
+                if not future.done():
+                    continue
+                del self.running[camera]
+                yield future.result()  # re-raises the handler's exception
+            while lane and isinstance(lane[0], EndOfStream):
+                yield lane.popleft()
+            if not lane:
+                continue
+            if self.pool is None:  # all of it, here
+                while lane:
+                    msg = lane.popleft()
+                    yield msg if isinstance(msg, EndOfStream) else self.handle(msg)
+            else:
+                self.running[camera] = self.pool.submit(self.handle, lane.popleft())
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+
+
 def run(
     stage: str,
     sub: Subscriber,
@@ -80,7 +136,6 @@ def run(
 ) -> None:
     """Process messages until ``stop`` is set."""
     ended: set[str] = set()
-    pool = ThreadPoolExecutor(threads, thread_name_prefix=stage) if threads > 1 else None
 
     def timed(msg: Message) -> Message:
         start = time.perf_counter()
@@ -89,48 +144,29 @@ def run(
         metrics.frames_processed.labels(stage=stage, camera=msg.camera).inc()
         return out
 
+    lanes = Lanes(timed, threads, pub.lossless, stage)
     try:
         while not stop.is_set():
-            raw = sub.receive(timeout_ms=200)
+            raw = sub.receive(timeout_ms=BUSY_POLL_MS if lanes.busy else 200)
             received = time.time()
-            batch = decode_batch(stage, raw, expected, metrics)
-            if not pub.lossless:
-                batch, stale = bus.keep_newest(batch)
-                if stale:
-                    metrics.frames_dropped.labels(stage=stage, reason="stale").inc(stale)
-            work: list[Message] = [m for m in batch if not isinstance(m, EndOfStream)]
-            for job in work:
-                metrics.transport_delay.labels(stage=stage, camera=job.camera).observe(max(0.0, received - job.sent))
-            outputs = process(work, timed, pool)
-            for msg in batch:
-                if isinstance(msg, EndOfStream):
-                    if msg.camera not in ended:  # capture repeats end-of-stream; log it once
-                        log.info("%s: camera %s ended after %d frames", stage, msg.camera, msg.seq)
-                        ended.add(msg.camera)
-                    pub.send(EndOfStream(camera=msg.camera, seq=msg.seq, ts=msg.ts))
-                else:
-                    pub.send(next(outputs))
+            stale = 0
+            for msg in decode_batch(stage, raw, expected, metrics):
+                if not isinstance(msg, EndOfStream):
+                    metrics.transport_delay.labels(stage=stage, camera=msg.camera).observe(
+                        max(0.0, received - msg.sent)
+                    )
+                stale += lanes.add(msg)
+            if stale:
+                metrics.frames_dropped.labels(stage=stage, reason="stale").inc(stale)
+            for out in lanes.step():
+                if isinstance(out, EndOfStream):
+                    if out.camera not in ended:  # capture repeats end-of-stream; log it once
+                        log.info("%s: camera %s ended after %d frames", stage, out.camera, out.seq)
+                        ended.add(out.camera)
+                    out = EndOfStream(camera=out.camera, seq=out.seq, ts=out.ts)
+                pub.send(out)
     finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
-
-
-def process(work: Sequence[Message], handle: Handler, pool: ThreadPoolExecutor | None) -> Iterator[Message]:
-    """``handle`` each message, outputs in input order: one at a time as they are asked for,
-    or, with a pool, all at once, one camera per thread, its messages in order."""
-    if pool is None or len({m.camera for m in work}) < 2:
-        return (handle(m) for m in work)
-    cameras: dict[str, list[int]] = {}
-    for i, msg in enumerate(work):
-        cameras.setdefault(msg.camera, []).append(i)
-    outs: dict[int, Message] = {}
-
-    def camera(indices: list[int]) -> None:
-        for i in indices:
-            outs[i] = handle(work[i])
-
-    list(pool.map(camera, cameras.values()))  # waits for them; re-raises a handler's exception
-    return (outs[i] for i in range(len(work)))
+        lanes.close()
 
 
 def serve(

@@ -156,6 +156,7 @@ def test_the_publisher_accepts_pipeline_subscriptions_only_and_counts_the_rest(
         pub.pump_subscriptions()
     assert pub.refused == 6  # the four bad prefixes, the empty one, the message that is not a subscription
     assert dict(pub.subscriptions) == {b"frame.cam0.": 1, b"eos.cam0.": 1}
+    assert len(pub.peers) == 2  # a peer with no accepted prefix takes no room
     pub.send(frame(0))
     assert good.poll(2000) and messages.decode(good.recv_multipart()).seq == 0
     assert not everything.poll(300) and not xsub.poll(0)
