@@ -105,7 +105,7 @@ class DetectConfig:
     min_neighbors: int = 5
     min_size: int = 40  # pixels of the full frame
     downscale: float = 1.0  # every_frame only: detect on the frame shrunk by this factor
-    threads: int = 1  # cameras detected in parallel, one OpenCV thread each (OpenCV's own default takes every core)
+    threads: int = 3  # cameras detected in parallel, one OpenCV thread each (measured on 2 cores: BENCHMARKS.md)
     # Scheduled detection (services/detect/schedule.py); defaults measured in BENCHMARKS.md
     every_frame: bool = False  # the paper's way: the full-frame cascade on every frame
     scan_interval_s: float = 0.5  # the whole frame is scanned once this often: a new face is found this fast
