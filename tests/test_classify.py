@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -132,73 +134,74 @@ def test_crops_of_another_size_are_resized_to_the_model_with_a_warning_naming_bo
     assert "detect sends 64x64 crops but model" in caplog.text and "takes 48x48" in caplog.text
 
 
-def test_classify_process_publishes_results_for_every_faces_message_and_exports_model_info(
-    ipc_dir: Path, carphone: Path, zmq_ctx: zmq.Context, real_faces: Faces, model_path: Path
-) -> None:
+@pytest.fixture
+def classify_stage(ipc_dir: Path, carphone: Path, model_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """A classify process on ipc:// in ``ipc_dir``, serving metrics; yields it and its metrics port."""
     port = free_port()
     config = ipc_dir / "c.toml"
     config.write_text(
         pipeline_toml(ipc_dir, [("cam0", carphone, False)], classify={"metrics_port": port, "model": model_path})
     )
     proc = start_stage("classify", config, ipc_dir / "classify.log")
-    try:
-        pub, sub = stage_sockets(zmq_ctx, ipc_dir, "faces", "results")
-        pub.send(real_faces)
-        pub.send(Faces("cam0", 1, 2.0, (), np.zeros((0, 48, 48), np.uint8)))
-        pub.send(EndOfStream("cam0", 2, 3.0))
-        assert sub.poll(60_000), f"no results; log:\n{(ipc_dir / 'classify.log').read_text()}"
-        got = [messages.decode(sub.recv_multipart()) for _ in range(3)]
-        assert isinstance(got[0], Results) and len(got[0].faces) == len(real_faces.boxes)
-        assert all(f.emotion in EMOTIONS for f in got[0].faces)
-        assert isinstance(got[1], Results) and got[1].faces == ()
-        assert isinstance(got[2], EndOfStream) and got[2].seq == 2
-        deadline = time.monotonic() + 10
-        text = ""
-        while "emopipe_model_info" not in text and time.monotonic() < deadline:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
-                text = resp.read().decode()
-        info = next(line for line in text.splitlines() if line.startswith("emopipe_model_info{"))
-        assert f'labels="{",".join(EMOTIONS)}"' in info and f'path="{model_path}"' in info
-        predicted = sum(
-            float(line.split()[-1]) for line in text.splitlines() if line.startswith("emopipe_predictions_total{")
-        )
-        assert predicted == 0  # the sink counts predictions, by each track's smoothed label
-        pub.close()
-        sub.close(linger=0)
-    finally:
-        assert stop(proc) == 0
+    yield proc, port
+    assert stop(proc) == 0
+
+
+def test_classify_process_publishes_results_for_every_faces_message_and_exports_model_info(
+    ipc_dir: Path,
+    zmq_ctx: zmq.Context,
+    real_faces: Faces,
+    model_path: Path,
+    classify_stage: tuple[subprocess.Popen[bytes], int],
+) -> None:
+    proc, port = classify_stage
+    pub, sub = stage_sockets(zmq_ctx, ipc_dir, "faces", "results")
+    pub.send(real_faces)
+    pub.send(Faces("cam0", 1, 2.0, (), np.zeros((0, 48, 48), np.uint8)))
+    pub.send(EndOfStream("cam0", 2, 3.0))
+    assert sub.poll(60_000), f"no results; log:\n{(ipc_dir / 'classify.log').read_text()}"
+    got = [messages.decode(sub.recv_multipart()) for _ in range(3)]
+    assert isinstance(got[0], Results) and len(got[0].faces) == len(real_faces.boxes)
+    assert all(f.emotion in EMOTIONS for f in got[0].faces)
+    assert isinstance(got[1], Results) and got[1].faces == ()
+    assert isinstance(got[2], EndOfStream) and got[2].seq == 2
+    deadline = time.monotonic() + 10
+    text = ""
+    while "emopipe_model_info" not in text and time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+            text = resp.read().decode()
+    info = next(line for line in text.splitlines() if line.startswith("emopipe_model_info{"))
+    assert f'labels="{",".join(EMOTIONS)}"' in info and f'path="{model_path}"' in info
+    predicted = sum(
+        float(line.split()[-1]) for line in text.splitlines() if line.startswith("emopipe_predictions_total{")
+    )
+    assert predicted == 0  # the sink counts predictions, by each track's smoothed label
+    pub.close()
+    sub.close(linger=0)
 
 
 def test_classify_process_answers_every_real_message_among_garbage_and_counts_each(
-    ipc_dir: Path, carphone: Path, zmq_ctx: zmq.Context, real_faces: Faces, model_path: Path
+    ipc_dir: Path, zmq_ctx: zmq.Context, real_faces: Faces, classify_stage: tuple[subprocess.Popen[bytes], int]
 ) -> None:
-    port = free_port()
-    config = ipc_dir / "c.toml"
-    config.write_text(
-        pipeline_toml(ipc_dir, [("cam0", carphone, False)], classify={"metrics_port": port, "model": model_path})
-    )
-    proc = start_stage("classify", config, ipc_dir / "classify.log")
+    proc, port = classify_stage
     rng = np.random.default_rng(0)
     count, repeat = 10, 200
-    try:
-        pub, sub = stage_sockets(zmq_ctx, ipc_dir, "faces", "results")
-        for seq in range(count):
-            faces = dataclasses.replace(real_faces, seq=seq)
-            pub.send(faces)
-            for parts in garbage_like(messages.encode(faces, sent=time.time()), rng) * repeat:
-                pub.send_parts(parts)
-        pub.send(EndOfStream("cam0", count, 99.0))
-        got = [messages.decode(sub.recv_multipart()) for _ in range(count + 1)]
-        assert [m.seq for m in got] == list(range(count + 1)) and isinstance(got[-1], EndOfStream)
-        assert all(isinstance(m, Results) and len(m.faces) == len(real_faces.boxes) for m in got[:-1])
-        malformed = 'emopipe_frames_dropped_total{reason="malformed",stage="classify"}'
-        assert wait_for(lambda: scrape_value(port, malformed) == count * 4 * repeat, 10), scrape_value(port, malformed)
-        assert proc.poll() is None
-        assert 1 <= (ipc_dir / "classify.log").read_text().count("classify: dropped message") <= 8
-        pub.close()
-        sub.close()
-    finally:
-        assert stop(proc) == 0
+    pub, sub = stage_sockets(zmq_ctx, ipc_dir, "faces", "results")
+    for seq in range(count):
+        faces = dataclasses.replace(real_faces, seq=seq)
+        pub.send(faces)
+        for parts in garbage_like(messages.encode(faces, sent=time.time()), rng) * repeat:
+            pub.send_parts(parts)
+    pub.send(EndOfStream("cam0", count, 99.0))
+    got = [messages.decode(sub.recv_multipart()) for _ in range(count + 1)]
+    assert [m.seq for m in got] == list(range(count + 1)) and isinstance(got[-1], EndOfStream)
+    assert all(isinstance(m, Results) and len(m.faces) == len(real_faces.boxes) for m in got[:-1])
+    malformed = 'emopipe_frames_dropped_total{reason="malformed",stage="classify"}'
+    assert wait_for(lambda: scrape_value(port, malformed) == count * 4 * repeat, 10), scrape_value(port, malformed)
+    assert proc.poll() is None
+    assert 1 <= (ipc_dir / "classify.log").read_text().count("classify: dropped message") <= 8
+    pub.close()
+    sub.close()
 
 
 @pytest.mark.parametrize("stage", ["classify", "detect"])  # detect reads the model's input size
