@@ -109,7 +109,8 @@ def test_floods_on_every_bound_endpoint_leave_the_live_pipeline_running_flat_and
     finally:
         ctx.destroy(linger=0)
         proc.terminate()
-        proc.wait(30)
+        code = proc.wait(30)
         reap(proc, log)
     text = log.read_text()
+    assert code == 0 and "exited with status" not in text, text[-3000:]  # every stage stopped cleanly
     assert 0 < text.count("refused") <= 3 * 2 * 4, text[-3000:]  # throttled: a few lines per publisher
