@@ -16,6 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import zmq
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 Handler = Callable[[Message], Message]
 #: with work on other threads, how often the loop looks for finished work between messages
 BUSY_POLL_MS = 2
+#: lossless: messages waiting in a stage's lanes, at most, before it reads more
+LOSSLESS_WAITING = 8
 
 
 def decode_batch(stage: str, raw: list[list[zmq.Frame]], expected: type, metrics: Metrics) -> list[Message]:
@@ -87,6 +90,15 @@ class Lanes:
     @property
     def busy(self) -> bool:
         return bool(self.running)
+
+    @property
+    def full(self) -> bool:
+        """Lossless: enough is waiting; the loop stops reading, so back-pressure reaches the publisher."""
+        return self.lossless and sum(map(len, self.waiting.values())) >= LOSSLESS_WAITING
+
+    def wait(self, timeout_s: float) -> None:
+        """Until a running message is done, or ``timeout_s``."""
+        futures.wait(list(self.running.values()), timeout=timeout_s, return_when=futures.FIRST_COMPLETED)
 
     def add(self, msg: Message) -> int:
         """Queue ``msg`` in its camera's lane; returns how many waiting frames it made stale."""
@@ -147,7 +159,11 @@ def run(
     lanes = Lanes(timed, threads, pub.lossless, stage)
     try:
         while not stop.is_set():
-            raw = sub.receive(timeout_ms=BUSY_POLL_MS if lanes.busy else 200)
+            if lanes.full:
+                lanes.wait(0.2)
+                raw = []
+            else:
+                raw = sub.receive(timeout_ms=BUSY_POLL_MS if lanes.busy else 200)
             received = time.time()
             stale = 0
             for msg in decode_batch(stage, raw, expected, metrics):

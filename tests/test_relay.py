@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 
+from emopipe import relay
 from emopipe.messages import EndOfStream, Frame, Message
 from emopipe.relay import Lanes
 
@@ -82,3 +83,22 @@ def test_without_threads_each_output_is_made_when_it_is_asked_for() -> None:
     assert next(outputs).seq == 0 and handled == [0]  # published before the next is handled
     assert [m.seq for m in outputs] == [1] and handled == [0, 1]
     assert not lanes.busy
+
+
+def test_lossless_lanes_say_when_enough_waits_so_the_loop_stops_reading() -> None:
+    release = threading.Event()
+
+    def handle(msg: Message) -> Message:
+        release.wait(10)
+        return msg
+
+    lanes = Lanes(handle, threads=2, lossless=True)
+    for seq in range(relay.LOSSLESS_WAITING + 1):
+        assert not lanes.full
+        lanes.add(frame("a", seq))
+        list(lanes.step())  # the first starts; the others wait in a's lane
+    assert lanes.full  # back-pressure: the publisher waits instead of this lane growing
+    release.set()
+    lanes.wait(5)
+    assert len(drain(lanes)) == relay.LOSSLESS_WAITING + 1 and not lanes.full
+    lanes.close()
