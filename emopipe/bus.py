@@ -16,7 +16,7 @@ Two delivery modes, chosen per pipeline (``Config.lossless``):
   wait (back-pressure: the pipeline slows down) instead of dropping;
 * live (cameras, URLs, ``--realtime``): small high-water marks; a full queue drops the
   message for that subscriber, counted (``reason="hwm"``), and the receiving stage keeps
-  only the newest frame per camera (see ``keep_newest``).
+  only the newest frame per camera (``emopipe.relay.Lanes``).
 
 The publisher learns that a subscriber left when a send to it fails
 (``ZMQ_ROUTER_MANDATORY``: ``EHOSTUNREACH``); a restarted publisher learns its
@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from emopipe import messages
-from emopipe.messages import EndOfStream, Message
+from emopipe.messages import Message
 from emopipe.throttle import ThrottledLog
 
 if TYPE_CHECKING:
@@ -233,29 +233,50 @@ class Publisher:
 
     def _send_parts(self, topic: bytes, parts: Sequence[Any]) -> bool:
         """To every peer that wants ``topic``: live, a full queue drops (counted); lossless,
-        it waits for room (back-pressure). False if stopped while waiting."""
-        waiting = [identity for identity, peer in self.peers.items() if peer.wants(topic)]
-        while waiting:
+        it waits for room (back-pressure), and if a subscriber left, for its successor (who
+        gets the message too). False if stopped while waiting."""
+        done: set[bytes] = set()
+        while True:
             full = []
-            for identity in waiting:
+            for identity in [i for i, peer in self.peers.items() if peer.wants(topic) and i not in done]:
                 try:
                     self.sock.send_multipart([identity, *parts], flags=zmq.NOBLOCK, copy=False)
+                    done.add(identity)
                 except zmq.Again:
                     full.append(identity)
                 except zmq.ZMQError as exc:
                     if exc.errno != errno.EHOSTUNREACH:
                         raise
-                    self.peers.pop(identity, None)  # it left
+                    self._left(identity)
             if not self.lossless:
                 self._drop(topic, len(full))
                 return True
-            waiting = [identity for identity in full if identity in self.peers]
-            if waiting:
-                if self.stop.is_set():
+            if topic not in self._ready:  # a subscriber left
+                if not self.wait_subscribed(topic):
                     return False
+            elif not full:
+                return True
+            elif self.stop.is_set():
+                return False
+            else:
                 self.sock.poll(10, zmq.POLLIN)  # room comes as the peer reads; meanwhile, its subscriptions
                 self.pump_subscriptions()
-        return True
+
+    def _left(self, identity: bytes) -> None:
+        """A peer that left is forgotten. Lossless, its topics wait for their subscribers again
+        before the next message, rather than going to nobody until its successor subscribes."""
+        peer = self.peers.pop(identity, None)
+        if peer is None or not self.lossless:
+            return
+        again = {t for t in self._ready if peer.wants(t)}
+        if again:
+            log.warning(
+                "%s: subscriber %s left; waiting for subscribers of %s again",
+                self.endpoint,
+                identity.hex(),
+                sorted(again),
+            )
+            self._ready -= again
 
     def _drop(self, topic: bytes, count: int) -> None:
         if not count:
@@ -399,16 +420,3 @@ def topics_for(kinds: Sequence[str], cameras: Sequence[str]) -> list[bytes]:
     if not cameras:
         return [messages.topic(k) for k in kinds]
     return [messages.topic(k, c) for k in kinds for c in cameras]
-
-
-def keep_newest(batch: Sequence[Message]) -> tuple[list[Message], int]:
-    """Live mode: keep only the newest frame per camera; end-of-stream is always kept.
-
-    Returns the kept messages in arrival order and how many stale ones were dropped.
-    """
-    newest: dict[str, int] = {}
-    for i, msg in enumerate(batch):
-        if not isinstance(msg, EndOfStream):
-            newest[msg.camera] = i
-    kept = [m for i, m in enumerate(batch) if isinstance(m, EndOfStream) or newest[m.camera] == i]
-    return kept, len(batch) - len(kept)

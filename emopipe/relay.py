@@ -35,6 +35,8 @@ Handler = Callable[[Message], Message]
 BUSY_POLL_MS = 2
 #: lossless: messages waiting in a stage's lanes, at most, before it reads more
 LOSSLESS_WAITING = 8
+#: live: messages read per turn of the loop at most (a stage keeps the newest per camera)
+READ_LIMIT = 1000
 
 
 def decode_batch(stage: str, raw: list[list[zmq.Frame]], expected: type, metrics: Metrics) -> list[Message]:
@@ -96,6 +98,13 @@ class Lanes:
         """Lossless: enough is waiting; the loop stops reading, so back-pressure reaches the publisher."""
         return self.lossless and sum(map(len, self.waiting.values())) >= LOSSLESS_WAITING
 
+    @property
+    def room(self) -> int:
+        """How many messages to read now: lossless, what fits under LOSSLESS_WAITING."""
+        if not self.lossless:
+            return READ_LIMIT
+        return max(1, LOSSLESS_WAITING - sum(map(len, self.waiting.values())))
+
     def wait(self, timeout_s: float) -> None:
         """Until a running message is done, or ``timeout_s``."""
         futures.wait(list(self.running.values()), timeout=timeout_s, return_when=futures.FIRST_COMPLETED)
@@ -132,8 +141,12 @@ class Lanes:
                 self.running[camera] = self.pool.submit(self.handle, lane.popleft())
 
     def close(self) -> None:
+        """Stop the pool; a handler's exception no one collected yet is logged, not lost."""
         if self.pool is not None:
             self.pool.shutdown(cancel_futures=True)
+        for camera, future in self.running.items():
+            if not future.cancelled() and future.exception() is not None:
+                log.error("camera %s: the last message failed", camera, exc_info=future.exception())
 
 
 def run(
@@ -163,7 +176,7 @@ def run(
                 lanes.wait(0.2)
                 raw = []
             else:
-                raw = sub.receive(timeout_ms=BUSY_POLL_MS if lanes.busy else 200)
+                raw = sub.receive(timeout_ms=BUSY_POLL_MS if lanes.busy else 200, limit=lanes.room)
             received = time.time()
             stale = 0
             for msg in decode_batch(stage, raw, expected, metrics):

@@ -187,6 +187,7 @@ def test_a_frame_over_the_message_limit_is_dropped_counted_and_the_next_one_sent
         zmq_ctx, endpoint, lossless=False, hwm=10, subscribers=1, subscribe_timeout_s=5, stop=threading.Event()
     )
     sub = bus.Subscriber(zmq_ctx, endpoint, [b"frame."], hwm=10, max_message_mb=1)
+    assert wait_for(lambda: pub.subscriber_count(b"frame.cam0.") == 1, 5)  # live: no waiting in send
     found = metrics.create(CollectorRegistry(), "capture", ["cam0"])
     big = Captured("cam0", 0, 1.0, np.zeros((720, 1280, 3), np.uint8))  # 2.7 MB
     small = Captured("cam0", 1, 2.0, np.zeros((480, 640, 3), np.uint8))  # 0.9 MB

@@ -7,6 +7,7 @@ The crops are the size the emotion model takes: detect reads it from the model's
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 
 import cv2
@@ -36,15 +37,17 @@ class Detect:
         self.face_size = face_size
         self.detectors: dict[str, FaceDetector] = {}
         self.spare: FaceDetector | None = FaceDetector(cfg, face_size)
+        self.lock = threading.Lock()  # two cameras' first frames may come at once
         self.cameras: dict[str, CameraDetector] = {}
         self.seen: dict[str, int] = {}  # every_frame: a new id per box (no tracking)
 
     def detector(self, camera: str) -> FaceDetector:
-        found = self.detectors.get(camera)
-        if found is None:
-            found, self.spare = self.spare or FaceDetector(self.cfg, self.face_size), None
-            self.detectors[camera] = found
-        return found
+        with self.lock:
+            found = self.detectors.get(camera)
+            if found is None:
+                found, self.spare = self.spare or FaceDetector(self.cfg, self.face_size), None
+                self.detectors[camera] = found
+            return found
 
     def __call__(self, frame: Frame) -> Faces:
         gray = cv2.cvtColor(frame.image, cv2.COLOR_BGR2GRAY)
