@@ -176,7 +176,8 @@ def test_a_flood_of_300000_random_subscriptions_leaves_capture_publishing_and_co
         flood.close(linger=0)
     finally:
         sub.close(linger=0)
-        assert stop(proc) == 0
+        code = stop(proc)
+        assert code == 0, (ipc_dir / "capture.log").read_text()[-3000:]
 
 
 def test_a_frame_over_the_message_limit_is_dropped_counted_and_the_next_one_sent(

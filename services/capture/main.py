@@ -84,6 +84,26 @@ def run(cfg: Config, pub: Publisher, stop: threading.Event, metrics: Metrics) ->
     ]
     for reader in readers:
         reader.start()
+    try:
+        return publish_until_stopped(cfg, pub, stop, metrics, mailboxes, readers, wake)
+    finally:
+        # Readers end before the interpreter does: a daemon thread still decoding or logging at
+        # exit can abort it. (Capture once exited with SIGABRT in ~25 stops of the flood test;
+        # the cause was not caught, this is the likeliest.)
+        stop.set()
+        for reader in readers:
+            reader.join(timeout=cfg.capture.stall_timeout_s + 1.0)
+
+
+def publish_until_stopped(
+    cfg: Config,
+    pub: Publisher,
+    stop: threading.Event,
+    metrics: Metrics,
+    mailboxes: list[Mailbox],
+    readers: list[SourceReader],
+    wake: threading.Event,
+) -> int:
     ended: dict[str, EndOfStream] = {}
     last_repeat = time.monotonic()
     while not stop.is_set():
