@@ -126,7 +126,6 @@ class Publisher:
         self.subscribe_timeout_s = subscribe_timeout_s
         self.stop = stop
         self.peers: dict[bytes, Peer] = {}
-        self.dropped = 0  # live: messages a full queue to a subscriber dropped
         self._refused_metric = refused
         self._dropped_metric = dropped
         self._refused_log = ThrottledLog(log, REFUSED_LOG_EVERY_S)
@@ -141,6 +140,11 @@ class Publisher:
     @property
     def refused(self) -> int:
         return self._refused_log.count
+
+    @property
+    def dropped(self) -> int:
+        """Live: messages dropped for a subscriber whose queue was full."""
+        return self._dropped_log.count
 
     def send(self, msg: Message) -> bool:
         """Send one message; False if stopped while waiting for room or subscribers."""
@@ -169,10 +173,13 @@ class Publisher:
             self._subscribe(identity, body[1:])
 
     def _subscribe(self, identity: bytes, prefixes: list[bytes]) -> None:
-        bad = [p for p in prefixes if not WANTED.fullmatch(p)]
+        wanted: list[bytes] = []
+        bad: list[bytes] = []
+        for prefix in prefixes:
+            (wanted if WANTED.fullmatch(prefix) else bad).append(prefix)
         if bad:
             self._refuse(identity, bad[0], "a subscription that no pipeline stage makes", len(bad))
-        kept = tuple(dict.fromkeys(p for p in prefixes if WANTED.fullmatch(p)))
+        kept = tuple(dict.fromkeys(wanted))
         if len(kept) > MAX_TOPICS_PER_PEER:
             over = kept[MAX_TOPICS_PER_PEER:]
             self._refuse(identity, over[0], f"over {MAX_TOPICS_PER_PEER} subscriptions of one peer", len(over))
@@ -281,7 +288,6 @@ class Publisher:
     def _drop(self, topic: bytes, count: int) -> None:
         if not count:
             return
-        self.dropped += count
         if self._dropped_metric is not None:
             self._dropped_metric.inc(count)
         self._dropped_log.event(
@@ -290,6 +296,7 @@ class Publisher:
             "%s: a subscriber's queue is full (bus.live_hwm): dropped %r for it",
             self.endpoint,
             topic[:80],
+            count=count,
         )
 
     def close(self) -> None:

@@ -96,14 +96,15 @@ class Lanes:
     @property
     def full(self) -> bool:
         """Lossless: enough is waiting; the loop stops reading, so back-pressure reaches the publisher."""
-        return self.lossless and sum(map(len, self.waiting.values())) >= LOSSLESS_WAITING
+        return self.lossless and self._queued() >= LOSSLESS_WAITING
 
     @property
     def room(self) -> int:
         """How many messages to read now: lossless, what fits under LOSSLESS_WAITING."""
-        if not self.lossless:
-            return READ_LIMIT
-        return max(1, LOSSLESS_WAITING - sum(map(len, self.waiting.values())))
+        return max(1, LOSSLESS_WAITING - self._queued()) if self.lossless else READ_LIMIT
+
+    def _queued(self) -> int:
+        return sum(map(len, self.waiting.values()))
 
     def wait(self, timeout_s: float) -> None:
         """Until a running message is done, or ``timeout_s``."""
@@ -129,15 +130,14 @@ class Lanes:
                     continue
                 del self.running[camera]
                 yield future.result()  # re-raises the handler's exception
-            while lane and isinstance(lane[0], EndOfStream):
-                yield lane.popleft()
-            if not lane:
-                continue
             if self.pool is None:  # all of it, here
                 while lane:
                     msg = lane.popleft()
                     yield msg if isinstance(msg, EndOfStream) else self.handle(msg)
-            else:
+                continue
+            while lane and isinstance(lane[0], EndOfStream):
+                yield lane.popleft()
+            if lane:
                 self.running[camera] = self.pool.submit(self.handle, lane.popleft())
 
     def close(self) -> None:
