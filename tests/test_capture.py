@@ -10,6 +10,8 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -220,71 +222,81 @@ def frames_per_camera(sub: bus.Subscriber, seconds: float) -> Counter[str]:
     return counts
 
 
-def capture_with_network_camera(
-    ipc_dir: Path, stream_port: int, port: int, files: list[tuple[str, Path, bool]], **capture: object
-) -> tuple[subprocess.Popen[bytes], str]:
-    """A capture process reading camera "net" (the stream served on ``stream_port``) and
-    ``files``, with metrics on ``port``; returns it and the camera-up sample's name."""
-    config = ipc_dir / "c.toml"
+@dataclass
+class NetworkCamera:
+    """Camera "net": a stream Debian's ffmpeg serves, read by a capture process (metrics on
+    ``port``), and a subscriber to its frames."""
+
+    video: Path
+    stream_port: int
+    server: subprocess.Popen[bytes]
+    proc: subprocess.Popen[bytes]
+    sub: bus.Subscriber
+    port: int
+    log: Path
+    up: str = 'emopipe_camera_up{camera="net"}'
+    reconnects: str = 'emopipe_camera_reconnects_total{camera="net"}'
+
+    def restart_stream(self) -> None:
+        self.server = serve_stream(self.video, self.stream_port)
+
+    def delivers(self, within: float) -> bool:
+        return wait_for(lambda: frames_per_camera(self.sub, 0.5)["net"] > 0, within)
+
+
+@contextmanager
+def network_camera(
+    ipc_dir: Path, video: Path, zmq_ctx: zmq.Context, files: list[tuple[str, Path, bool]], **capture: object
+) -> Iterator[NetworkCamera]:
+    """Capture reading the served ``video`` as camera "net", and ``files``; yields once "net" delivers."""
+    port, stream_port = free_port(), free_port()
+    config, log = ipc_dir / "c.toml", ipc_dir / "capture.log"
     settings: dict[str, object] = {"metrics_port": port, "subscribers": 1, "reconnect_backoff_s": 0.5, **capture}
     text = pipeline_toml(ipc_dir, files, capture=settings, pipeline={"realtime": True})
     config.write_text(f'[[sources]]\nid = "net"\nuri = "http://127.0.0.1:{stream_port}/live.ts"\n\n' + text)
-    return start_stage("capture", config, ipc_dir / "capture.log"), 'emopipe_camera_up{camera="net"}'
+    server = serve_stream(video, stream_port)
+    sub = bus.Subscriber(zmq_ctx, f"ipc://{ipc_dir}/frames", bus.topics_for(["frame"], []), hwm=100)
+    camera = NetworkCamera(video, stream_port, server, start_stage("capture", config, log), sub, port, log)
+    try:
+        assert camera.delivers(30), log.read_text()
+        yield camera
+    finally:
+        stop(camera.proc)
+        camera.server.send_signal(signal.SIGCONT)  # a stalled server must run to die
+        camera.server.kill()
+        camera.server.wait()
+        camera.sub.close()
 
 
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs Debian's ffmpeg (.ci/run installs it)")
 def test_a_network_camera_killed_and_restarted_reconnects_while_the_other_keeps_its_rate(
     ipc_dir: Path, carphone: Path, zmq_ctx: zmq.Context
 ) -> None:
-    port, stream_port = free_port(), free_port()
-    server = serve_stream(carphone, stream_port)
-    sub = bus.Subscriber(zmq_ctx, f"ipc://{ipc_dir}/frames", bus.topics_for(["frame"], []), hwm=100)
-    files = [("file", carphone, True)]
-    proc, up = capture_with_network_camera(ipc_dir, stream_port, port, files, reconnect_backoff_max_s=1.0)
-    reconnects = 'emopipe_camera_reconnects_total{camera="net"}'
-    try:
-        assert wait_for(lambda: frames_per_camera(sub, 0.5)["net"] > 0, 30), (ipc_dir / "capture.log").read_text()
-        base = scrape_value(port, reconnects)
-        before = frames_per_camera(sub, 4.0)
-        server.kill()
-        server.wait()
-        assert wait_for(lambda: scrape_value(port, up) == 0, 10)
-        during = frames_per_camera(sub, 4.0)
-        server = serve_stream(carphone, stream_port)
-        assert wait_for(lambda: frames_per_camera(sub, 0.5)["net"] > 0, 20), (ipc_dir / "capture.log").read_text()
+    with network_camera(ipc_dir, carphone, zmq_ctx, [("file", carphone, True)], reconnect_backoff_max_s=1.0) as net:
+        base = scrape_value(net.port, net.reconnects)
+        before = frames_per_camera(net.sub, 4.0)
+        net.server.kill()
+        net.server.wait()
+        assert wait_for(lambda: scrape_value(net.port, net.up) == 0, 10)
+        during = frames_per_camera(net.sub, 4.0)
+        net.restart_stream()
+        assert net.delivers(20), net.log.read_text()
         print(f"frames in 4 s, before: {dict(before)}, while the network camera was down: {dict(during)}")
         assert before["net"] > 40 and during["net"] < 10  # (a few were queued when it went down)
         assert during["file"] >= 0.9 * before["file"]
-        assert scrape_value(port, up) == 1 and scrape_value(port, reconnects) > base
-        assert proc.poll() is None
-    finally:
-        stop(proc)
-        server.kill()
-        server.wait()
-        sub.close(linger=0)
+        assert scrape_value(net.port, net.up) == 1 and scrape_value(net.port, net.reconnects) > base
+        assert net.proc.poll() is None
 
 
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs Debian's ffmpeg (.ci/run installs it)")
 def test_a_network_camera_that_stalls_without_closing_is_noticed_and_reopened(
     ipc_dir: Path, carphone: Path, zmq_ctx: zmq.Context
 ) -> None:
-    port, stream_port = free_port(), free_port()
-    server = serve_stream(carphone, stream_port)
-    sub = bus.Subscriber(zmq_ctx, f"ipc://{ipc_dir}/frames", bus.topics_for(["frame"], []), hwm=100)
-    proc, up = capture_with_network_camera(ipc_dir, stream_port, port, [], stall_timeout_s=1.0)
-    reconnects = 'emopipe_camera_reconnects_total{camera="net"}'
-    try:
-        assert wait_for(lambda: frames_per_camera(sub, 0.5)["net"] > 0, 30), (ipc_dir / "capture.log").read_text()
-        base = scrape_value(port, reconnects)
-        server.send_signal(signal.SIGSTOP)  # the connection stays open, no data comes
+    with network_camera(ipc_dir, carphone, zmq_ctx, [], stall_timeout_s=1.0) as net:
+        base = scrape_value(net.port, net.reconnects)
+        net.server.send_signal(signal.SIGSTOP)  # the connection stays open, no data comes
         stalled = time.monotonic()
-        assert wait_for(lambda: scrape_value(port, reconnects) > base, 10), (ipc_dir / "capture.log").read_text()
+        assert wait_for(lambda: scrape_value(net.port, net.reconnects) > base, 10), net.log.read_text()
         print(f"stall noticed and the camera reopened after {time.monotonic() - stalled:.1f} s")
-        assert scrape_value(port, up) == 0
-        assert "stopped delivering frames; reconnecting" in (ipc_dir / "capture.log").read_text()
-    finally:
-        stop(proc)
-        server.send_signal(signal.SIGCONT)
-        server.kill()
-        server.wait()
-        sub.close(linger=0)
+        assert scrape_value(net.port, net.up) == 0
+        assert "stopped delivering frames; reconnecting" in net.log.read_text()

@@ -14,7 +14,7 @@ import zmq
 from emopipe import messages
 from emopipe.config import DetectConfig
 from emopipe.messages import Box, EndOfStream, Faces, Frame
-from helpers import free_port, pipeline_toml, stage_sockets, start_stage, stop, write_model
+from helpers import free_port, garbage_like, pipeline_toml, stage_sockets, start_stage, stop, write_model
 from services.detect.detector import FaceDetector, clip_box
 
 
@@ -158,8 +158,7 @@ def test_a_flood_of_garbage_is_counted_by_reason_and_logged_a_few_times_while_fr
     proc, ipc, port = detect_stage
     pub, sub = stage_sockets(zmq_ctx, ipc, "frames", "faces", subscribe_timeout_s=30)
     good = messages.encode(Frame("cam0", 0, 1.0, np.zeros((60, 80, 3), np.uint8)), sent=time.time())
-    rng = np.random.default_rng(0)
-    garbage = [[good[0], rng.bytes(40), b""], [good[0], good[1], b"short"], [good[0]] + [b"x"] * 6]
+    garbage = garbage_like(good, np.random.default_rng(0))
     for seq in range(10):
         pub.send(Frame("cam0", seq, 1.0 + seq, carphone_frames[seq]))
         for parts in garbage * 500:
@@ -170,7 +169,7 @@ def test_a_flood_of_garbage_is_counted_by_reason_and_logged_a_few_times_while_fr
         got.append(messages.decode(sub.recv_multipart()))
     assert [m.seq for m in got] == list(range(11)) and isinstance(got[-1], EndOfStream)
     text = scrape(port)
-    assert metric_value(text, 'emopipe_frames_dropped_total{reason="malformed",stage="detect"}') == 15_000
+    assert metric_value(text, 'emopipe_frames_dropped_total{reason="malformed",stage="detect"}') == 10 * 4 * 500
     assert metric_value(text, 'emopipe_frames_processed_total{camera="cam0",stage="detect"}') == 10
     assert proc.poll() is None
     log = (ipc / "detect.log").read_text()
