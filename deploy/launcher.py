@@ -1,7 +1,7 @@
 """``emopipe``: start the whole pipeline from one config, supervise it, stop it cleanly.
 
     emopipe run [--source [ID=]SRC ...] [--events FILE] [--tracks FILE] [--config FILE]
-                [--realtime] [--loop] [--show] [--record FILE]
+                [--realtime] [--loop] [--show] [--record FILE] [--workers detect|classify=N ...]
                 [--prometheus [--prometheus-listen HOST:PORT]]
     emopipe check-config FILE
     emopipe bench [--cameras N] [--source VIDEO] [--seconds S] [--markdown FILE] [--smoke]
@@ -9,7 +9,8 @@
 ``run`` resolves the config (file + command-line options), writes it to a temporary
 TOML file and starts every stage as its own process (``python -m services.<stage>
 --config that-file``, the same code as the ``emopipe-<stage>`` console scripts). A
-stage that dies is restarted with exponential backoff; SIGINT/SIGTERM stop the stages
+stage that dies is restarted with exponential backoff; detect and classify run as
+pools of ``<stage>.workers`` processes (``--workers``), and more may join by hand; SIGINT/SIGTERM stop the stages
 upstream first. When every source is a file, the sink exits after the last result
 and the launcher exits with the sink's status (0: every frame has its line).
 """
@@ -34,6 +35,7 @@ from pathlib import Path
 from deploy import bench as bench_mod
 from deploy.prometheus import server as prometheus_server
 from emopipe import config as config_mod
+from emopipe import metrics as metrics_mod
 from emopipe import sample_video
 from emopipe.config import Config, ConfigError, SourceConfig, resolve_path
 from emopipe.service import EXIT_CONFIG, install_stop_handlers, setup_logging
@@ -42,6 +44,9 @@ log = logging.getLogger("emopipe.launcher")
 #: start order (downstream first, so subscribers are ready); stop order is the reverse
 START_ORDER = ("sink", "classify", "detect", "capture")
 SOURCE_WITH_ID = re.compile(r"^([A-Za-z0-9_-]{1,64})=(.+)$")
+#: the stages that run as pools of workers (``<stage>.workers``, ``--workers STAGE=N``)
+POOLED = ("detect", "classify")
+WORKERS = re.compile(r"^(detect|classify)=([1-9][0-9]?)$")
 STABLE_AFTER_S = 30.0  # a stage that ran this long gets its backoff reset
 
 
@@ -86,6 +91,11 @@ def resolve(args: argparse.Namespace) -> Config:
         cfg = config_mod.replace(cfg, "sink", record=str(Path(args.record).resolve()))
     if args.show:
         cfg = config_mod.replace(cfg, "sink", show=True)
+    for value in args.workers or []:
+        match = WORKERS.match(value)
+        if match is None:
+            raise ConfigError(f"--workers {value}: expected detect=N or classify=N, N from 1 to 99")
+        cfg = config_mod.replace(cfg, match.group(1), workers=int(match.group(2)))
     cfg = dataclasses.replace(cfg, sources=[_absolute(s) for s in cfg.sources])
     return config_mod.validate(cfg)
 
@@ -105,10 +115,19 @@ def addresses(cfg: Config) -> list[str]:
     if cfg.viewer.port:
         lines.append(f"viewer:  http://{cfg.viewer.host}:{cfg.viewer.port}/")
     for stage in ("capture", "detect", "classify", "sink"):
-        port = getattr(cfg, stage).metrics_port
-        if port:
+        section = getattr(cfg, stage)
+        ports = (
+            metrics_mod.worker_ports(section.metrics_port, section.workers)
+            if stage in POOLED
+            else [section.metrics_port]
+        )
+        for port in ports if section.metrics_port else []:
             lines.append(f"metrics: {stage:<8} http://{cfg.pipeline.metrics_host}:{port}/metrics")
     return lines
+
+
+def workers(cfg: Config) -> dict[str, int]:
+    return {stage: getattr(cfg, stage).workers for stage in POOLED}
 
 
 # ---------------------------------------------------------------- supervision
@@ -159,7 +178,12 @@ class Supervisor:
     def __init__(self, cfg: Config, config_path: Path, stop: threading.Event) -> None:
         self.cfg = cfg
         self.stop = stop
-        self.stages = [Stage(name, stage_command(name, config_path)) for name in START_ORDER]
+        count = workers(cfg)
+        self.stages = [
+            Stage(name if k == 0 else f"{name}#{k + 1}", stage_command(name, config_path))
+            for name in START_ORDER
+            for k in range(count.get(name, 1))
+        ]
 
     def run(self) -> int:
         for stage in self.stages:
@@ -232,6 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--show", action="store_true", help="also show each camera in an OpenCV window")
     run.add_argument("--record", metavar="FILE", help="record annotated video to FILE")
     run.add_argument(
+        "--workers",
+        action="append",
+        metavar="STAGE=N",
+        help="run N workers of detect or classify (default: <stage>.workers, 1); repeatable",
+    )
+    run.add_argument(
         "--prometheus",
         action="store_true",
         help="also start Prometheus (Debian package prometheus) with deploy/prometheus/prometheus.yml",
@@ -273,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prometheus = None
         if args.prometheus:
             ports = {stage: getattr(cfg, stage).metrics_port for stage in START_ORDER}
-            prometheus = prometheus_server.launch(ports, args.prometheus_listen)
+            prometheus = prometheus_server.launch(ports, args.prometheus_listen, workers(cfg))
         try:
             return Supervisor(cfg, config_path, stop).run()
         finally:

@@ -41,7 +41,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,8 +65,15 @@ WANTED = re.compile(
 )
 #: the first part of a subscriber's message to its publisher
 SUBSCRIBE = b"SUBSCRIBE"
-#: a subscriber repeats its subscriptions this often (a restarted publisher learns them again)
+#: a subscriber repeats its subscriptions this often (a restarted publisher learns them again);
+#: for a pool's worker this is its heartbeat
 RESUBSCRIBE_S = 0.25
+#: a worker not heard from for this long has left (its work goes to the others)
+LIVENESS_S = 1.0
+#: in a subscription, the part that makes the peer a worker of a pool: ``@`` and the pool's name
+POOL = re.compile(rb"@([a-z]{1,16})")
+#: answers from workers waiting to be taken, at most (more are refused)
+MAX_ANSWERS = 10_000
 MAX_PEERS = 128
 MAX_TOPICS_PER_PEER = 512
 #: with MAX_PEERS peers, one that has not resubscribed for this long makes room for a new one
@@ -85,7 +92,8 @@ class SubscriberTimeoutError(RuntimeError):
 @dataclass
 class Peer:
     prefixes: tuple[bytes, ...]
-    seen: float  # monotonic time of its latest subscription message
+    seen: float  # monotonic time of its latest subscription message (or, for a worker, answer)
+    pool: str | None = None  # a worker of this stage's pool: it gets only the work handed to it
 
     def wants(self, topic: bytes) -> bool:
         return any(topic.startswith(p) for p in self.prefixes)
@@ -131,6 +139,8 @@ class Publisher:
         self._refused_log = ThrottledLog(log, REFUSED_LOG_EVERY_S)
         self._dropped_log = ThrottledLog(log, REFUSED_LOG_EVERY_S)
         self._ready: set[bytes] = set()
+        #: what workers of a pool sent back: (identity, parts), oldest first
+        self.answers: deque[tuple[bytes, list[zmq.Frame]]] = deque()
 
     @property
     def subscriptions(self) -> Counter[bytes]:
@@ -167,12 +177,26 @@ class Publisher:
             except zmq.Again:
                 break
             identity, body = parts[0], parts[1:]
-            if not body or body[0] != SUBSCRIBE:
-                self._refuse(identity, b"|".join(body)[:80], "a message that is not a subscription")
+            if body and body[0] == SUBSCRIBE:
+                self._subscribe(identity, body[1:])
                 continue
-            self._subscribe(identity, body[1:])
+            peer = self.peers.get(identity)
+            if peer is None or peer.pool is None:
+                self._refuse(identity, b"|".join(body)[:80], "a message that is not a subscription")
+            elif len(self.answers) >= MAX_ANSWERS:
+                self._refuse(identity, b"", f"an answer over {MAX_ANSWERS} waiting")
+            else:
+                peer.seen = time.monotonic()
+                self.answers.append((identity, body))
 
     def _subscribe(self, identity: bytes, prefixes: list[bytes]) -> None:
+        pool = None
+        if prefixes and prefixes[0].startswith(b"@"):
+            found = POOL.fullmatch(prefixes[0])
+            if found is None:
+                self._refuse(identity, prefixes[0], "a pool name that is not [a-z]{1,16}")
+                return
+            pool, prefixes = found.group(1).decode(), prefixes[1:]
         wanted: list[bytes] = []
         bad: list[bytes] = []
         for prefix in prefixes:
@@ -191,7 +215,7 @@ class Publisher:
         if identity not in self.peers and len(self.peers) >= MAX_PEERS and not self._forget_stalest(now):
             self._refuse(identity, b"", f"a peer over {MAX_PEERS}")
             return
-        self.peers[identity] = Peer(kept, now)
+        self.peers[identity] = Peer(kept, now, pool)
 
     def _forget_stalest(self, now: float) -> bool:
         identity, peer = min(self.peers.items(), key=lambda item: item[1].seen)
@@ -216,7 +240,30 @@ class Publisher:
 
     def subscriber_count(self, topic: bytes) -> int:
         self.pump_subscriptions()
-        return sum(1 for peer in self.peers.values() if peer.wants(topic))
+        return sum(1 for peer in self.peers.values() if peer.pool is None and peer.wants(topic))
+
+    def members(self, pool: str, topic: bytes | None = None) -> list[bytes]:
+        """The workers of ``pool`` heard from within LIVENESS_S (that want ``topic``, if given)."""
+        now = time.monotonic()
+        return [
+            identity
+            for identity, peer in self.peers.items()
+            if peer.pool == pool and now - peer.seen < LIVENESS_S and (topic is None or peer.wants(topic))
+        ]
+
+    def send_to(self, identity: bytes, parts: Sequence[Any]) -> bool | None:
+        """Hand an encoded message to one peer: True if sent, False if its queue is full,
+        None if it left (then it is forgotten)."""
+        try:
+            self.sock.send_multipart([identity, *parts], flags=zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.Again:
+            return False
+        except zmq.ZMQError as exc:
+            if exc.errno != errno.EHOSTUNREACH:
+                raise
+            self._left(identity)
+            return None
 
     def wait_subscribed(self, topic: bytes) -> bool:
         """Lossless, before a topic's first message, wait for its subscribers (a missing one
@@ -245,7 +292,8 @@ class Publisher:
         done: set[bytes] = set()
         while True:
             full = []
-            for identity in [i for i, peer in self.peers.items() if peer.wants(topic) and i not in done]:
+            wanting = [i for i, p in self.peers.items() if p.pool is None and p.wants(topic) and i not in done]
+            for identity in wanting:
                 try:
                     self.sock.send_multipart([identity, *parts], flags=zmq.NOBLOCK, copy=False)
                     done.add(identity)
@@ -273,7 +321,7 @@ class Publisher:
         """A peer that left is forgotten. Lossless, its topics wait for their subscribers again
         before the next message, rather than going to nobody until its successor subscribes."""
         peer = self.peers.pop(identity, None)
-        if peer is None or not self.lossless:
+        if peer is None or not self.lossless or peer.pool is not None:  # a worker's work: emopipe.pool
             return
         again = {t for t in self._ready if peer.wants(t)}
         if again:
@@ -310,16 +358,23 @@ class Subscriber:
     error: no reconnect). The pipeline's own stages never send one: capture drops a bigger frame."""
 
     def __init__(
-        self, ctx: zmq.Context, endpoint: str, topics: Iterable[bytes], hwm: int, max_message_mb: int = 64
+        self,
+        ctx: zmq.Context,
+        endpoint: str,
+        topics: Iterable[bytes],
+        hwm: int,
+        max_message_mb: int = 64,
+        pool: str | None = None,
     ) -> None:
         self.topics = list(topics)
+        self.pool = pool  # a worker: it gets only the work its publisher hands it, and answers it
         self.addresses = addresses(endpoint)
         self.sockets: list[zmq.Socket] = []
         for address in self.addresses:
             sock = ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.RCVHWM, hwm)
-            sock.setsockopt(zmq.SNDHWM, 2)  # subscriptions wait for the connection; a few at most
+            sock.setsockopt(zmq.SNDHWM, hwm if pool else 2)  # subscriptions wait for the connection
             sock.setsockopt(zmq.MAXMSGSIZE, max_message_mb << 20)
             sock.connect(address)
             self.sockets.append(sock)
@@ -332,9 +387,10 @@ class Subscriber:
     def subscribe(self) -> None:
         """Send the subscriptions to every publisher (queued until connected, two at most)."""
         self._subscribed = time.monotonic()
+        head = [SUBSCRIBE, f"@{self.pool}".encode()] if self.pool else [SUBSCRIBE]
         for address, sock in zip(self.addresses, self.sockets, strict=True):
             try:
-                sock.send_multipart([SUBSCRIBE, *self.topics], zmq.NOBLOCK)
+                sock.send_multipart([*head, *self.topics], zmq.NOBLOCK)
             except zmq.Again:
                 log.debug("%s: not connected, subscriptions already queued", address)
 
@@ -373,6 +429,34 @@ class Subscriber:
                 except zmq.Again:
                     break
         return batch
+
+    def receive_from(self, timeout_ms: int, limit: int = 1000) -> list[tuple[int, list[zmq.Frame]]]:
+        """As ``receive``, each message with the index of the address it came from (to answer it)."""
+        batch: list[tuple[int, list[zmq.Frame]]] = []
+        if not self.poll(timeout_ms):
+            return batch
+        for origin, sock in enumerate(self.sockets):
+            while len(batch) < limit:
+                try:
+                    batch.append((origin, sock.recv_multipart(zmq.NOBLOCK, copy=False)))
+                except zmq.Again:
+                    break
+        return batch
+
+    def answer(self, origin: int, parts: Sequence[Any], stop: threading.Event | None = None) -> bool:
+        """A worker's answer to the publisher at address ``origin``. With ``stop`` (lossless) a
+        full queue makes it wait (heartbeats go on meanwhile); without, a full queue drops it:
+        False."""
+        sock = self.sockets[origin]
+        while True:
+            try:
+                sock.send_multipart(parts, zmq.NOBLOCK, copy=False)
+                return True
+            except zmq.Again:
+                if stop is None or stop.is_set():
+                    return False
+                self._keep_subscribed()
+                sock.poll(10, zmq.POLLOUT)
 
     def recv_multipart(self, timeout_ms: int = 60_000) -> list[bytes]:
         """One message (for tests and tools); TimeoutError if none comes within ``timeout_ms``."""

@@ -38,6 +38,9 @@ REMOVED = {
 }
 
 
+MODES = ("auto", "live", "lossless")
+
+
 class ConfigError(ValueError):
     """A configuration file or value that is not valid; the message names the key."""
 
@@ -57,6 +60,9 @@ class SourceConfig:
 
 @dataclass(frozen=True)
 class PipelineConfig:
+    # "lossless": every frame analysed (back-pressure); "live": the newest frame wins; "auto": lossless
+    # unless a source is live or realtime is set (a worker on another host knows no sources: set it)
+    mode: str = "auto"
     realtime: bool = False  # files behave like cameras: drop stale frames, never slow down
     log_level: str = "INFO"
     metrics_host: str = "127.0.0.1"  # address every stage serves /metrics on ("0.0.0.0": all)
@@ -71,9 +77,10 @@ class EndpointsConfig:
     # Several addresses separated by commas: a publisher binds each, a subscriber connects
     # to each (fan-in from a stage scaled out over several processes or hosts).
     # {runtime}: a directory only this user may open (emopipe.bus.runtime_dir); tcp:// between hosts.
-    frames: str = "ipc://{runtime}/frames"  # capture binds (its publisher), detect and sink connect
-    faces: str = "ipc://{runtime}/faces"  # detect binds, classify connects
-    results: str = "ipc://{runtime}/results"  # classify binds, sink connects
+    # capture binds all three (services/capture/hub.py); the workers and the sink connect
+    frames: str = "ipc://{runtime}/frames"  # detect workers take frames here; the sink subscribes to them
+    faces: str = "ipc://{runtime}/faces"  # classify workers take faces here
+    results: str = "ipc://{runtime}/results"  # the sink takes each camera's results here, in frame order
 
 
 @dataclass(frozen=True)
@@ -88,7 +95,7 @@ class BusConfig:
 @dataclass(frozen=True)
 class CaptureConfig:
     metrics_port: int = 9101  # 0 = no /metrics
-    subscribers: int = 2  # lossless: frame subscribers to wait for (detect + sink)
+    subscribers: int = 1  # lossless: subscribers to wait for before the first frame (the sink)
     pace: bool = True  # play files at their frame rate (false: as fast as downstream takes them)
     folder_fps: float = 5.0
     reconnect_backoff_s: float = 1.0
@@ -98,8 +105,8 @@ class CaptureConfig:
 
 @dataclass(frozen=True)
 class DetectConfig:
-    metrics_port: int = 9102
-    subscribers: int = 1  # lossless: faces subscribers to wait for (classify)
+    metrics_port: int = 9102  # a second worker on this host: this + 10, and so on
+    workers: int = 1  # `emopipe run` starts this many (more may join by hand, on any host)
     cameras: list[str] = field(default_factory=list)  # empty = every camera
     scale_factor: float = 1.1
     min_neighbors: int = 5
@@ -125,8 +132,8 @@ class DetectConfig:
 
 @dataclass(frozen=True)
 class ClassifyConfig:
-    metrics_port: int = 9103
-    subscribers: int = 1  # lossless: results subscribers to wait for (sink)
+    metrics_port: int = 9103  # a second worker on this host: this + 10, and so on
+    workers: int = 1
     cameras: list[str] = field(default_factory=list)
     model: str = str(DEFAULT_MODEL)
     intra_op_threads: int = 1
@@ -171,7 +178,10 @@ class Config:
 
     @property
     def lossless(self) -> bool:
-        """Analyse every frame (back-pressure) unless a source is live or --realtime."""
+        """Analyse every frame (back-pressure): ``pipeline.mode``; with "auto", unless a source
+        is live or --realtime."""
+        if self.pipeline.mode != "auto":
+            return self.pipeline.mode == "lossless"
         return not self.pipeline.realtime and not any(s.is_live for s in self.sources)
 
     @property
@@ -283,6 +293,9 @@ def _check_positive(cfg: Config) -> None:
         "detect.min_size": cfg.detect.min_size >= 1,
         "detect.downscale": cfg.detect.downscale >= 1.0,
         "detect.threads": cfg.detect.threads >= 1,
+        "detect.workers": cfg.detect.workers >= 1,
+        "classify.workers": cfg.classify.workers >= 1,
+        "pipeline.mode": cfg.pipeline.mode in MODES,
         "detect.scan_interval_s": cfg.detect.scan_interval_s > 0,
         "detect.large_scan_interval_s": cfg.detect.large_scan_interval_s > 0,
         "detect.scan_scale_factor": cfg.detect.scan_scale_factor > 1.0,

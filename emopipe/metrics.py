@@ -7,6 +7,7 @@ serves, so every label value exists (at zero) from the first scrape, and serves 
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -139,13 +140,31 @@ def _initialise(m: Metrics, stage: str, cameras: Sequence[str], emotions: Sequen
             m.end_to_end_latency.labels(camera=camera)
 
 
-def serve(metrics: Metrics, port: int, host: str) -> None:
-    """Serve ``/metrics`` on ``host:port``; port 0 means metrics are off."""
+#: a pooled stage's workers on one host serve metrics on its port, port + 10, ... (this many)
+WORKER_PORTS = 10
+WORKER_PORT_STEP = 10
+
+
+def worker_ports(port: int, count: int = WORKER_PORTS) -> list[int]:
+    """Where the workers of a pooled stage serve metrics on one host: the first ``count``."""
+    return [port + WORKER_PORT_STEP * k for k in range(count)] if port else []
+
+
+def serve(metrics: Metrics, port: int, host: str, pooled: bool = False) -> int:
+    """Serve ``/metrics`` on ``host:port`` (port 0: metrics are off); a pooled stage's worker
+    takes the first free one of ``worker_ports(port)``. Returns the port."""
     if port == 0:
         log.info("metrics disabled (port 0)")
-        return
-    try:
-        start_http_server(port, addr=host, registry=metrics.registry)
-    except OSError as exc:
-        raise OSError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from exc
-    log.info("metrics on http://%s:%d/metrics", host, port)
+        return 0
+    candidates = worker_ports(port) if pooled else [port]
+    for candidate in candidates:
+        try:
+            start_http_server(candidate, addr=host, registry=metrics.registry)
+        except OSError as exc:
+            if candidate != candidates[-1] and exc.errno == errno.EADDRINUSE:
+                continue  # another worker of this stage has it
+            tried = f"{port}..{candidate} (every {WORKER_PORT_STEP})" if pooled else str(port)
+            raise OSError(f"cannot serve metrics on {host}:{tried}: {exc.strerror or exc}") from exc
+        log.info("metrics on http://%s:%d/metrics", host, candidate)
+        return candidate
+    raise AssertionError("unreachable: the last candidate raises")

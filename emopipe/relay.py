@@ -1,8 +1,9 @@
-"""The receive → process → publish loop shared by the middle stages (detect, classify).
+"""The worker loop shared by the middle stages (detect, classify): take work from the
+hubs (capture processes, ``services.capture.hub``), answer each message to the hub it
+came from.
 
-Every input message gets exactly one output message (so the sink can join every
-frame); end-of-stream is forwarded as it arrives, after the frames before it. In
-live mode only the newest input per camera is processed, the rest count as stale.
+Every input message gets exactly one answer (so the hub can hand every frame on); the hub
+decides what waits and what is dropped (``emopipe.pool``), and handles end-of-stream.
 
 With ``threads`` > 1, cameras are processed in parallel (``Lanes``: each camera's messages
 in order, one at a time), and the outputs are published from the loop's own thread as
@@ -22,7 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import zmq
 
 from emopipe import bus, messages, service
-from emopipe.bus import Publisher, Subscriber, SubscriberTimeoutError
+from emopipe.bus import Subscriber
 from emopipe.config import Config
 from emopipe.messages import EndOfStream, Message, MessageError
 from emopipe.metrics import Metrics
@@ -152,15 +153,16 @@ class Lanes:
 def run(
     stage: str,
     sub: Subscriber,
-    pub: Publisher,
     expected: type,
     handle: Handler,
     metrics: Metrics,
     stop: threading.Event,
     threads: int = 1,
+    lossless: bool = True,
 ) -> None:
-    """Process messages until ``stop`` is set."""
-    ended: set[str] = set()
+    """Answer the work the hubs hand this worker until ``stop`` is set: each message's output
+    goes back to the hub (the address) it came from."""
+    origins: dict[str, int] = {}  # camera -> the address of the capture that owns it
 
     def timed(msg: Message) -> Message:
         start = time.perf_counter()
@@ -169,31 +171,27 @@ def run(
         metrics.frames_processed.labels(stage=stage, camera=msg.camera).inc()
         return out
 
-    lanes = Lanes(timed, threads, pub.lossless, stage)
+    # the hub bounds what it hands out, so every message is answered: nothing here goes stale
+    lanes = Lanes(timed, threads, lossless=True, stage=stage)
     try:
         while not stop.is_set():
             if lanes.full:
                 lanes.wait(0.2)
                 raw = []
             else:
-                raw = sub.receive(timeout_ms=BUSY_POLL_MS if lanes.busy else 200, limit=lanes.room)
+                raw = sub.receive_from(timeout_ms=BUSY_POLL_MS if lanes.busy else 200, limit=lanes.room)
             received = time.time()
-            stale = 0
-            for msg in decode_batch(stage, raw, expected, metrics):
-                if not isinstance(msg, EndOfStream):
-                    metrics.transport_delay.labels(stage=stage, camera=msg.camera).observe(
-                        max(0.0, received - msg.sent)
-                    )
-                stale += lanes.add(msg)
-            if stale:
-                metrics.frames_dropped.labels(stage=stage, reason="stale").inc(stale)
+            for origin, parts in raw:
+                msg = decode_one(stage, parts, expected, metrics)
+                if msg is None or isinstance(msg, EndOfStream):
+                    continue
+                origins[msg.camera] = origin
+                metrics.transport_delay.labels(stage=stage, camera=msg.camera).observe(max(0.0, received - msg.sent))
+                lanes.add(msg)
             for out in lanes.step():
-                if isinstance(out, EndOfStream):
-                    if out.camera not in ended:  # capture repeats end-of-stream; log it once
-                        log.info("%s: camera %s ended after %d frames", stage, out.camera, out.seq)
-                        ended.add(out.camera)
-                    out = EndOfStream(camera=out.camera, seq=out.seq, ts=out.ts)
-                pub.send(out)
+                parts = messages.encode(out, sent=time.time())
+                if not sub.answer(origins[out.camera], parts, stop if lossless else None) and not stop.is_set():
+                    metrics.frames_dropped.labels(stage=stage, reason="hwm").inc()
     finally:
         lanes.close()
 
@@ -202,42 +200,28 @@ def serve(
     stage: str,
     cfg: Config,
     source: tuple[str, str],
-    target: str,
     expected: type,
     handle: Handler,
     metrics: Metrics,
     stop: threading.Event,
     threads: int = 1,
 ) -> int:
-    """Run a middle stage: subscribe to ``source`` (endpoint, message kind) for the stage's
-    cameras, publish on ``target``, process until ``stop`` (``threads`` cameras at a time);
-    returns the exit code."""
+    """Run a worker of a middle stage: join the ``stage`` pool of the hub at ``source``
+    (endpoint, message kind) for the stage's cameras, answer its work until ``stop``
+    (``threads`` cameras at a time); returns the exit code."""
     section = getattr(cfg, stage)
     cameras: Sequence[str] = section.cameras
     hwm = cfg.bus.lossless_hwm if cfg.lossless else cfg.bus.live_hwm
     endpoint, kind = source
     ctx = zmq.Context()
-    with service.starting(stage):  # bound first: a failed bind leaves no socket open
-        pub = Publisher(
-            ctx,
-            target,
-            lossless=cfg.lossless,
-            hwm=hwm,
-            subscribers=section.subscribers,
-            subscribe_timeout_s=cfg.bus.subscribe_timeout_s,
-            stop=stop,
-            refused=metrics.subscriptions_refused.labels(stage=stage),
-            dropped=metrics.frames_dropped.labels(stage=stage, reason="hwm"),
-        )
-    sub = bus.Subscriber(ctx, endpoint, bus.topics_for([kind, "eos"], cameras), hwm, cfg.bus.max_message_mb)
-    log.info("%s: %s messages from %s -> %s", stage, kind, endpoint, target)
     try:
-        run(stage, sub, pub, expected, handle, metrics, stop, threads)
-        return 0
-    except SubscriberTimeoutError as exc:
-        log.error("%s", exc)
-        return 1
+        with service.starting(stage):
+            sub = bus.Subscriber(ctx, endpoint, bus.topics_for([kind], cameras), hwm, cfg.bus.max_message_mb, stage)
+        log.info("%s: a worker of %s's %s pool", stage, endpoint, stage)
+        try:
+            run(stage, sub, expected, handle, metrics, stop, threads, cfg.lossless)
+            return 0
+        finally:
+            sub.close(linger=0)
     finally:
-        sub.close(linger=0)
-        pub.close()
         ctx.term()

@@ -15,12 +15,14 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import yaml
+
+from emopipe.metrics import worker_ports
 
 SHIPPED_CONFIG = Path(__file__).with_name("prometheus.yml")
 JOB_PREFIX = "emopipe-"
@@ -59,10 +61,10 @@ def stage_targets(config: Mapping[str, Any]) -> dict[str, list[str]]:
 
 def with_targets(
     config: Mapping[str, Any],
-    targets: Mapping[str, str],
+    targets: Mapping[str, str | Sequence[str]],
     scrape_interval: str | None = None,
 ) -> dict[str, Any]:
-    """A copy of `config` scraping `targets` ({stage: "host:port"}) instead.
+    """A copy of `config` scraping `targets` ({stage: "host:port"}, or a list of them) instead.
 
     Raises ValueError naming the stage when the config has no job for it.
     """
@@ -72,7 +74,8 @@ def with_targets(
         job = jobs.get(JOB_PREFIX + stage)
         if job is None:
             raise ValueError(f"no scrape job {JOB_PREFIX}{stage} in the Prometheus config")
-        job["static_configs"] = [{"targets": [target], "labels": {"stage": stage}}]
+        listed = [target] if isinstance(target, str) else list(target)
+        job["static_configs"] = [{"targets": listed, "labels": {"stage": stage}}]
     if scrape_interval is not None:
         rewritten.setdefault("global", {})
         rewritten["global"]["scrape_interval"] = scrape_interval
@@ -80,9 +83,18 @@ def with_targets(
     return rewritten
 
 
-def config_for_ports(stage_ports: Mapping[str, int], host: str = "127.0.0.1") -> dict[str, Any]:
-    """The shipped config scraping `host:port` per stage; a stage with port 0 (metrics off) is not scraped."""
-    config = with_targets(load_config(), {stage: f"{host}:{port}" for stage, port in stage_ports.items() if port})
+def config_for_ports(
+    stage_ports: Mapping[str, int], host: str = "127.0.0.1", workers: Mapping[str, int] | None = None
+) -> dict[str, Any]:
+    """The shipped config scraping `host:port` per stage (each of a pooled stage's `workers`: its
+    port, port + 10, ...); a stage with port 0 (metrics off) is not scraped."""
+    counts = workers or {}
+    targets = {
+        stage: [f"{host}:{p}" for p in worker_ports(port, counts.get(stage, 1))]
+        for stage, port in stage_ports.items()
+        if port
+    }
+    config = with_targets(load_config(), {s: t[0] if len(t) == 1 else t for s, t in targets.items()})
     off = {JOB_PREFIX + stage for stage, port in stage_ports.items() if not port}
     config["scrape_configs"] = [job for job in config["scrape_configs"] if job["job_name"] not in off]
     return config
@@ -180,13 +192,14 @@ def start_for_pipeline(
     stage_ports: Mapping[str, int],
     listen: str = DEFAULT_LISTEN,
     binary: str | None = None,
+    workers: Mapping[str, int] | None = None,
 ) -> PrometheusServer:
     """Start Prometheus scraping the stages' metrics ports, with its TSDB in a temporary directory.
 
     Uses deploy/prometheus/prometheus.yml itself when the ports are its defaults, else
     a copy with the targets rewritten. The directory is removed by stop().
     """
-    config = config_for_ports(stage_ports)
+    config = config_for_ports(stage_ports, workers=workers)
     data_dir = Path(tempfile.mkdtemp(prefix="emopipe-prometheus-"))
     try:
         if config == load_config():
@@ -213,7 +226,9 @@ def grafana_hint(prometheus_url: str) -> str:
     return hint
 
 
-def launch(stage_ports: Mapping[str, int], listen: str = DEFAULT_LISTEN) -> PrometheusServer | None:
+def launch(
+    stage_ports: Mapping[str, int], listen: str = DEFAULT_LISTEN, workers: Mapping[str, int] | None = None
+) -> PrometheusServer | None:
     """`emopipe run --prometheus`: start and wait for Prometheus, print where it is and how to add Grafana.
 
     Returns None, after printing why, when there is no binary, no stage serves
@@ -226,7 +241,7 @@ def launch(stage_ports: Mapping[str, int], listen: str = DEFAULT_LISTEN) -> Prom
         print(f"prometheus: not started: {INSTALL_HINT}", flush=True)
         print("  (or run both in containers: docker compose -f deploy/compose.yml up prometheus grafana)", flush=True)
         return None
-    prometheus = start_for_pipeline(stage_ports, listen)
+    prometheus = start_for_pipeline(stage_ports, listen, workers=workers)
     try:
         prometheus.wait_ready(timeout=30)
     except RuntimeError as error:

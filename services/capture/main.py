@@ -17,7 +17,8 @@ from emopipe.config import Config, resolve_path
 from emopipe.messages import EndOfStream, Frame
 from emopipe.metrics import Metrics
 from emopipe.throttle import ThrottledLog
-from services.capture.sources import Captured, Mailbox, SourceError, SourceReader, folder_images, open_video
+from services.capture.hub import Hub
+from services.capture.sources import Captured, Mailbox, SourceError, SourceReader, Waker, folder_images, open_video
 
 log = logging.getLogger("emopipe.capture")
 
@@ -48,36 +49,52 @@ def main(argv: Sequence[str] | None = None) -> int:
         return service.EXIT_CONFIG
     metrics = metrics_mod.create(CollectorRegistry(), "capture", cfg.cameras)
     ctx = zmq.Context()
-    with service.starting("capture"):
-        metrics_mod.serve(metrics, cfg.capture.metrics_port, cfg.pipeline.metrics_host)
-        pub = Publisher(
-            ctx,
-            cfg.endpoints.frames,
-            lossless=cfg.lossless,
-            hwm=cfg.bus.lossless_hwm if cfg.lossless else cfg.bus.live_hwm,
-            subscribers=cfg.capture.subscribers,
-            subscribe_timeout_s=cfg.bus.subscribe_timeout_s,
-            stop=stop,
-            refused=metrics.subscriptions_refused.labels(stage="capture"),
-            dropped=metrics.frames_dropped.labels(stage="capture", reason="hwm"),
-        )
-    log.info("publishing %s on %s (%s)", cfg.cameras, cfg.endpoints.frames, "lossless" if cfg.lossless else "live")
+    publishers: list[Publisher] = []
     try:
-        return run(cfg, pub, stop, metrics)
+        with service.starting("capture"):
+            metrics_mod.serve(metrics, cfg.capture.metrics_port, cfg.pipeline.metrics_host)
+            for endpoint in (cfg.endpoints.frames, cfg.endpoints.faces, cfg.endpoints.results):
+                publishers.append(bind(ctx, cfg, endpoint, stop, metrics))
+        frames, faces, results = publishers
+        log.info(
+            "cameras %s (%s): detect workers and the sink on %s, classify workers on %s, the sink's results on %s",
+            cfg.cameras,
+            "lossless" if cfg.lossless else "live",
+            cfg.endpoints.frames,
+            cfg.endpoints.faces,
+            cfg.endpoints.results,
+        )
+        return run(cfg, Hub(frames, faces, results, cfg, metrics), stop, metrics)
     except SubscriberTimeoutError as exc:
         log.error("%s", exc)
         return 1
     finally:
         stop.set()
-        pub.close()
+        for pub in publishers:
+            pub.close()
         ctx.term()
 
 
-def run(cfg: Config, pub: Publisher, stop: threading.Event, metrics: Metrics) -> int:
-    for camera in cfg.cameras:  # start reading only once detect and sink listen
-        if not pub.wait_subscribed(messages.topic("frame", camera)):
-            return 0
-    wake = threading.Event()
+def bind(ctx: zmq.Context, cfg: Config, endpoint: str, stop: threading.Event, metrics: Metrics) -> Publisher:
+    return Publisher(
+        ctx,
+        endpoint,
+        lossless=cfg.lossless,
+        hwm=cfg.bus.lossless_hwm if cfg.lossless else cfg.bus.live_hwm,
+        subscribers=cfg.capture.subscribers,
+        subscribe_timeout_s=cfg.bus.subscribe_timeout_s,
+        stop=stop,
+        refused=metrics.subscriptions_refused.labels(stage="capture"),
+        dropped=metrics.frames_dropped.labels(stage="capture", reason="hwm"),
+    )
+
+
+def run(cfg: Config, hub: Hub, stop: threading.Event, metrics: Metrics) -> int:
+    for camera in cfg.cameras:  # lossless: start reading only once the sink listens
+        for pub, kind in ((hub.detect.pub, "frame"), (hub.results, "results")):
+            if not pub.wait_subscribed(messages.topic(kind, camera)):
+                return 0
+    wake = Waker()
     mailboxes = [Mailbox(2 if cfg.lossless else 1, cfg.lossless, wake) for _ in cfg.sources]
     readers = [
         SourceReader(src, cfg.capture, box, stop, metrics) for src, box in zip(cfg.sources, mailboxes, strict=False)
@@ -85,7 +102,7 @@ def run(cfg: Config, pub: Publisher, stop: threading.Event, metrics: Metrics) ->
     for reader in readers:
         reader.start()
     try:
-        return publish_until_stopped(cfg, pub, stop, metrics, mailboxes, readers, wake)
+        return publish_until_stopped(cfg, hub, stop, metrics, mailboxes, readers, wake)
     finally:
         # Readers end before the interpreter does: a daemon thread still decoding or logging at
         # exit can abort it. (Capture once exited with SIGABRT in ~25 stops of the flood test;
@@ -93,29 +110,42 @@ def run(cfg: Config, pub: Publisher, stop: threading.Event, metrics: Metrics) ->
         stop.set()
         for reader in readers:
             reader.join(timeout=cfg.capture.stall_timeout_s + 1.0)
+        wake.close()
+
+
+#: how long the loop waits for a frame or an answer at most (heartbeats are checked this often)
+POLL_MS = 50
 
 
 def publish_until_stopped(
     cfg: Config,
-    pub: Publisher,
+    hub: Hub,
     stop: threading.Event,
     metrics: Metrics,
     mailboxes: list[Mailbox],
     readers: list[SourceReader],
-    wake: threading.Event,
+    wake: Waker,
 ) -> int:
     ended: dict[str, EndOfStream] = {}
     last_repeat = time.monotonic()
+    poller = zmq.Poller()
+    poller.register(wake.fd, zmq.POLLIN)
+    for pub in (hub.detect.pub, hub.classify.pub, hub.results):
+        poller.register(pub.sock, zmq.POLLIN)
     while not stop.is_set():
-        wake.wait(0.1)
+        poller.poll(POLL_MS)
         wake.clear()
-        for box in mailboxes:
-            for item in box.take_all():
-                publish(item, pub, metrics, ended, cfg.bus.max_message_mb << 20)
+        for src, box in zip(cfg.sources, mailboxes, strict=True):
+            if hub.room(src.id):
+                for item in box.take_all():
+                    publish(item, hub, metrics, ended, cfg.bus.max_message_mb << 20)
+        if not hub.pump():
+            return 0
         if ended and time.monotonic() - last_repeat > cfg.bus.eos_repeat_s:
-            # live PUB may have dropped it; a restarted stage may have missed it
+            # live, it may have been dropped; a restarted stage may have missed it
             for eos in ended.values():
-                pub.send(eos)
+                hub.detect.pub.send(eos)
+            hub.repeat_ends()
             last_repeat = time.monotonic()
         failed = [r for r in readers if r.error is not None]
         if failed:
@@ -128,11 +158,14 @@ def publish_until_stopped(
 oversized = ThrottledLog(log)
 
 
-def publish(item: Captured, pub: Publisher, metrics: Metrics, ended: dict[str, EndOfStream], max_bytes: int) -> None:
+def publish(item: Captured, hub: Hub, metrics: Metrics, ended: dict[str, EndOfStream], max_bytes: int) -> None:
+    """A frame to the sink (if it takes frames) and to the detect pool; end-of-stream to the sink."""
+    pub = hub.detect.pub
     if item.image is None:
         eos = EndOfStream(camera=item.camera, seq=item.seq, ts=item.ts)
         ended[item.camera] = eos
         pub.send(eos)
+        hub.end(eos)
         log.info("camera %s: end of stream after %d frames", item.camera, item.seq)
         return
     if item.image.nbytes > max_bytes:  # the next stages would cut capture off (bus.Subscriber)
@@ -148,7 +181,9 @@ def publish(item: Captured, pub: Publisher, metrics: Metrics, ended: dict[str, E
         )
         return
     start = time.perf_counter()
-    if pub.send(Frame(camera=item.camera, seq=item.seq, ts=item.ts, image=item.image)):
+    parts = messages.encode(Frame(camera=item.camera, seq=item.seq, ts=item.ts, image=item.image), sent=time.time())
+    if pub.send_parts(parts):
+        hub.frame(item.camera, item.seq, parts)
         metrics.stage_latency.labels(stage="capture", camera=item.camera).observe(
             item.read_s + time.perf_counter() - start
         )

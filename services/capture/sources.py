@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -39,13 +40,33 @@ class Captured:
         return self.image is None
 
 
+class Waker:
+    """Set by a reader thread when its mailbox has something: an eventfd, so the publishing
+    loop waits on it together with its sockets (the workers' answers)."""
+
+    def __init__(self) -> None:
+        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+
+    def set(self) -> None:
+        os.eventfd_write(self.fd, 1)
+
+    def clear(self) -> None:
+        try:
+            os.eventfd_read(self.fd)
+        except BlockingIOError:
+            return  # it was not set
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
 class Mailbox:
     """Hands frames from a reader thread to the publishing thread.
 
     Lossless: a full mailbox makes the reader wait. Live: the oldest frame is dropped.
     """
 
-    def __init__(self, capacity: int, lossless: bool, wake: threading.Event) -> None:
+    def __init__(self, capacity: int, lossless: bool, wake: threading.Event | Waker) -> None:
         self._items: deque[Captured] = deque()
         self._cond = threading.Condition()
         self.capacity = capacity

@@ -85,8 +85,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     assert metrics.model_info is not None  # created for the classify stage
     metrics.model_info.info(model.info())
     with service.starting("classify"):
-        metrics_mod.serve(metrics, cfg.classify.metrics_port, cfg.pipeline.metrics_host)
+        metrics_mod.serve(metrics, cfg.classify.metrics_port, cfg.pipeline.metrics_host, pooled=True)
     handler = make_handler(model, metrics)
-    return relay.serve(
-        "classify", cfg, (cfg.endpoints.faces, "faces"), cfg.endpoints.results, Faces, handler, metrics, stop
-    )
+    return relay.serve("classify", cfg, (cfg.endpoints.faces, "faces"), Faces, handler, metrics, stop)

@@ -94,13 +94,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     cameras = cfg.detect.cameras or cfg.cameras
     metrics = metrics_mod.create(CollectorRegistry(), "detect", cameras)
     with service.starting("detect"):
-        metrics_mod.serve(metrics, cfg.detect.metrics_port, cfg.pipeline.metrics_host)
+        metrics_mod.serve(metrics, cfg.detect.metrics_port, cfg.pipeline.metrics_host, pooled=True)
     handler = make_handler(detect, metrics)
     return relay.serve(
         "detect",
         cfg,
         (cfg.endpoints.frames, "frame"),
-        cfg.endpoints.faces,
         Frame,
         handler,
         metrics,

@@ -1,0 +1,209 @@
+"""A stage's pool of workers, seen from the publisher that hands them work.
+
+Workers connect to a bound ``Publisher`` (ROUTER) as DEALERs whose subscription names the
+pool (``bus.Subscriber(pool=...)``); that subscription, repeated every ``bus.RESUBSCRIBE_S``,
+is their heartbeat. The pool hands each unit of work (one encoded message of one camera)
+to one live worker and takes its answer back on the same socket: the ZeroMQ guide's
+load-balancing broker, with Paranoid Pirate heartbeats. Two ways to choose the worker:
+
+* ``sticky`` (detect: a camera's tracks live in one worker): each camera is assigned to a
+  worker and stays there; cameras are spread evenly over the live workers, and moved to a
+  worker that joins while another holds two or more more than it. The worker that gets a
+  camera starts its tracks afresh (the old worker's tracks end).
+* not sticky (classify: stateless): each unit goes to the live worker with the least work
+  in flight.
+
+At most ``window`` units are in flight per camera (sticky) or per worker (not sticky).
+What waits is kept in order; live, only a camera's newest waiting unit is kept (the older
+one counts as ``stale``). A worker that is not heard from for ``bus.LIVENESS_S``, or that a
+send finds gone, has left: its work in flight goes back to the front of the queue and is
+handed to the others (lossless: nothing is lost; an answer that still comes from it is
+ignored). Live, work unanswered after ``timeout_s`` is given up (``lost``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from emopipe import messages
+from emopipe.bus import Publisher
+from emopipe.messages import Message, MessageError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Work:
+    camera: str
+    seq: int
+    parts: Sequence[Any]
+    member: bytes | None = None
+    sent: float = 0.0
+
+
+@dataclass
+class Answer:
+    work: Work
+    msg: Message
+
+
+@dataclass
+class Given:
+    """What a pool gave up on, by reason (live only): the hub takes these frames off its books."""
+
+    work: Work
+    reason: str
+
+
+@dataclass
+class Pool:
+    pub: Publisher
+    name: str
+    kind: str  # the message kind handed out ("frame", "faces"): a worker must subscribe to it
+    sticky: bool
+    lossless: bool
+    window: int
+    timeout_s: float = 2.0
+    waiting: dict[str, deque[Work]] = field(default_factory=dict)
+    inflight: dict[bytes, dict[tuple[str, int], Work]] = field(default_factory=dict)
+    assigned: dict[str, bytes] = field(default_factory=dict)
+    given_up: list[Given] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)  # answers, moved, lost workers, ignored answers
+
+    def submit(self, camera: str, seq: int, parts: Sequence[Any]) -> None:
+        queue = self.waiting.setdefault(camera, deque())
+        if not self.lossless:
+            while queue:
+                self.given_up.append(Given(queue.popleft(), "stale"))
+        queue.append(Work(camera, seq, parts))
+        self._dispatch()
+
+    def pending(self, camera: str) -> int:
+        """Units of this camera waiting or in flight."""
+        flying = sum(1 for works in self.inflight.values() for key in works if key[0] == camera)
+        return len(self.waiting.get(camera, ())) + flying
+
+    def workers(self, camera: str | None = None) -> list[bytes]:
+        """The live workers (that take ``camera``, if given)."""
+        return self.pub.members(self.name, None if camera is None else messages.topic(self.kind, camera))
+
+    def pump(self) -> Iterator[Answer]:
+        """Take the workers' answers (each matched to its work), notice workers that left, hand out what waits."""
+        self.pub.pump_subscriptions()
+        while self.pub.answers:
+            identity, parts = self.pub.answers.popleft()
+            answer = self._match(identity, parts)
+            if answer is not None:
+                yield answer
+        self._check_workers()
+        self._dispatch()
+
+    def take_given_up(self) -> list[Given]:
+        given, self.given_up = self.given_up, []
+        return given
+
+    def _match(self, identity: bytes, parts: list[zmq.Frame]) -> Answer | None:
+        try:
+            msg = messages.decode(parts)
+        except MessageError as exc:
+            self.counts["malformed"] += 1
+            log.error("pool %s: worker %s sent a bad answer: %s", self.name, identity.hex(), exc)
+            return None
+        work = self.inflight.get(identity, {}).pop((msg.camera, msg.seq), None)
+        if work is None:  # from a worker given up for gone, or an answer to no work of ours
+            self.counts["ignored"] += 1
+            return None
+        self.counts["answers"] += 1
+        return Answer(work, msg)
+
+    def _check_workers(self) -> None:
+        live = set(self.workers())
+        now = time.monotonic()
+        for member in list(self.inflight):
+            if member not in live:
+                self._lost(member)
+        for camera, member in list(self.assigned.items()):
+            if member not in live:
+                del self.assigned[camera]
+        if not self.lossless:
+            for works in self.inflight.values():
+                for key, work in list(works.items()):
+                    if now - work.sent > self.timeout_s:
+                        del works[key]
+                        self.given_up.append(Given(work, "lost"))
+
+    def _lost(self, member: bytes) -> None:
+        works = self.inflight.pop(member, {})
+        self.counts["workers_lost"] += 1
+        for camera in {w.camera for w in works.values()}:
+            self.assigned.pop(camera, None)
+        log.warning(
+            "pool %s: worker %s left with %d unit(s) in flight: handing them to the others",
+            self.name,
+            member.hex(),
+            len(works),
+        )
+        for work in sorted(works.values(), key=lambda w: w.seq, reverse=True):
+            self.waiting.setdefault(work.camera, deque()).appendleft(work)
+
+    def _dispatch(self) -> None:
+        if self.sticky:
+            self._balance(self.workers())
+        for camera, queue in self.waiting.items():
+            live = self.workers(camera) if queue else []
+            while queue and live:
+                member = self._choose(camera, live)
+                if member is None:
+                    break
+                work = queue[0]
+                sent = self.pub.send_to(member, work.parts)
+                if sent is None:  # gone: its work goes back in the queue
+                    self._lost(member)
+                    live = [m for m in live if m != member]
+                    continue
+                if not sent:
+                    break
+                queue.popleft()
+                work.member, work.sent = member, time.monotonic()
+                self.inflight.setdefault(member, {})[(work.camera, work.seq)] = work
+
+    def _choose(self, camera: str, live: list[bytes]) -> bytes | None:
+        if self.sticky:
+            member = self.assigned.get(camera)
+            if member is None or member not in live:
+                member = self.assigned[camera] = min(live, key=self._cameras_of)
+                log.info("pool %s: camera %s to worker %s", self.name, camera, member.hex())
+            flying = sum(1 for key in self.inflight.get(member, {}) if key[0] == camera)
+            return member if flying < self.window else None
+        member = min(live, key=lambda m: len(self.inflight.get(m, {})))
+        return member if len(self.inflight.get(member, {})) < self.window else None
+
+    def _cameras_of(self, member: bytes) -> int:
+        return sum(1 for m in self.assigned.values() if m == member)
+
+    def _balance(self, live: list[bytes]) -> None:
+        """Move a camera from the worker with the most to one with at least two fewer (a worker joined)."""
+        if len(live) < 2 or not self.assigned:
+            return
+        if any(m not in live for m in self.assigned.values()):
+            return  # a worker that left: its cameras are reassigned as their work comes
+        busiest = max(live, key=self._cameras_of)
+        idlest = min(live, key=self._cameras_of)
+        if self._cameras_of(busiest) - self._cameras_of(idlest) < 2:
+            return
+        wanted = self.pub.peers[idlest]
+        camera = next(
+            (c for c, m in self.assigned.items() if m == busiest and wanted.wants(messages.topic(self.kind, c))), None
+        )
+        if camera is None:
+            return
+        self.assigned[camera] = idlest
+        self.counts["moved"] += 1
+        log.info("pool %s: camera %s moved from worker %s to %s", self.name, camera, busiest.hex(), idlest.hex())
