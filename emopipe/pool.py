@@ -75,6 +75,7 @@ class Pool:
     inflight: dict[bytes, dict[tuple[str, int], Work]] = field(default_factory=dict)
     assigned: dict[str, bytes] = field(default_factory=dict)
     given_up: list[Given] = field(default_factory=list)
+    last_given: dict[bytes, float] = field(default_factory=dict)  # ties go to the worker idle longest
     counts: Counter[str] = field(default_factory=Counter)  # answers, moved, lost workers, ignored answers
 
     def submit(self, camera: str, seq: int, parts: Sequence[Any]) -> None:
@@ -141,6 +142,7 @@ class Pool:
 
     def _lost(self, member: bytes) -> None:
         works = self.inflight.pop(member, {})
+        self.last_given.pop(member, None)
         self.counts["workers_lost"] += 1
         for camera in {w.camera for w in works.values()}:
             self.assigned.pop(camera, None)
@@ -172,6 +174,7 @@ class Pool:
                     break
                 queue.popleft()
                 work.member, work.sent = member, time.monotonic()
+                self.last_given[member] = work.sent
                 self.inflight.setdefault(member, {})[(work.camera, work.seq)] = work
 
     def _choose(self, camera: str, live: list[bytes]) -> bytes | None:
@@ -182,7 +185,7 @@ class Pool:
                 log.info("pool %s: camera %s to worker %s", self.name, camera, member.hex())
             flying = sum(1 for key in self.inflight.get(member, {}) if key[0] == camera)
             return member if flying < self.window else None
-        member = min(live, key=lambda m: len(self.inflight.get(m, {})))
+        member = min(live, key=lambda m: (len(self.inflight.get(m, {})), self.last_given.get(m, 0.0)))
         return member if len(self.inflight.get(member, {})) < self.window else None
 
     def _cameras_of(self, member: bytes) -> int:

@@ -22,7 +22,8 @@ import msgpack
 import numpy as np
 import zmq
 
-from emopipe import bus
+from emopipe import bus, messages
+from emopipe.pool import Pool
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent
@@ -60,22 +61,50 @@ def write_model(path: Path, size: int, metadata_size: int | None = None) -> Path
     return path
 
 
-def stage_sockets(
-    ctx: zmq.Context, ipc: Path, into: str, out: str, subscribe_timeout_s: float = 60.0
-) -> tuple[bus.Publisher, bus.Subscriber]:
-    """What a stage process under test is fed by and read from: a lossless publisher bound on
-    ``ipc://<ipc>/<into>`` (the stage's input endpoint) and a subscriber to its ``out`` endpoint,
-    for that kind of message and end-of-stream."""
-    pub = bus.Publisher(
-        ctx,
-        f"ipc://{ipc}/{into}",
-        lossless=True,
-        hwm=8,
-        subscribers=1,
-        subscribe_timeout_s=subscribe_timeout_s,
-        stop=threading.Event(),
-    )
-    return pub, bus.Subscriber(ctx, f"ipc://{ipc}/{out}", bus.topics_for([out, "eos"], []), hwm=100)
+class WorkerHub:
+    """What a worker process under test (detect or classify) takes its work from: a lossless
+    publisher bound on ``ipc://<ipc>/<into>`` (the worker's input endpoint) with that stage's
+    pool, as capture's hub has."""
+
+    def __init__(self, ctx: zmq.Context, ipc: Path, into: str, stage: str, kind: str) -> None:
+        self.pub = bus.Publisher(
+            ctx,
+            f"ipc://{ipc}/{into}",
+            lossless=True,
+            hwm=8,
+            subscribers=1,
+            subscribe_timeout_s=60,
+            stop=threading.Event(),
+        )
+        self.pool = Pool(self.pub, stage, kind, sticky=stage == "detect", lossless=True, window=8)
+
+    def worker(self, timeout: float = 30.0) -> bytes:
+        """The identity of the first worker that joins."""
+        assert wait_for(lambda: bool(list(self.pool.pump()) or self.pool.workers()), timeout), "no worker joined"
+        return self.pool.workers()[0]
+
+    def submit(self, msg: messages.Message) -> None:
+        self.pool.submit(msg.camera, msg.seq, messages.encode(msg, sent=time.time()))
+
+    def send_raw(self, parts: list[Any], timeout: float = 30.0) -> None:
+        """Straight to the worker, as a broken or hostile hub would (waiting while its queue is full)."""
+        worker = self.worker()
+        deadline = time.monotonic() + timeout
+        while not self.pub.send_to(worker, parts):
+            assert time.monotonic() < deadline, "the worker takes nothing"
+            self.pub.sock.poll(1, zmq.POLLIN)
+            self.pub.pump_subscriptions()
+
+    def answers(self, count: int, timeout: float = 30.0) -> list[messages.Message]:
+        got: list[messages.Message] = []
+        deadline = time.monotonic() + timeout
+        while len(got) < count and time.monotonic() < deadline:
+            self.pub.sock.poll(100, zmq.POLLIN)
+            got.extend(answer.msg for answer in self.pool.pump())
+        return got
+
+    def close(self) -> None:
+        self.pub.close()
 
 
 def free_port() -> int:
@@ -143,7 +172,7 @@ def launch(config: Path, log: Path, *args: str) -> subprocess.Popen[bytes]:
 
 
 def stage_pids(log: Path) -> dict[str, int]:
-    return {name: int(pid) for name, pid in re.findall(r"started (\w+) \(pid (\d+)\)", log.read_text())}
+    return {name: int(pid) for name, pid in re.findall(r"started ([\w#]+) \(pid (\d+)\)", log.read_text())}
 
 
 def alive(pid: int) -> bool:

@@ -22,10 +22,11 @@ import zmq
 from prometheus_client import CollectorRegistry
 
 from emopipe import bus, messages, metrics
-from emopipe.config import CaptureConfig, SourceConfig
+from emopipe.config import CaptureConfig, Config, PipelineConfig, SourceConfig
 from emopipe.messages import Frame
 from helpers import free_port, pipeline_toml, scrape_value, start_stage, stop, wait_for
 from services.capture import main as capture_main
+from services.capture.hub import Hub
 from services.capture.sources import Captured, Mailbox, SourceReader, frame_rate
 from services.sink.render import encode_jpeg
 from services.sink.viewer import FrameStore, Viewer
@@ -186,21 +187,33 @@ def test_a_frame_over_the_message_limit_is_dropped_counted_and_the_next_one_sent
     zmq_ctx: zmq.Context, ipc_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     endpoint = f"ipc://{ipc_dir}/frames"
-    pub = bus.Publisher(
-        zmq_ctx, endpoint, lossless=False, hwm=10, subscribers=1, subscribe_timeout_s=5, stop=threading.Event()
-    )
-    sub = bus.Subscriber(zmq_ctx, endpoint, [b"frame."], hwm=10, max_message_mb=1)
-    assert wait_for(lambda: pub.subscriber_count(b"frame.cam0.") == 1, 5)  # live: no waiting in send
+    frames, faces, results = pubs = [
+        bus.Publisher(
+            zmq_ctx,
+            f"ipc://{ipc_dir}/{name}",
+            lossless=False,
+            hwm=10,
+            subscribers=1,
+            subscribe_timeout_s=5,
+            stop=threading.Event(),
+        )
+        for name in ("frames", "faces", "results")
+    ]
     found = metrics.create(CollectorRegistry(), "capture", ["cam0"])
+    hub = Hub(frames, faces, results, Config(pipeline=PipelineConfig(mode="live")), found)
+    sub = bus.Subscriber(zmq_ctx, endpoint, [b"frame."], hwm=10, max_message_mb=1)
+    assert wait_for(lambda: frames.subscriber_count(b"frame.cam0.") == 1, 5)  # live: no waiting in send
     big = Captured("cam0", 0, 1.0, np.zeros((720, 1280, 3), np.uint8))  # 2.7 MB
     small = Captured("cam0", 1, 2.0, np.zeros((480, 640, 3), np.uint8))  # 0.9 MB
-    capture_main.publish(big, pub, found, {}, 1 << 20)
-    capture_main.publish(small, pub, found, {}, 1 << 20)
+    capture_main.publish(big, hub, found, {}, 1 << 20)
+    capture_main.publish(small, hub, found, {}, 1 << 20)
     assert sub.poll(5000)
     assert messages.decode(sub.recv_multipart()).seq == 1
     assert found.frames_dropped.labels(stage="capture", reason="oversized")._value.get() == 1
     assert "camera cam0: dropped a 1280x720 frame of 2764800 bytes, over bus.max_message_mb" in caplog.text
-    pub.close()
+    assert list(hub.open["cam0"]) == [1]  # handed to the detect pool too
+    for pub in pubs:
+        pub.close()
     sub.close(linger=0)
 
 

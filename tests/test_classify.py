@@ -19,13 +19,13 @@ import zmq
 from emopipe import messages
 from emopipe.config import DetectConfig
 from emopipe.labels import EMOTIONS
-from emopipe.messages import Box, EndOfStream, Faces, Results
+from emopipe.messages import Box, Faces, Results
 from helpers import (
+    WorkerHub,
     free_port,
     garbage_like,
     pipeline_toml,
     scrape_value,
-    stage_sockets,
     start_stage,
     stop,
     wait_for,
@@ -147,7 +147,7 @@ def classify_stage(ipc_dir: Path, carphone: Path, model_path: Path) -> Iterator[
     assert stop(proc) == 0
 
 
-def test_classify_process_publishes_results_for_every_faces_message_and_exports_model_info(
+def test_classify_worker_answers_every_faces_message_and_exports_model_info(
     ipc_dir: Path,
     zmq_ctx: zmq.Context,
     real_faces: Faces,
@@ -155,16 +155,14 @@ def test_classify_process_publishes_results_for_every_faces_message_and_exports_
     classify_stage: tuple[subprocess.Popen[bytes], int],
 ) -> None:
     proc, port = classify_stage
-    pub, sub = stage_sockets(zmq_ctx, ipc_dir, "faces", "results")
-    pub.send(real_faces)
-    pub.send(Faces("cam0", 1, 2.0, (), np.zeros((0, 48, 48), np.uint8)))
-    pub.send(EndOfStream("cam0", 2, 3.0))
-    assert sub.poll(60_000), f"no results; log:\n{(ipc_dir / 'classify.log').read_text()}"
-    got = [messages.decode(sub.recv_multipart()) for _ in range(3)]
+    hub = WorkerHub(zmq_ctx, ipc_dir, "faces", "classify", "faces")
+    hub.submit(real_faces)
+    hub.submit(Faces("cam0", 1, 2.0, (), np.zeros((0, 48, 48), np.uint8)))
+    got = hub.answers(2, timeout=60)
+    assert len(got) == 2, f"no results; log:\n{(ipc_dir / 'classify.log').read_text()}"
     assert isinstance(got[0], Results) and len(got[0].faces) == len(real_faces.boxes)
     assert all(f.emotion in EMOTIONS for f in got[0].faces)
     assert isinstance(got[1], Results) and got[1].faces == ()
-    assert isinstance(got[2], EndOfStream) and got[2].seq == 2
     deadline = time.monotonic() + 10
     text = ""
     while "emopipe_model_info" not in text and time.monotonic() < deadline:
@@ -176,8 +174,7 @@ def test_classify_process_publishes_results_for_every_faces_message_and_exports_
         float(line.split()[-1]) for line in text.splitlines() if line.startswith("emopipe_predictions_total{")
     )
     assert predicted == 0  # the sink counts predictions, by each track's smoothed label
-    pub.close()
-    sub.close(linger=0)
+    hub.close()
 
 
 def test_classify_process_answers_every_real_message_among_garbage_and_counts_each(
@@ -186,22 +183,20 @@ def test_classify_process_answers_every_real_message_among_garbage_and_counts_ea
     proc, port = classify_stage
     rng = np.random.default_rng(0)
     count, repeat = 10, 200
-    pub, sub = stage_sockets(zmq_ctx, ipc_dir, "faces", "results")
+    hub = WorkerHub(zmq_ctx, ipc_dir, "faces", "classify", "faces")
     for seq in range(count):
         faces = dataclasses.replace(real_faces, seq=seq)
-        pub.send(faces)
+        hub.submit(faces)
         for parts in garbage_like(messages.encode(faces, sent=time.time()), rng) * repeat:
-            pub.send_parts(parts)
-    pub.send(EndOfStream("cam0", count, 99.0))
-    got = [messages.decode(sub.recv_multipart()) for _ in range(count + 1)]
-    assert [m.seq for m in got] == list(range(count + 1)) and isinstance(got[-1], EndOfStream)
-    assert all(isinstance(m, Results) and len(m.faces) == len(real_faces.boxes) for m in got[:-1])
+            hub.send_raw(parts)
+    got = hub.answers(count, timeout=60)
+    assert [m.seq for m in got] == list(range(count))
+    assert all(isinstance(m, Results) and len(m.faces) == len(real_faces.boxes) for m in got)
     malformed = 'emopipe_frames_dropped_total{reason="malformed",stage="classify"}'
     assert wait_for(lambda: scrape_value(port, malformed) == count * 4 * repeat, 10), scrape_value(port, malformed)
     assert proc.poll() is None
     assert 1 <= (ipc_dir / "classify.log").read_text().count("classify: dropped message") <= 8
-    pub.close()
-    sub.close()
+    hub.close()
 
 
 @pytest.mark.parametrize("stage", ["classify", "detect"])  # detect reads the model's input size

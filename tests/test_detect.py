@@ -14,7 +14,7 @@ import zmq
 from emopipe import messages
 from emopipe.config import DetectConfig
 from emopipe.messages import Box, EndOfStream, Faces, Frame
-from helpers import free_port, garbage_like, pipeline_toml, stage_sockets, start_stage, stop, write_model
+from helpers import WorkerHub, free_port, garbage_like, pipeline_toml, start_stage, stop, write_model
 from services.detect.detector import FaceDetector, clip_box
 
 
@@ -97,27 +97,25 @@ def metric_value(text: str, line_start: str) -> float:
     raise AssertionError(f"no sample {line_start} in /metrics")
 
 
-def test_detect_process_answers_every_frame_forwards_eos_and_survives_malformed_messages(
+def test_detect_worker_answers_every_frame_and_survives_malformed_messages(
     detect_stage,
     zmq_ctx: zmq.Context,
     carphone_frames: list[np.ndarray],  # type: ignore[no-untyped-def]
 ) -> None:
     proc, ipc, port = detect_stage
-    pub, sub = stage_sockets(zmq_ctx, ipc, "frames", "faces", subscribe_timeout_s=30)
-    pub.send(Frame("cam0", 0, 1.0, carphone_frames[0]))
+    hub = WorkerHub(zmq_ctx, ipc, "frames", "detect", "frame")
+    hub.submit(Frame("cam0", 0, 1.0, carphone_frames[0]))
     good = messages.encode(Frame("cam0", 1, 2.0, np.zeros((60, 80, 3), np.uint8)), sent=time.time())
-    pub.send_parts([good[0], good[1], b"short"])  # wrong byte count
+    hub.send_raw([good[0], good[1], b"short"])  # wrong byte count
     bad_version = [bytes(p) for p in good]
     bad_version[1] = bad_version[1].replace(b"\xa1v\x02", b"\xa1v\x63")  # schema version 99
-    pub.send_parts(bad_version)
-    pub.send(Frame("cam0", 1, 2.0, np.zeros((60, 80, 3), np.uint8)))
-    pub.send(EndOfStream("cam0", 2, 3.0))
-    assert sub.poll(30_000), "detect published nothing"
-    got = [messages.decode(sub.recv_multipart()) for _ in range(3)]
-    first, second, eos = got
+    hub.send_raw(bad_version)
+    hub.submit(Frame("cam0", 1, 2.0, np.zeros((60, 80, 3), np.uint8)))
+    hub.send_raw(messages.encode(EndOfStream("cam0", 2, 3.0), sent=time.time()))  # the hub's business: ignored
+    first, second = hub.answers(2)
     assert isinstance(first, Faces) and first.seq == 0 and len(first.boxes) == 1
     assert isinstance(second, Faces) and second.seq == 1 and second.boxes == ()
-    assert eos == EndOfStream("cam0", 2, 3.0, sent=eos.sent)
+    assert hub.answers(1, timeout=1) == []
     text = scrape(port)
     assert metric_value(text, 'emopipe_frames_dropped_total{reason="malformed",stage="detect"}') == 1
     assert metric_value(text, 'emopipe_frames_dropped_total{reason="version",stage="detect"}') == 1
@@ -126,8 +124,7 @@ def test_detect_process_answers_every_frame_forwards_eos_and_survives_malformed_
     assert proc.poll() is None, "detect died on a malformed message"
     log = (ipc / "detect.log").read_text()
     assert "needs 14400 bytes, payload has 5" in log and "schema version 99" in log
-    pub.close()
-    sub.close(linger=0)
+    hub.close()
 
 
 def test_detect_process_crops_at_the_input_size_of_the_configured_model(
@@ -138,14 +135,14 @@ def test_detect_process_crops_at_the_input_size_of_the_configured_model(
     config.write_text(pipeline_toml(ipc_dir, [("cam0", carphone, False)], classify={"model": model}))
     proc = start_stage("detect", config, ipc_dir / "detect.log")
     try:
-        pub, sub = stage_sockets(zmq_ctx, ipc_dir, "frames", "faces", subscribe_timeout_s=30)
-        pub.send(Frame("cam0", 0, 1.0, carphone_frames[0]))
-        assert sub.poll(30_000), f"detect published nothing; log:\n{(ipc_dir / 'detect.log').read_text()}"
-        faces = messages.decode(sub.recv_multipart())
+        hub = WorkerHub(zmq_ctx, ipc_dir, "frames", "detect", "frame")
+        hub.submit(Frame("cam0", 0, 1.0, carphone_frames[0]))
+        answers = hub.answers(1)
+        assert answers, f"detect answered nothing; log:\n{(ipc_dir / 'detect.log').read_text()}"
+        faces = answers[0]
         assert isinstance(faces, Faces) and faces.crops.shape == (1, 64, 64)
         assert f"crops of 64x64 pixels, the input of {model}" in (ipc_dir / "detect.log").read_text()
-        pub.close()
-        sub.close(linger=0)
+        hub.close()
     finally:
         assert stop(proc) == 0
 
@@ -156,23 +153,19 @@ def test_a_flood_of_garbage_is_counted_by_reason_and_logged_a_few_times_while_fr
     carphone_frames: list[np.ndarray],  # type: ignore[no-untyped-def]
 ) -> None:
     proc, ipc, port = detect_stage
-    pub, sub = stage_sockets(zmq_ctx, ipc, "frames", "faces", subscribe_timeout_s=30)
+    hub = WorkerHub(zmq_ctx, ipc, "frames", "detect", "frame")
     good = messages.encode(Frame("cam0", 0, 1.0, np.zeros((60, 80, 3), np.uint8)), sent=time.time())
     garbage = garbage_like(good, np.random.default_rng(0))
     for seq in range(10):
-        pub.send(Frame("cam0", seq, 1.0 + seq, carphone_frames[seq]))
+        hub.submit(Frame("cam0", seq, 1.0 + seq, carphone_frames[seq]))
         for parts in garbage * 500:
-            pub.send_parts(parts)
-    pub.send(EndOfStream("cam0", 10, 20.0))
-    got: list[messages.Message] = []
-    while len(got) < 11 and sub.poll(30_000):
-        got.append(messages.decode(sub.recv_multipart()))
-    assert [m.seq for m in got] == list(range(11)) and isinstance(got[-1], EndOfStream)
+            hub.send_raw(parts)
+    got = hub.answers(10)
+    assert [m.seq for m in got] == list(range(10)) and all(isinstance(m, Faces) for m in got)
     text = scrape(port)
     assert metric_value(text, 'emopipe_frames_dropped_total{reason="malformed",stage="detect"}') == 10 * 4 * 500
     assert metric_value(text, 'emopipe_frames_processed_total{camera="cam0",stage="detect"}') == 10
     assert proc.poll() is None
     log = (ipc / "detect.log").read_text()
     assert 1 <= log.count("detect: dropped message") <= 6  # throttled: per reason, the first, then one per 10 s
-    pub.close()
-    sub.close(linger=0)
+    hub.close()

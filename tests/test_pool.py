@@ -1,0 +1,178 @@
+"""Worker pools on real sockets: who gets which work, what happens when workers join and leave."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from emopipe import bus, messages
+from emopipe.messages import Faces, Frame
+from emopipe.pool import Answer, Pool
+from helpers import wait_for
+
+
+def frame(camera: str, seq: int) -> list[object]:
+    return messages.encode(Frame(camera, seq, float(seq), np.zeros((4, 4, 3), np.uint8)), sent=time.time())
+
+
+@pytest.fixture
+def publisher(zmq_ctx: zmq.Context, ipc_dir: Path) -> Iterator[bus.Publisher]:
+    pub = bus.Publisher(
+        zmq_ctx,
+        f"ipc://{ipc_dir}/frames",
+        lossless=True,
+        hwm=8,
+        subscribers=1,
+        subscribe_timeout_s=5,
+        stop=threading.Event(),
+    )
+    yield pub
+    pub.close()
+
+
+class Worker:
+    """A detect worker's sockets, answering (or not) by hand."""
+
+    def __init__(self, ctx: zmq.Context, pub: bus.Publisher, topics: list[bytes] | None = None) -> None:
+        self.sub = bus.Subscriber(ctx, pub.endpoint, topics or [b"frame."], hwm=8, pool="detect")
+        self.got: list[tuple[str, int]] = []
+        self._origin: dict[str, int] = {}
+
+    def take(self, timeout_ms: int = 50) -> list[tuple[str, int]]:
+        new = []
+        for origin, parts in self.sub.receive_from(timeout_ms):
+            msg = messages.decode(parts)
+            self._origin[msg.camera] = origin
+            new.append((msg.camera, msg.seq))
+        self.got.extend(new)
+        return new
+
+    def answer(self, camera: str, seq: int) -> None:
+        faces = Faces(camera, seq, float(seq), (), np.zeros((0, 48, 48), np.uint8), ())
+        assert self.sub.answer(self._origin[camera], messages.encode(faces, sent=time.time()))
+
+    def close(self) -> None:
+        self.sub.close()
+
+
+def run(pool: Pool, workers: list[Worker], seconds: float) -> list[Answer]:
+    """Pump the pool while the workers take what they are handed."""
+    answers: list[Answer] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        answers.extend(pool.pump())
+        for worker in workers:
+            worker.take(5)
+    return answers
+
+
+def joined(pool: Pool, count: int) -> bool:
+    return wait_for(lambda: (list(pool.pump()), len(pool.workers()) == count)[1], 5)
+
+
+def test_a_sticky_pool_spreads_cameras_evenly_and_keeps_each_camera_on_one_worker(
+    zmq_ctx: zmq.Context, publisher: bus.Publisher
+) -> None:
+    pool = Pool(publisher, "detect", "frame", sticky=True, lossless=True, window=8)
+    workers = [Worker(zmq_ctx, publisher), Worker(zmq_ctx, publisher)]
+    assert joined(pool, 2)
+    for seq in range(3):
+        for camera in ("a", "b", "c", "d"):
+            pool.submit(camera, seq, frame(camera, seq))
+    run(pool, workers, 0.5)
+    cameras = [sorted({c for c, _ in w.got}) for w in workers]
+    assert sorted(len(c) for c in cameras) == [2, 2] and set(cameras[0]).isdisjoint(cameras[1])
+    for worker in workers:  # every frame once, each camera's in order
+        assert worker.got == sorted(worker.got, key=lambda item: (item[1], item[0])) and len(worker.got) == 6
+        worker.close()
+
+
+def test_a_worker_that_joins_is_given_a_camera_of_the_busiest_worker(
+    zmq_ctx: zmq.Context, publisher: bus.Publisher
+) -> None:
+    pool = Pool(publisher, "detect", "frame", sticky=True, lossless=True, window=8)
+    first = Worker(zmq_ctx, publisher)
+    assert joined(pool, 1)
+    pool.submit("a", 0, frame("a", 0))
+    pool.submit("b", 0, frame("b", 0))
+    run(pool, [first], 0.3)
+    assert sorted(first.got) == [("a", 0), ("b", 0)]
+    second = Worker(zmq_ctx, publisher)
+    assert joined(pool, 2)
+    pool.submit("a", 1, frame("a", 1))
+    pool.submit("b", 1, frame("b", 1))
+    run(pool, [first, second], 0.3)
+    assert len(second.got) == 1 and second.got[0][1] == 1  # one camera moved; the other stayed
+    assert pool.counts["moved"] == 1
+    first.close()
+    second.close()
+
+
+def test_the_work_of_a_worker_that_leaves_goes_to_another_in_order_and_its_late_answers_are_ignored(
+    zmq_ctx: zmq.Context, publisher: bus.Publisher
+) -> None:
+    pool = Pool(publisher, "detect", "frame", sticky=True, lossless=True, window=8)
+    dying = Worker(zmq_ctx, publisher)
+    assert joined(pool, 1)
+    for seq in range(3):
+        pool.submit("a", seq, frame("a", seq))
+    run(pool, [dying], 0.3)
+    assert dying.got == [("a", 0), ("a", 1), ("a", 2)]
+    dying.answer("a", 0)
+    dying.close()  # leaves without answering 1 and 2
+    heir = Worker(zmq_ctx, publisher)
+    started = time.monotonic()
+    answers = []
+    while len(heir.got) < 2 and time.monotonic() - started < 5:
+        answers.extend(run(pool, [heir], 0.05))
+    assert heir.got == [("a", 1), ("a", 2)]
+    assert time.monotonic() - started < bus.LIVENESS_S + 1.0
+    assert [(a.msg.camera, a.msg.seq) for a in answers] == [("a", 0)]
+    assert pool.counts["workers_lost"] == 1
+
+
+def test_a_stateless_pool_hands_work_to_the_least_busy_worker(zmq_ctx: zmq.Context, publisher: bus.Publisher) -> None:
+    pool = Pool(publisher, "detect", "frame", sticky=False, lossless=True, window=2)
+    stuck, quick = Worker(zmq_ctx, publisher), Worker(zmq_ctx, publisher)
+    assert joined(pool, 2)
+    answers: list[Answer] = []
+    for seq in range(10):
+        pool.submit("a", seq, frame("a", seq))
+        deadline = time.monotonic() + 1
+        while time.monotonic() < deadline and len(answers) + len(stuck.got) < seq + 1:
+            answers.extend(pool.pump())
+            stuck.take(5)
+            for camera, got in quick.take(5):
+                quick.answer(camera, got)
+    assert len(stuck.got) == 1  # the first; then the other always had less in flight
+    assert sorted(a.msg.seq for a in answers) == sorted(set(range(10)) - {s for _, s in stuck.got})
+    stuck.close()
+    quick.close()
+
+
+def test_live_a_camera_keeps_only_its_newest_waiting_unit_and_the_rest_count_as_stale(
+    publisher: bus.Publisher,
+) -> None:
+    pool = Pool(publisher, "detect", "frame", sticky=True, lossless=False, window=2)
+    for seq in range(3):  # no worker: it all waits
+        pool.submit("a", seq, frame("a", seq))
+    given = pool.take_given_up()
+    assert [(g.work.seq, g.reason) for g in given] == [(0, "stale"), (1, "stale")]
+    assert [w.seq for w in pool.waiting["a"]] == [2] and pool.pending("a") == 1
+
+
+def test_a_worker_takes_only_the_cameras_it_subscribes_to(zmq_ctx: zmq.Context, publisher: bus.Publisher) -> None:
+    pool = Pool(publisher, "detect", "frame", sticky=True, lossless=True, window=8)
+    only_b = Worker(zmq_ctx, publisher, [messages.topic("frame", "b")])
+    assert joined(pool, 1)
+    pool.submit("a", 0, frame("a", 0))
+    pool.submit("b", 0, frame("b", 0))
+    run(pool, [only_b], 0.3)
+    assert only_b.got == [("b", 0)] and [w.seq for w in pool.waiting["a"]] == [0]
+    only_b.close()
