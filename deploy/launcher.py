@@ -4,6 +4,7 @@
                 [--realtime] [--loop] [--show] [--record FILE] [--workers detect|classify=N ...]
                 [--prometheus [--prometheus-listen HOST:PORT]]
     emopipe check-config FILE
+    emopipe keys DIR
     emopipe bench [--cameras N] [--source VIDEO] [--seconds S] [--markdown FILE] [--smoke]
 
 ``run`` resolves the config (file + command-line options), writes it to a temporary
@@ -35,8 +36,8 @@ from pathlib import Path
 from deploy import bench as bench_mod
 from deploy.prometheus import server as prometheus_server
 from emopipe import config as config_mod
+from emopipe import curve, sample_video
 from emopipe import metrics as metrics_mod
-from emopipe import sample_video
 from emopipe.config import Config, ConfigError, SourceConfig, resolve_path
 from emopipe.service import EXIT_CONFIG, install_stop_handlers, setup_logging
 
@@ -274,6 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check = commands.add_parser("check-config", help="validate a config file and print it resolved")
     check.add_argument("file")
+    keys = commands.add_parser(
+        "keys", help="make CURVE key pairs for curve.keys (a server pair per link, a client pair)"
+    )
+    keys.add_argument("dir")
     bench_mod.add_arguments(commands.add_parser("bench", help="measure the paper's loop and the pipeline here"))
     return parser
 
@@ -282,6 +287,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "check-config":
         return check_config(args.file)
+    if args.command == "keys":
+        return make_keys(Path(args.dir))
     if args.command == "bench":
         return bench_mod.run(args)
     setup_logging("launcher", "INFO")
@@ -321,6 +328,20 @@ def empty_line_files(cfg: Config) -> None:
                 path.write_text("")
             except OSError as exc:
                 raise OSError(f"cannot write the JSON-lines file {path}: {exc.strerror or exc}") from exc
+
+
+def make_keys(directory: Path) -> int:
+    if any(directory.glob("*.key*")):
+        print(f"emopipe: {directory} already holds keys; not overwriting them", file=sys.stderr)
+        return EXIT_CONFIG
+    for path in curve.make_keys(directory):
+        print(path)
+    print(
+        f'set curve.keys = "{directory.resolve()}" on every host; a host that only connects needs '
+        "client.key_secret and the *.key files, not the other *.key_secret",
+        flush=True,
+    )
+    return 0
 
 
 def check_config(path: str) -> int:

@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from emopipe import messages
+from emopipe.curve import Keys
 from emopipe.messages import Message
 from emopipe.throttle import ThrottledLog
 
@@ -115,8 +116,12 @@ class Publisher:
         stop: threading.Event,
         refused: CounterChild | None = None,
         dropped: CounterChild | None = None,
+        keys: Keys | None = None,
+        link: str = "",
     ) -> None:
         self.sock = ctx.socket(zmq.ROUTER)
+        if keys is not None:
+            keys.serve(self.sock, link)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, hwm)
         self.sock.setsockopt(zmq.RCVHWM, 100)
@@ -365,6 +370,8 @@ class Subscriber:
         hwm: int,
         max_message_mb: int = 64,
         pool: str | None = None,
+        keys: Keys | None = None,
+        link: str = "",
     ) -> None:
         self.topics = list(topics)
         self.pool = pool  # a worker: it gets only the work its publisher hands it, and answers it
@@ -376,6 +383,8 @@ class Subscriber:
             sock.setsockopt(zmq.RCVHWM, hwm)
             sock.setsockopt(zmq.SNDHWM, hwm if pool else 2)  # subscriptions wait for the connection
             sock.setsockopt(zmq.MAXMSGSIZE, max_message_mb << 20)
+            if keys is not None:
+                keys.connect(sock, link)
             sock.connect(address)
             self.sockets.append(sock)
         self._poller = zmq.Poller()

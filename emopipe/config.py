@@ -93,6 +93,13 @@ class BusConfig:
 
 
 @dataclass(frozen=True)
+class CurveConfig:
+    # a directory made by `emopipe keys DIR`: every link encrypted, and only peers whose public key
+    # is a *.key file there get in (emopipe/curve.py); "" = plain links (one host: ipc:// in a 0700 dir)
+    keys: str = ""
+
+
+@dataclass(frozen=True)
 class CaptureConfig:
     metrics_port: int = 9101  # 0 = no /metrics
     subscribers: int = 1  # lossless: subscribers to wait for before the first frame (the sink)
@@ -166,6 +173,7 @@ class Config:
     sources: list[SourceConfig] = field(default_factory=list)
     endpoints: EndpointsConfig = field(default_factory=EndpointsConfig)
     bus: BusConfig = field(default_factory=BusConfig)
+    curve: CurveConfig = field(default_factory=CurveConfig)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     detect: DetectConfig = field(default_factory=DetectConfig)
     classify: ClassifyConfig = field(default_factory=ClassifyConfig)

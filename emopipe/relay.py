@@ -22,7 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import zmq
 
-from emopipe import bus, messages, service
+from emopipe import bus, curve, messages, service
 from emopipe.bus import Subscriber
 from emopipe.config import Config
 from emopipe.messages import EndOfStream, Message, MessageError
@@ -216,7 +216,10 @@ def serve(
     ctx = zmq.Context()
     try:
         with service.starting(stage):
-            sub = bus.Subscriber(ctx, endpoint, bus.topics_for([kind], cameras), hwm, cfg.bus.max_message_mb, stage)
+            keys = curve.load(cfg.curve.keys)
+            link = "frames" if kind == "frame" else kind
+            topics = bus.topics_for([kind], cameras)
+            sub = bus.Subscriber(ctx, endpoint, topics, hwm, cfg.bus.max_message_mb, stage, keys, link)
         log.info("%s: a worker of %s's %s pool", stage, endpoint, stage)
         try:
             run(stage, sub, expected, handle, metrics, stop, threads, cfg.lossless)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import zmq
 from prometheus_client import CollectorRegistry
 
-from emopipe import messages, service
+from emopipe import curve, messages, service
 from emopipe import metrics as metrics_mod
 from emopipe.bus import Publisher, SubscriberTimeoutError
 from emopipe.config import Config, resolve_path
@@ -50,11 +50,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     metrics = metrics_mod.create(CollectorRegistry(), "capture", cfg.cameras)
     ctx = zmq.Context()
     publishers: list[Publisher] = []
+    auth = None
     try:
         with service.starting("capture"):
             metrics_mod.serve(metrics, cfg.capture.metrics_port, cfg.pipeline.metrics_host)
-            for endpoint in (cfg.endpoints.frames, cfg.endpoints.faces, cfg.endpoints.results):
-                publishers.append(bind(ctx, cfg, endpoint, stop, metrics))
+            keys = curve.load(cfg.curve.keys)
+            if keys is not None:
+                auth = keys.authenticator(ctx)
+                log.info("CURVE on every link; clients: the public keys in %s", keys.directory)
+            for link in curve.LINKS:
+                publishers.append(bind(ctx, cfg, link, stop, metrics, keys))
         frames, faces, results = publishers
         log.info(
             "cameras %s (%s): detect workers and the sink on %s, classify workers on %s, the sink's results on %s",
@@ -72,13 +77,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop.set()
         for pub in publishers:
             pub.close()
+        if auth is not None:
+            auth.stop()
         ctx.term()
 
 
-def bind(ctx: zmq.Context, cfg: Config, endpoint: str, stop: threading.Event, metrics: Metrics) -> Publisher:
+def bind(
+    ctx: zmq.Context, cfg: Config, link: str, stop: threading.Event, metrics: Metrics, keys: curve.Keys | None
+) -> Publisher:
     return Publisher(
         ctx,
-        endpoint,
+        getattr(cfg.endpoints, link),
         lossless=cfg.lossless,
         hwm=cfg.bus.lossless_hwm if cfg.lossless else cfg.bus.live_hwm,
         subscribers=cfg.capture.subscribers,
@@ -86,6 +95,8 @@ def bind(ctx: zmq.Context, cfg: Config, endpoint: str, stop: threading.Event, me
         stop=stop,
         refused=metrics.subscriptions_refused.labels(stage="capture"),
         dropped=metrics.frames_dropped.labels(stage="capture", reason="hwm"),
+        keys=keys,
+        link=link,
     )
 
 

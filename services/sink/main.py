@@ -15,7 +15,7 @@ from typing import Any
 import zmq
 from prometheus_client import CollectorRegistry
 
-from emopipe import bus, messages, service
+from emopipe import bus, curve, messages, service
 from emopipe import metrics as metrics_mod
 from emopipe.bus import Subscriber
 from emopipe.config import Config, resolve_path
@@ -199,10 +199,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ctx = zmq.Context()
     hwm = cfg.bus.lossless_hwm if cfg.lossless else cfg.bus.live_hwm * 4
     limit = cfg.bus.max_message_mb
-    frames = bus.Subscriber(ctx, cfg.endpoints.frames, bus.topics_for(["frame", "eos"], cfg.sink.cameras), hwm, limit)
-    results = bus.Subscriber(
-        ctx, cfg.endpoints.results, bus.topics_for(["results", "eos"], cfg.sink.cameras), hwm, limit
-    )
+    with service.starting("sink"):
+        keys = curve.load(cfg.curve.keys)
+        frame_topics = bus.topics_for(["frame", "eos"], cfg.sink.cameras)
+        frames = bus.Subscriber(ctx, cfg.endpoints.frames, frame_topics, hwm, limit, keys=keys, link="frames")
+        result_topics = bus.topics_for(["results", "eos"], cfg.sink.cameras)
+        results = bus.Subscriber(ctx, cfg.endpoints.results, result_topics, hwm, limit, keys=keys, link="results")
     progress = Progress([s for s in cfg.sources if s.id in cameras], cfg.sink.progress_s)
     try:
         sink = Sink(cfg, metrics, events, outputs, tracks, progress)
