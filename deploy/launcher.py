@@ -295,6 +295,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop = install_stop_handlers()
     try:
         cfg = resolve(args)
+        keys = curve.load(cfg.curve.keys)
+        if keys is not None:
+            keys.check()
         empty_line_files(cfg)
     except (ConfigError, OSError, subprocess.CalledProcessError) as exc:
         log.error("%s", exc)

@@ -187,9 +187,9 @@ class Publisher:
                 continue
             peer = self.peers.get(identity)
             if peer is None or peer.pool is None:
-                self._refuse(identity, b"|".join(body)[:80], "a message that is not a subscription")
+                self.refuse(identity, b"|".join(body)[:80], "a message that is not a subscription")
             elif len(self.answers) >= MAX_ANSWERS:
-                self._refuse(identity, b"", f"an answer over {MAX_ANSWERS} waiting")
+                self.refuse(identity, b"", f"an answer over {MAX_ANSWERS} waiting")
             else:
                 peer.seen = time.monotonic()
                 self.answers.append((identity, body))
@@ -199,7 +199,7 @@ class Publisher:
         if prefixes and prefixes[0].startswith(b"@"):
             found = POOL.fullmatch(prefixes[0])
             if found is None:
-                self._refuse(identity, prefixes[0], "a pool name that is not [a-z]{1,16}")
+                self.refuse(identity, prefixes[0], "a pool name that is not [a-z]{1,16}")
                 return
             pool, prefixes = found.group(1).decode(), prefixes[1:]
         wanted: list[bytes] = []
@@ -207,18 +207,18 @@ class Publisher:
         for prefix in prefixes:
             (wanted if WANTED.fullmatch(prefix) else bad).append(prefix)
         if bad:
-            self._refuse(identity, bad[0], "a subscription that no pipeline stage makes", len(bad))
+            self.refuse(identity, bad[0], "a subscription that no pipeline stage makes", len(bad))
         kept = tuple(dict.fromkeys(wanted))
         if len(kept) > MAX_TOPICS_PER_PEER:
             over = kept[MAX_TOPICS_PER_PEER:]
-            self._refuse(identity, over[0], f"over {MAX_TOPICS_PER_PEER} subscriptions of one peer", len(over))
+            self.refuse(identity, over[0], f"over {MAX_TOPICS_PER_PEER} subscriptions of one peer", len(over))
             kept = kept[:MAX_TOPICS_PER_PEER]
         if not kept:  # nothing (left) to send it
             self.peers.pop(identity, None)
             return
         now = time.monotonic()
         if identity not in self.peers and len(self.peers) >= MAX_PEERS and not self._forget_stalest(now):
-            self._refuse(identity, b"", f"a peer over {MAX_PEERS}")
+            self.refuse(identity, b"", f"a peer over {MAX_PEERS}")
             return
         self.peers[identity] = Peer(kept, now, pool)
 
@@ -229,7 +229,7 @@ class Publisher:
         del self.peers[identity]
         return True
 
-    def _refuse(self, identity: bytes, what: bytes, why: str, count: int = 1) -> None:
+    def refuse(self, identity: bytes, what: bytes, why: str, count: int = 1) -> None:
         if self._refused_metric is not None:
             self._refused_metric.inc(count)
         self._refused_log.event(

@@ -62,6 +62,11 @@ class Keys:
         sock.curve_secretkey = secret
         sock.curve_serverkey = server
 
+    def check(self) -> None:
+        """Every file a one-host pipeline needs is there (the launcher checks before it starts a stage)."""
+        for name in (*LINKS, CLIENT):
+            self._load(name, secret=True)
+
     def authenticator(self, ctx: zmq.Context) -> ThreadAuthenticator:
         """Started: accepts CURVE clients whose public key is a ``*.key`` file of the directory."""
         auth = ThreadAuthenticator(ctx)

@@ -115,7 +115,7 @@ class Pool:
             msg = messages.decode(parts)
         except MessageError as exc:
             self.counts["malformed"] += 1
-            log.error("pool %s: worker %s sent a bad answer: %s", self.name, identity.hex(), exc)
+            self.pub.refuse(identity, str(exc).encode(), f"an answer of a {self.name} worker that does not decode")
             return None
         work = self.inflight.get(identity, {}).pop((msg.camera, msg.seq), None)
         if work is None:  # from a worker given up for gone, or an answer to no work of ours

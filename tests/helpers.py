@@ -77,11 +77,14 @@ class WorkerHub:
             stop=threading.Event(),
         )
         self.pool = Pool(self.pub, stage, kind, sticky=stage == "detect", lossless=True, window=8)
+        self._worker: bytes | None = None
 
     def worker(self, timeout: float = 30.0) -> bytes:
-        """The identity of the first worker that joins."""
-        assert wait_for(lambda: bool(list(self.pool.pump()) or self.pool.workers()), timeout), "no worker joined"
-        return self.pool.workers()[0]
+        """The identity of the first worker that joins (answers meanwhile wait for ``answers``)."""
+        if self._worker is None:
+            assert wait_for(lambda: bool(self.pub.subscriber_count(b"") >= 0 and self.pool.workers()), timeout)
+            self._worker = self.pool.workers()[0]
+        return self._worker
 
     def submit(self, msg: messages.Message) -> None:
         self.pool.submit(msg.camera, msg.seq, messages.encode(msg, sent=time.time()))

@@ -13,10 +13,13 @@ from pathlib import Path
 import pytest
 import zmq
 
-from emopipe import service
+from emopipe import metrics, service
 from emopipe.config import DetectConfig
 from helpers import REPO, pipeline_toml
 from services.detect import detector
+
+#: sockets a case holds open until the test ends
+HELD: list[socket.socket] = []
 
 
 @pytest.fixture
@@ -26,6 +29,8 @@ def taken_port() -> Iterator[int]:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         yield int(sock.getsockname()[1])
+    while HELD:
+        HELD.pop().close()
 
 
 def run_pipeline(tmp_path: Path, config: str, *args: str) -> tuple[int, str, float]:
@@ -52,8 +57,28 @@ def not_a_video(tmp: Path, video: Path, port: int) -> tuple[str, list[str], str]
 
 
 def metrics_port_in_use(tmp: Path, video: Path, port: int) -> tuple[str, list[str], str]:
+    config = pipeline_toml(tmp, [("cam0", video, False)], sink={"metrics_port": port})
+    return config, [], f"sink cannot start: cannot serve metrics on 127.0.0.1:{port}: Address already in use"
+
+
+def every_worker_metrics_port_in_use(tmp: Path, video: Path, port: int) -> tuple[str, list[str], str]:
+    """A pooled stage's worker takes the next free port of port, port + 10, ...: here none is free."""
     config = pipeline_toml(tmp, [("cam0", video, False)], classify={"metrics_port": port})
-    return config, [], f"classify cannot start: cannot serve metrics on 127.0.0.1:{port}: Address already in use"
+    taken = [socket.socket() for _ in range(metrics.WORKER_PORTS - 1)]
+    for k, sock in enumerate(taken, start=1):
+        sock.bind(("127.0.0.1", port + metrics.WORKER_PORT_STEP * k))
+        sock.listen()
+        HELD.append(sock)
+    last = port + metrics.WORKER_PORT_STEP * (metrics.WORKER_PORTS - 1)
+    cause = (
+        f"classify cannot start: cannot serve metrics on 127.0.0.1:{port}..{last} (every 10): Address already in use"
+    )
+    return config, [], cause
+
+
+def curve_keys_missing(tmp: Path, video: Path, port: int) -> tuple[str, list[str], str]:
+    config = pipeline_toml(tmp, [("cam0", video, False)], curve={"keys": tmp / "keys"})
+    return config, [], f"curve.keys {tmp / 'keys'} is not a directory (make one with `emopipe keys {tmp / 'keys'}`)"
 
 
 def viewer_port_in_use(tmp: Path, video: Path, port: int) -> tuple[str, list[str], str]:
@@ -65,7 +90,7 @@ def endpoint_in_use(tmp: Path, video: Path, port: int) -> tuple[str, list[str], 
     config = pipeline_toml(tmp, [("cam0", video, False)]).replace(
         f'faces = "ipc://{tmp}/faces"', f'faces = "tcp://127.0.0.1:{port}"'
     )
-    return config, [], f"detect cannot start: cannot bind tcp://127.0.0.1:{port}: Address already in use"
+    return config, [], f"capture cannot start: cannot bind tcp://127.0.0.1:{port}: Address already in use"
 
 
 def model_not_onnx(tmp: Path, video: Path, port: int) -> tuple[str, list[str], str]:
@@ -92,7 +117,9 @@ def unknown_camera(tmp: Path, video: Path, port: int) -> tuple[str, list[str], s
     [
         not_a_video,
         metrics_port_in_use,
+        every_worker_metrics_port_in_use,
         viewer_port_in_use,
+        curve_keys_missing,
         endpoint_in_use,
         model_not_onnx,
         events_not_writable,
