@@ -1,6 +1,7 @@
 """``emopipe bench``: the paper's single-process loop, then the pipeline on N cameras, in one run.
 
     emopipe bench [--cameras N] [--source VIDEO] [--seconds S] [--markdown FILE] [--smoke]
+                  [--workers detect|classify=N ...] [--every-frame]
 
 1. The paper's loop (read, full-frame Haar, the CNN on each face, draw), as fast as it goes.
 2. ``emopipe run --realtime`` with N copies of the video as cameras, played at their frame
@@ -11,6 +12,11 @@
 3. Detection recall against the full-frame cascade on every frame (scale 1.1, 5 neighbours,
    40x40), every frame in order as in lossless mode, with the config's scheduled
    detection; and label flicker (label changes per track-second), raw against smoothed.
+
+With ``--workers``, step 2 runs twice in the same command: one worker per stage, then the
+workers asked for, and the report gives the ratio of their throughputs. ``--every-frame``
+makes detection the bottleneck the paper has (the full-frame cascade on every frame, one
+camera at a time per worker: ``detect.threads = 1``), which is what more workers are for.
 
 The default video is the carphone clip scaled to 640x480 at 30 FPS, played forwards and
 backwards twice (16 s, so tracks last longer than the 4 s clip).
@@ -42,6 +48,7 @@ from emopipe import config as config_mod
 from emopipe import sample_video
 from emopipe.config import Config, SourceConfig
 from emopipe.messages import Box, FaceResult, Frame, Results
+from emopipe.metrics import worker_ports
 from services.classify.model import EmotionModel
 from services.detect.detector import FaceDetector
 from services.detect.main import Detect
@@ -164,6 +171,10 @@ class PipelineResult:
     def fps(self, camera: str) -> float:
         return self.lines[camera] / self.seconds
 
+    @property
+    def total(self) -> float:
+        return sum(self.fps(c) for c in self.cameras)
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -171,7 +182,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def bench_config(base: Config, video: Path, cameras: int, workdir: Path, transport: str = "ipc") -> Config:
+def bench_config(
+    base: Config,
+    video: Path,
+    cameras: int,
+    workdir: Path,
+    transport: str = "ipc",
+    workers: dict[str, int] | None = None,
+) -> Config:
     """The pipeline on ``cameras`` looped copies of ``video``: sockets in ``workdir`` (ipc, the
     default on one host) or on free loopback ports (tcp, as between hosts)."""
     ports = [free_port() for _ in range(8)]
@@ -189,6 +207,8 @@ def bench_config(base: Config, video: Path, cameras: int, workdir: Path, transpo
     cfg = config_mod.replace(cfg, "sink", events=str(events), metrics_port=ports[3])
     for stage, port in zip(("capture", "detect", "classify"), ports[4:7], strict=True):
         cfg = config_mod.replace(cfg, stage, metrics_port=port)
+    for stage, count in (workers or {}).items():
+        cfg = config_mod.replace(cfg, stage, workers=count)
     return config_mod.replace(cfg, "viewer", port=ports[7])
 
 
@@ -208,7 +228,7 @@ def run_pipeline(cfg: Config, warmup_s: float, seconds: float, workdir: Path) ->
     try:
         with events.open() as fh:
             _follow(fh, proc, time.monotonic() + warmup_s, None, "warming up")
-            stages = stage_processes(proc)
+            stages = stage_processes(proc, cfg)
             for p in stages.values():
                 p.cpu_percent(None)
             rss_start = {s: p.memory_info().rss / 2**20 for s, p in stages.items()}
@@ -251,24 +271,31 @@ def _follow(fh, proc: subprocess.Popen, until: float, latencies: dict[str, list[
         progress(f"pipeline {what}: {count} lines, {until - time.monotonic():.0f} s left")
 
 
-def stage_processes(launcher: subprocess.Popen) -> dict[str, psutil.Process]:  # type: ignore[type-arg]
+def stage_processes(launcher: subprocess.Popen, cfg: Config) -> dict[str, psutil.Process]:  # type: ignore[type-arg]
+    """Each stage's processes: ``detect``, ``detect#2``, ... for the workers of a pooled stage."""
+    expected = len(STAGES) - 2 + cfg.detect.workers + cfg.classify.workers
     deadline = time.monotonic() + 30
     while True:
-        found = {}
-        for child in psutil.Process(launcher.pid).children(recursive=True):
+        found: dict[str, psutil.Process] = {}
+        for child in sorted(psutil.Process(launcher.pid).children(recursive=True), key=lambda p: p.pid):
             cmd = " ".join(child.cmdline())
             for stage in STAGES:
                 if f"services.{stage}" in cmd:
-                    found[stage] = child
-        if len(found) == len(STAGES) or time.monotonic() > deadline:
+                    same = sum(1 for name in found if name.split("#")[0] == stage)
+                    found[stage if not same else f"{stage}#{same + 1}"] = child
+        if len(found) == expected or time.monotonic() > deadline:
             return found
         time.sleep(0.2)
 
 
 def scrape_drops(cfg: Config) -> dict[str, float]:
     drops: dict[str, float] = {}
-    for stage in STAGES:
-        port = getattr(cfg, stage).metrics_port
+    ports = [
+        port
+        for stage in STAGES
+        for port in worker_ports(getattr(cfg, stage).metrics_port, getattr(getattr(cfg, stage), "workers", 1))
+    ]
+    for port in ports:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
             for line in resp.read().decode().splitlines():
                 match = _DROPPED.match(line)
@@ -383,9 +410,15 @@ def cpu_model() -> str:
 
 
 def report(
-    video: Path, paper_fps: float, pipe: PipelineResult, tracking: TrackingResult, cfg: Config, args: argparse.Namespace
+    video: Path,
+    paper_fps: float,
+    pipe: PipelineResult,
+    tracking: TrackingResult,
+    cfg: Config,
+    args: argparse.Namespace,
+    baseline: PipelineResult | None = None,
 ) -> str:
-    total = sum(pipe.fps(c) for c in pipe.cameras)
+    total = pipe.total
     rows = [
         f"# emopipe bench: {len(pipe.cameras)} cameras",
         "",
@@ -394,8 +427,12 @@ def report(
         f"- command: `emopipe bench --cameras {len(pipe.cameras)} --seconds {args.seconds:g}"
         + (f" --transport {args.transport}" if args.transport != "ipc" else "")
         + (f" --source {args.source}" if args.source else "")
+        + "".join(f" --workers {w}" for w in args.workers or [])
+        + (" --every-frame" if args.every_frame else "")
         + "`",
-        f"- measured {pipe.seconds:.1f} s after {args.warmup:g} s of warm-up, live mode (--realtime), default config",
+        f"- measured {pipe.seconds:.1f} s after {args.warmup:g} s of warm-up, live mode (--realtime), "
+        + ("detection full-frame on every frame, detect.threads = 1" if args.every_frame else "default config")
+        + f"; workers: detect {cfg.detect.workers}, classify {cfg.classify.workers}",
         "",
         "| camera | processed FPS | latency p50 ms | p95 ms | p99 ms |",
         "|---|---:|---:|---:|---:|",
@@ -412,11 +449,17 @@ def report(
         "| stage | CPU % | RSS start MB | RSS end MB |",
         "|---|---:|---:|---:|",
     ]
-    for stage in STAGES:
-        u = pipe.usage.get(stage)
-        if u is not None:
-            rows.append(f"| {stage} | {u.cpu_percent:.0f} | {u.rss_start_mb:.0f} | {u.rss_end_mb:.0f} |")
+    for stage, u in sorted(pipe.usage.items(), key=lambda item: STAGES.index(item[0].split("#")[0])):
+        rows.append(f"| {stage} | {u.cpu_percent:.0f} | {u.rss_start_mb:.0f} | {u.rss_end_mb:.0f} |")
     drops = ", ".join(f"{k} {v:.0f}" for k, v in sorted(pipe.drops.items())) or "none"
+    if baseline is not None:
+        slowest = min(baseline.fps(c) for c in baseline.cameras)
+        rows += [
+            "",
+            f"Workers: the same run with one worker per stage first: {baseline.total:.1f} frames/s (slowest camera"
+            f" {slowest:.1f} FPS); with detect {cfg.detect.workers}, classify {cfg.classify.workers}:"
+            f" {total:.1f} frames/s, **{total / baseline.total:.2f}x**.",
+        ]
     rows += [
         "",
         f"Drops by stage/reason: {drops}.",
@@ -451,6 +494,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--markdown", metavar="FILE", help="also write the table to FILE")
     parser.add_argument("--smoke", action="store_true", help="a few seconds, 2 cameras: checks that it all runs")
+    parser.add_argument(
+        "--workers",
+        action="append",
+        metavar="STAGE=N",
+        help="N workers of detect or classify; the run is then also measured with one of each, for the ratio",
+    )
+    parser.add_argument(
+        "--every-frame",
+        action="store_true",
+        help="detection full-frame on every frame, one camera at a time per worker (detect.threads = 1)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -460,6 +514,13 @@ def run(args: argparse.Namespace) -> int:
         print("emopipe bench: --cameras must be at least 1", file=sys.stderr)
         return 2
     base = config_mod.load(args.config)
+    if args.every_frame:
+        base = config_mod.replace(base, "detect", every_frame=True, threads=1)
+    try:
+        workers = config_mod.parse_workers(args.workers or [])
+    except config_mod.ConfigError as exc:
+        print(f"emopipe bench: {exc}", file=sys.stderr)
+        return 2
     video = Path(args.source).resolve() if args.source else bench_video()
     if not video.is_file():
         print(f"emopipe bench: video {video} does not exist", file=sys.stderr)
@@ -467,11 +528,15 @@ def run(args: argparse.Namespace) -> int:
     model = EmotionModel(config_mod.resolve_path(base.classify.model), base.classify.intra_op_threads)
     paper_fps = paper_loop(video, model, base, args.paper_seconds)
     tracking = measure_tracking(read_frames(video, limit=args.recall_frames), video_fps(video), base, model)
+    baseline = None
     with tempfile.TemporaryDirectory(prefix="emopipe-bench-") as tmp:
-        cfg = bench_config(base, video, args.cameras, Path(tmp), args.transport)
+        if workers:
+            cfg = bench_config(base, video, args.cameras, Path(tmp), args.transport)
+            baseline = run_pipeline(cfg, args.warmup, args.seconds, Path(tmp))
+        cfg = bench_config(base, video, args.cameras, Path(tmp), args.transport, workers)
         pipe = run_pipeline(cfg, args.warmup, args.seconds, Path(tmp))
     progress("")
-    text = report(video, paper_fps, pipe, tracking, base, args)
+    text = report(video, paper_fps, pipe, tracking, cfg, args, baseline)
     print(text)
     if args.markdown:
         Path(args.markdown).write_text(text)

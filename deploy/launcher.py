@@ -47,7 +47,6 @@ START_ORDER = ("sink", "classify", "detect", "capture")
 SOURCE_WITH_ID = re.compile(r"^([A-Za-z0-9_-]{1,64})=(.+)$")
 #: the stages that run as pools of workers (``<stage>.workers``, ``--workers STAGE=N``)
 POOLED = ("detect", "classify")
-WORKERS = re.compile(r"^(detect|classify)=([1-9][0-9]?)$")
 STABLE_AFTER_S = 30.0  # a stage that ran this long gets its backoff reset
 
 
@@ -92,11 +91,8 @@ def resolve(args: argparse.Namespace) -> Config:
         cfg = config_mod.replace(cfg, "sink", record=str(Path(args.record).resolve()))
     if args.show:
         cfg = config_mod.replace(cfg, "sink", show=True)
-    for value in args.workers or []:
-        match = WORKERS.match(value)
-        if match is None:
-            raise ConfigError(f"--workers {value}: expected detect=N or classify=N, N from 1 to 99")
-        cfg = config_mod.replace(cfg, match.group(1), workers=int(match.group(2)))
+    for stage, count in config_mod.parse_workers(args.workers or []).items():
+        cfg = config_mod.replace(cfg, stage, workers=count)
     cfg = dataclasses.replace(cfg, sources=[_absolute(s) for s in cfg.sources])
     return config_mod.validate(cfg)
 

@@ -13,7 +13,7 @@ import dataclasses
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -334,6 +334,21 @@ def _check_positive(cfg: Config) -> None:
         if not ok:
             section, name = key.split(".")
             raise ConfigError(f"'{key}' has an invalid value {getattr(getattr(cfg, section), name)!r}")
+
+
+#: ``--workers STAGE=N`` (emopipe run, emopipe bench): the stages that run as pools of workers
+WORKERS_OPTION = re.compile(r"^(detect|classify)=([1-9][0-9]?)$")
+
+
+def parse_workers(values: Sequence[str]) -> dict[str, int]:
+    """``["detect=2", ...]`` as ``{"detect": 2}``; a bad one is a ConfigError naming it."""
+    found = {}
+    for value in values:
+        match = WORKERS_OPTION.match(value)
+        if match is None:
+            raise ConfigError(f"--workers {value}: expected detect=N or classify=N, N from 1 to 99")
+        found[match.group(1)] = int(match.group(2))
+    return found
 
 
 def replace(cfg: Config, section: str, **changes: Any) -> Config:
