@@ -73,6 +73,8 @@ RESUBSCRIBE_S = 0.25
 LIVENESS_S = 1.0
 #: in a subscription, the part that makes the peer a worker of a pool: ``@`` and the pool's name
 POOL = re.compile(rb"@([a-z]{1,16})")
+#: a worker's queues (its work is bounded by the pool's window, emopipe.pool)
+WORKER_HWM = 64
 #: answers from workers waiting to be taken, at most (more are refused)
 MAX_ANSWERS = 10_000
 MAX_PEERS = 128
@@ -380,8 +382,9 @@ class Subscriber:
         for address in self.addresses:
             sock = ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.RCVHWM, hwm)
-            sock.setsockopt(zmq.SNDHWM, hwm if pool else 2)  # subscriptions wait for the connection
+            # a pool's worker is handed at most the pool's window of work, so its queues may be longer
+            sock.setsockopt(zmq.RCVHWM, max(hwm, WORKER_HWM) if pool else hwm)
+            sock.setsockopt(zmq.SNDHWM, max(hwm, WORKER_HWM) if pool else 2)  # subscriptions wait to connect
             sock.setsockopt(zmq.MAXMSGSIZE, max_message_mb << 20)
             if keys is not None:
                 keys.connect(sock, link)

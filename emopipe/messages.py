@@ -190,6 +190,14 @@ def _payload_and_fields(msg: Message, header: dict[str, Any]) -> np.ndarray:
     return np.zeros((0,), dtype=np.uint8)
 
 
+def with_tracks(parts: Sequence[Any], tracks: Sequence[int]) -> list[Any]:
+    """An encoded, already decoded (valid) Faces message with other track ids: only its header
+    is packed again; the crops stay the buffer they are."""
+    header = msgpack.unpackb(bytes(_buffer(parts[1])), raw=False)
+    header["tracks"] = list(tracks)
+    return [parts[0], msgpack.packb(header), parts[2]]
+
+
 # ---------------------------------------------------------------- decoding
 
 

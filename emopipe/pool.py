@@ -37,6 +37,8 @@ from emopipe.bus import Publisher
 from emopipe.messages import Message, MessageError
 
 log = logging.getLogger(__name__)
+#: how often the pool looks for workers that left and for work given up
+CHECK_EVERY_S = 0.05
 
 
 @dataclass
@@ -51,7 +53,8 @@ class Work:
 @dataclass
 class Answer:
     work: Work
-    msg: Message
+    msg: Message  # decoded: checked
+    parts: list[zmq.Frame]  # as it came, to send on unchanged
 
 
 @dataclass
@@ -76,6 +79,7 @@ class Pool:
     assigned: dict[str, bytes] = field(default_factory=dict)
     given_up: list[Given] = field(default_factory=list)
     last_given: dict[bytes, float] = field(default_factory=dict)  # ties go to the worker idle longest
+    _checked: float = 0.0
     counts: Counter[str] = field(default_factory=Counter)  # answers, moved, lost workers, ignored answers
 
     def submit(self, camera: str, seq: int, parts: Sequence[Any]) -> None:
@@ -122,11 +126,14 @@ class Pool:
             self.counts["ignored"] += 1
             return None
         self.counts["answers"] += 1
-        return Answer(work, msg)
+        return Answer(work, msg, parts)
 
     def _check_workers(self) -> None:
-        live = set(self.workers())
         now = time.monotonic()
+        if now - self._checked < CHECK_EVERY_S:
+            return
+        self._checked = now
+        live = set(self.workers())
         for member in list(self.inflight):
             if member not in live:
                 self._lost(member)

@@ -16,9 +16,8 @@ moves to another detect worker starts new tracks there; ids never repeat).
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter, deque
-from dataclasses import replace
+from typing import Any
 
 from emopipe import messages
 from emopipe.bus import Publisher
@@ -28,27 +27,30 @@ from emopipe.metrics import Metrics
 from emopipe.pool import Given, Pool, Work
 
 log = logging.getLogger("emopipe.capture")
-#: live: units in flight per camera at detect, per worker at classify (one running, one queued)
-LIVE_WINDOW = 2
+#: live, units in flight: per camera at detect (the next frame waits here, where a newer one
+#: replaces it), per worker at classify (one running, one queued)
+LIVE_DETECT_WINDOW = 1
+LIVE_CLASSIFY_WINDOW = 2
+#: live: work unanswered this long is given up (``lost``); meanwhile later frames of its camera wait
+LIVE_TIMEOUT_S = 1.0
 
 
 class Hub:
     def __init__(self, frames: Publisher, faces: Publisher, results: Publisher, cfg: Config, metrics: Metrics) -> None:
         self.lossless = cfg.lossless
-        window = cfg.bus.lossless_hwm if cfg.lossless else LIVE_WINDOW
-        timeout = cfg.sink.match_timeout_s
+        lossless = cfg.bus.lossless_hwm if cfg.lossless else 0
         self.detect = Pool(
-            frames, "detect", "frame", sticky=True, lossless=cfg.lossless, window=window, timeout_s=timeout
+            frames, "detect", "frame", True, cfg.lossless, lossless or LIVE_DETECT_WINDOW, LIVE_TIMEOUT_S
         )
         self.classify = Pool(
-            faces, "classify", "faces", sticky=False, lossless=cfg.lossless, window=window, timeout_s=timeout
+            faces, "classify", "faces", False, cfg.lossless, lossless or LIVE_CLASSIFY_WINDOW, LIVE_TIMEOUT_S
         )
         self.results = results
         self.metrics = metrics
         #: lossless: frames of a camera on their way at most (back-pressure reaches the source)
         self.max_open = 4 * cfg.bus.lossless_hwm
         self.open: dict[str, deque[int]] = {}  # seqs handed to detect, not yet sent on, in order
-        self.answered: dict[str, dict[int, Results]] = {}
+        self.answered: dict[str, dict[int, list[Any]]] = {}  # encoded results, waiting for their turn
         self.gone: dict[str, set[int]] = {}  # given up (live): skipped when their turn comes
         self.ended: dict[str, EndOfStream] = {}
         self.closed: set[str] = set()  # results end-of-stream sent
@@ -73,12 +75,11 @@ class Hub:
             if not self._expected(answer.work.camera, answer.work.seq, faces, Faces):
                 continue
             assert isinstance(faces, Faces) and answer.work.member is not None
-            faces = replace(faces, tracks=self._track_ids(faces, answer.work.member))
-            self.classify.submit(faces.camera, faces.seq, messages.encode(faces, sent=time.time()))
+            parts = messages.with_tracks(answer.parts, self._track_ids(faces, answer.work.member))
+            self.classify.submit(faces.camera, faces.seq, parts)
         for answer in self.classify.pump():
             if self._expected(answer.work.camera, answer.work.seq, answer.msg, Results):
-                assert isinstance(answer.msg, Results)
-                self.answered.setdefault(answer.msg.camera, {})[answer.msg.seq] = answer.msg
+                self.answered.setdefault(answer.msg.camera, {})[answer.msg.seq] = answer.parts
         for given in self.detect.take_given_up() + self.classify.take_given_up():
             self._give_up(given)
         return self._release()
@@ -114,7 +115,7 @@ class Hub:
                 if seq in gone:
                     gone.discard(seq)
                 elif seq in answered:
-                    if not self.results.send(answered.pop(seq)):
+                    if not self.results.send_parts(answered.pop(seq)):
                         return False
                 else:
                     break

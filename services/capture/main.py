@@ -82,6 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ctx.term()
 
 
+RESULTS_HWM = 64
+
+
 def bind(
     ctx: zmq.Context, cfg: Config, link: str, stop: threading.Event, metrics: Metrics, keys: curve.Keys | None
 ) -> Publisher:
@@ -89,7 +92,8 @@ def bind(
         ctx,
         getattr(cfg.endpoints, link),
         lossless=cfg.lossless,
-        hwm=cfg.bus.lossless_hwm if cfg.lossless else cfg.bus.live_hwm,
+        # results are small and leave in bursts (in frame order): more of them may queue for the sink
+        hwm=max(RESULTS_HWM if link == "results" else 0, cfg.bus.lossless_hwm if cfg.lossless else cfg.bus.live_hwm),
         subscribers=cfg.capture.subscribers,
         subscribe_timeout_s=cfg.bus.subscribe_timeout_s,
         stop=stop,
