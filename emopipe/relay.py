@@ -92,7 +92,8 @@ class Lanes:
 
     @property
     def busy(self) -> bool:
-        return bool(self.running)
+        """Work is running, or (without a pool) waiting: the loop should look again soon."""
+        return bool(self.running) or (self.pool is None and self._queued() > 0)
 
     @property
     def full(self) -> bool:
@@ -131,10 +132,11 @@ class Lanes:
                     continue
                 del self.running[camera]
                 yield future.result()  # re-raises the handler's exception
-            if self.pool is None:  # all of it, here
-                while lane:
+            if self.pool is None:  # here, one message per step: the loop heartbeats in between
+                if lane:
                     msg = lane.popleft()
                     yield msg if isinstance(msg, EndOfStream) else self.handle(msg)
+                    return
                 continue
             while lane and isinstance(lane[0], EndOfStream):
                 yield lane.popleft()

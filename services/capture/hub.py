@@ -31,6 +31,9 @@ log = logging.getLogger("emopipe.capture")
 #: replaces it), per worker at classify (one running, one queued)
 LIVE_DETECT_WINDOW = 1
 LIVE_CLASSIFY_WINDOW = 2
+#: track ids kept per camera and worker, and workers per camera (old tracks have ended)
+MAX_TRACK_IDS = 256
+MAX_WORKER_MAPS = 4
 #: live: work unanswered this long is given up (``lost``); meanwhile later frames of its camera wait
 LIVE_TIMEOUT_S = 1.0
 
@@ -97,13 +100,21 @@ class Hub:
 
     def _track_ids(self, faces: Faces, member: bytes) -> tuple[int, ...]:
         """The hub's ids for a worker's tracks: each (camera, worker, track) gets the camera's next id."""
-        ids = self.track_ids.setdefault((faces.camera, member), {})
+        key = (faces.camera, member)
+        if key not in self.track_ids:
+            self.track_ids[key] = {}
+            cameras = [k for k in self.track_ids if k[0] == faces.camera]
+            for old in cameras[:-MAX_WORKER_MAPS]:  # workers the camera had long ago
+                del self.track_ids[old]
+        ids = self.track_ids[key]
         out = []
         for track in faces.tracks or range(len(faces.boxes)):
             if track not in ids:
                 self.last_track[faces.camera] += 1
                 ids[track] = self.last_track[faces.camera]
             out.append(ids[track])
+        while len(ids) > MAX_TRACK_IDS:  # a worker never reuses an id: the oldest have ended
+            del ids[next(iter(ids))]
         return tuple(out)
 
     def _release(self) -> bool:
