@@ -200,25 +200,34 @@ class Config:
 # ---------------------------------------------------------------- loading
 
 
-def load(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Config:
-    """Read and validate a TOML file (``None``: the defaults), then environment overrides."""
+def load(path: str | Path | Sequence[str | Path] | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a TOML file, or several in order (a later one's keys win, section by
+    section; ``None``: the defaults), then environment overrides."""
+    paths = [] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
     data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        try:
-            with path.open("rb") as fh:
-                data = tomllib.load(fh)
-        except FileNotFoundError as exc:
-            raise ConfigError(f"config file {path} does not exist") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    for each in map(Path, paths):
+        for section, values in _read(each).items():
+            if isinstance(values, dict) and isinstance(data.get(section), dict):
+                data[section].update(values)
+            else:
+                data[section] = values
     for key, value in env_overrides(os.environ if environ is None else environ).items():
         section, name = key.split(".")
         data.setdefault(section, {})[name] = value
     try:
         return from_dict(data)
     except ConfigError as exc:
-        raise ConfigError(f"{path or 'defaults'}: {exc}") from exc
+        raise ConfigError(f"{', '.join(map(str, paths)) or 'defaults'}: {exc}") from exc
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} does not exist") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
 
 
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:

@@ -23,7 +23,11 @@ EXIT_CONFIG = 2
 def setup(stage: str, argv: Sequence[str] | None = None) -> tuple[Config, threading.Event]:
     """Parse ``--config``, load and validate it, set up logging and SIGTERM/SIGINT."""
     parser = argparse.ArgumentParser(prog=f"emopipe-{stage}", description=f"emopipe {stage} stage")
-    parser.add_argument("--config", help="TOML config file (default: built-in defaults)")
+    parser.add_argument(
+        "--config",
+        action="append",
+        help="TOML config file (default: built-in defaults); repeatable: a later file's keys win",
+    )
     args = parser.parse_args(argv)
     try:
         cfg = config_mod.load(args.config)

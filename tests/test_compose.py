@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from emopipe import config as config_mod
 from emopipe import sample_video
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -69,3 +70,58 @@ def test_pipeline_service_defaults_to_the_video_the_image_bakes_in() -> None:
     assert command[:2] == ["run", "--source"]
     assert command[2] == f"{cache}/{sample_video.FILE_NAME}"
     assert "--loop" in command
+
+
+@functools.lru_cache(maxsize=1)
+def resolved_scaled() -> dict[str, Any]:
+    """deploy/compose.scaled.yml through `docker-compose config`."""
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        pytest.skip("docker-compose not installed (Debian package docker-compose; .ci/run installs it)")
+    scaled = DEPLOY / "compose.scaled.yml"
+    result = subprocess.run([binary, "-f", str(scaled), "config"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    config: dict[str, Any] = yaml.safe_load(result.stdout)
+    return config
+
+
+def test_the_scaled_compose_file_runs_each_stage_with_replicas_for_the_pools() -> None:
+    services = resolved_scaled()["services"]
+    replicas = {name: s.get("deploy", {}).get("replicas", 1) for name, s in services.items()}
+    assert replicas == {"capture": 1, "detect": 2, "classify": 2, "sink": 1, "prometheus": 1, "grafana": 1}
+    for stage in ("capture", "detect", "classify", "sink"):
+        assert services[stage]["entrypoint"][0] == f"emopipe-{stage}"
+
+
+def test_the_scaled_stages_reach_capture_by_name_and_capture_binds_those_ports() -> None:
+    services = resolved_scaled()["services"]
+    cfg = config_mod.load(DEPLOY / "compose.scaled.toml", environ={})
+    assert not cfg.lossless and cfg.cameras == ["cam0"]
+    binds = services["capture"]["environment"]
+    for link in ("frames", "faces", "results"):
+        connect = getattr(cfg.endpoints, link)
+        port = connect.rsplit(":", 1)[1]
+        assert connect == f"tcp://capture:{port}"
+        assert binds[f"EMOPIPE__ENDPOINTS__{link.upper()}"] == f"tcp://0.0.0.0:{port}"
+
+
+def test_the_scaled_prometheus_finds_every_replica_by_dns_with_the_shipped_job_names() -> None:
+    scaled = yaml.safe_load((DEPLOY / "prometheus" / "compose-scaled.yml").read_text())
+    shipped = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    ports = {
+        stage: getattr(config_mod.Config(), stage).metrics_port for stage in ("capture", "detect", "classify", "sink")
+    }
+    jobs = {job["job_name"]: job for job in scaled["scrape_configs"]}
+    assert set(jobs) == {job["job_name"] for job in shipped["scrape_configs"]}
+    for stage, port in ports.items():
+        (sd,) = jobs[f"emopipe-{stage}"]["dns_sd_configs"]
+        assert sd == {"names": [stage], "type": "A", "port": port}
+    promtool = shutil.which("promtool")
+    if promtool is not None:  # Debian's prometheus package ships it
+        check = subprocess.run(
+            [promtool, "check", "config", str(DEPLOY / "prometheus" / "compose-scaled.yml")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert check.returncode == 0, check.stdout + check.stderr

@@ -111,3 +111,26 @@ def test_unknown_environment_override_is_an_error_naming_the_key() -> None:
 def test_a_removed_key_is_an_error_saying_what_replaced_it() -> None:
     with pytest.raises(ConfigError, match=r"key 'detect\.face_size' was removed: .*input_size.*classify\.model"):
         config.from_dict({"detect": {"face_size": 48}})
+
+
+def test_several_files_are_read_in_order_a_later_ones_keys_win_section_by_section(tmp_path: Path) -> None:
+    shared = tmp_path / "shared.toml"
+    shared.write_text('[pipeline]\nmode = "live"\n[detect]\nmin_neighbors = 3\nmin_size = 30\n')
+    cameras = tmp_path / "cameras.toml"
+    cameras.write_text('[[sources]]\nid = "door"\nuri = "rtsp://cam/door"\n[detect]\nmin_size = 50\n')
+    cfg = config.load([shared, cameras], environ={})
+    assert cfg.pipeline.mode == "live" and not cfg.lossless
+    assert (cfg.detect.min_neighbors, cfg.detect.min_size) == (3, 50)
+    assert cfg.cameras == ["door"]
+    with pytest.raises(config.ConfigError, match="does not exist"):
+        config.load([shared, tmp_path / "missing.toml"], environ={})
+
+
+def test_an_explicit_mode_wins_over_what_the_sources_say() -> None:
+    live_file = [config.SourceConfig(id="a", uri="clip.mp4")]
+    assert config.Config(sources=live_file).lossless
+    forced = config.replace(config.Config(sources=live_file), "pipeline", mode="live")
+    assert not forced.lossless
+    assert config.replace(config.Config(), "pipeline", mode="lossless").lossless  # a worker knows no source
+    with pytest.raises(config.ConfigError, match="pipeline.mode"):
+        config.validate(config.replace(config.Config(), "pipeline", mode="sometimes"))
