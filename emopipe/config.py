@@ -90,6 +90,7 @@ class BusConfig:
     subscribe_timeout_s: float = 120.0  # lossless: wait this long for the next stage
     eos_repeat_s: float = 1.0  # capture repeats end-of-stream this often (live PUB may drop it)
     max_message_mb: int = 64  # a received message part over this is refused before decoding (the peer is cut off)
+    frames_jpeg_quality: int = 0  # 1..100: frames travel JPEG-compressed at this quality (links between hosts); 0: raw
 
 
 @dataclass(frozen=True)
@@ -333,6 +334,7 @@ def _check_positive(cfg: Config) -> None:
         "bus.live_hwm": cfg.bus.live_hwm >= 1,
         "bus.lossless_hwm": cfg.bus.lossless_hwm >= 1,
         "bus.max_message_mb": 1 <= cfg.bus.max_message_mb <= MAX_PAYLOAD_BYTES >> 20,
+        "bus.frames_jpeg_quality": 0 <= cfg.bus.frames_jpeg_quality <= 100,
         "sink.jpeg_quality": 1 <= cfg.sink.jpeg_quality <= 100,
         "pipeline.log_level": cfg.pipeline.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
     }

@@ -26,7 +26,9 @@ Header keys present in every message:
 
 Kind-specific header keys and payloads:
 
-    frame    payload: the image, shape [H, W, 3], uint8, BGR
+    frame    payload: the image, shape [H, W, 3], uint8, BGR; or, with codec: "jpeg" and
+             image: [H, W, 3], the image JPEG-compressed, shape [bytes], uint8
+             (``bus.frames_jpeg_quality``: for links between hosts)
     faces    boxes: [[x, y, w, h], ...] in frame pixels, one per face;
              tracks: [int] the face's track id (stable while it stays in view), one per box;
              payload: the face crops, shape [N, S, S], uint8 grey (N = len(boxes), S = the model's input_size)
@@ -47,6 +49,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import msgpack
 import numpy as np
 
@@ -153,8 +156,9 @@ def check_camera_id(camera: str) -> None:
 # ---------------------------------------------------------------- encoding
 
 
-def encode(msg: Message, sent: float) -> list[Any]:
-    """Return ``[topic, header, payload]``; the payload is the array's own buffer."""
+def encode(msg: Message, sent: float, jpeg_quality: int = 0) -> list[Any]:
+    """Return ``[topic, header, payload]``; the payload is the array's own buffer (a frame,
+    with ``jpeg_quality`` 1..100: its JPEG bytes)."""
     kind = kind_of(msg)
     header: dict[str, Any] = {
         "v": SCHEMA_VERSION,
@@ -165,6 +169,13 @@ def encode(msg: Message, sent: float) -> list[Any]:
         "sent": sent,
     }
     payload = _payload_and_fields(msg, header)
+    if jpeg_quality and isinstance(msg, Frame):
+        ok, jpeg = cv2.imencode(".jpg", msg.image, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+        if not ok:
+            raise ValueError(f"camera {msg.camera} frame {msg.seq}: OpenCV could not JPEG-encode it")
+        header["codec"] = "jpeg"
+        header["image"] = list(msg.image.shape)
+        payload = jpeg.reshape(-1)
     payload = np.ascontiguousarray(payload)
     header["shape"] = list(payload.shape)
     header["dtype"] = str(payload.dtype)
@@ -230,7 +241,7 @@ def decode(parts: Sequence[Any]) -> Message:
         "sent": _number(header, "sent"),
     }
     if kind == "frame":
-        return _decode_frame(common, array)
+        return _decode_frame(common, header, array)
     if kind == "faces":
         return _decode_faces(common, header, array)
     if kind == "results":
@@ -328,10 +339,55 @@ def _tracks(header: dict[str, Any], count: int) -> tuple[int, ...]:
     return tuple(raw)
 
 
-def _decode_frame(common: dict[str, Any], array: np.ndarray) -> Frame:
+def _decode_frame(common: dict[str, Any], header: dict[str, Any], array: np.ndarray) -> Frame:
+    codec = header.get("codec", "raw")
+    if codec == "jpeg":
+        array = _decode_jpeg(header, array)
+    elif codec != "raw":
+        raise MessageError("malformed", f"unknown frame codec {codec!r}")
     if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
         raise MessageError("malformed", f"frame image must be [H, W, 3] uint8, got {list(array.shape)} {array.dtype}")
     return Frame(image=array, **common)
+
+
+def _decode_jpeg(header: dict[str, Any], data: np.ndarray) -> np.ndarray:
+    """The image of a JPEG frame, checked against the header's ``image`` shape before and after
+    decoding (so a JPEG that claims a huge image is refused before its pixels are allocated)."""
+    shape = header.get("image")
+    if (
+        not isinstance(shape, list)
+        or len(shape) != 3
+        or shape[2] != 3
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
+        or math.prod(shape) > MAX_PAYLOAD_BYTES
+    ):
+        raise MessageError("malformed", f"bad JPEG frame shape {shape!r}")
+    if data.ndim != 1 or jpeg_size(data) != (shape[1], shape[0]):
+        raise MessageError("malformed", f"the JPEG is not a {shape[1]}x{shape[0]} image")
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if image is None or list(image.shape) != shape:
+        raise MessageError("malformed", f"the JPEG does not decode to a {shape[1]}x{shape[0]} image")
+    return image
+
+
+#: JPEG start-of-frame markers (the ones that carry the image size): SOF0..SOF15 but DHT, JPG, DAC
+_SOF = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def jpeg_size(data: np.ndarray) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's start-of-frame segment, without decoding; None if none is found."""
+    raw = data.tobytes()
+    if raw[:2] != b"\xff\xd8":
+        return None
+    at = 2
+    while at + 9 <= len(raw):
+        if raw[at] != 0xFF:
+            return None
+        marker, length = raw[at + 1], int.from_bytes(raw[at + 2 : at + 4], "big")
+        if marker in _SOF:
+            return int.from_bytes(raw[at + 7 : at + 9], "big"), int.from_bytes(raw[at + 5 : at + 7], "big")
+        at += 2 + length
+    return None
 
 
 def _decode_faces(common: dict[str, Any], header: dict[str, Any], array: np.ndarray) -> Faces:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import msgpack
 import numpy as np
 import pytest
@@ -108,3 +109,32 @@ def test_results_with_an_emotion_outside_the_labels_are_rejected() -> None:
     parts[1] = msgpack.packb(header)
     with pytest.raises(MessageError, match="bored"):
         messages.decode(parts)
+
+
+def test_a_jpeg_frame_round_trips_close_to_the_pixels_in_a_fraction_of_the_bytes(
+    carphone_frames: list[np.ndarray],
+) -> None:
+    image = cv2.resize(carphone_frames[10], (640, 480))
+    parts = messages.encode(Frame("cam0", 3, 1.0, image), sent=2.0, jpeg_quality=90)
+    assert len(parts[2]) < image.nbytes / 8  # 921,600 raw bytes
+    assert messages.jpeg_size(np.frombuffer(parts[2], np.uint8)) == (640, 480)
+    back = messages.decode([bytes(p) for p in parts])
+    assert isinstance(back, Frame) and back.image.shape == image.shape and back.seq == 3
+    assert cv2.PSNR(back.image, image) > 30
+
+
+def test_a_jpeg_frame_that_lies_about_its_size_or_does_not_decode_is_refused_before_its_pixels() -> None:
+    small = messages.encode(Frame("cam0", 0, 1.0, np.zeros((48, 64, 3), np.uint8)), sent=1.0, jpeg_quality=80)
+    header = msgpack.unpackb(small[1])
+    huge_header = {**header, "image": [60000, 60000, 3]}  # 10.8 GB of pixels
+    with pytest.raises(MessageError, match="bad JPEG frame shape"):
+        messages.decode([small[0], msgpack.packb(huge_header), bytes(small[2])])
+    other = {**header, "image": [96, 128, 3]}  # the JPEG itself is 64x48
+    with pytest.raises(MessageError, match="not a 128x96 image"):
+        messages.decode([small[0], msgpack.packb(other), bytes(small[2])])
+    cut = bytes(small[2])[:200]  # a start-of-frame, then nothing to decode
+    cut_header = {**header, "shape": [len(cut)]}
+    with pytest.raises(MessageError, match="JPEG"):
+        messages.decode([small[0], msgpack.packb(cut_header), cut])
+    with pytest.raises(MessageError, match="unknown frame codec"):
+        messages.decode([small[0], msgpack.packb({**header, "codec": "png"}), bytes(small[2])])

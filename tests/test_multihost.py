@@ -1,5 +1,6 @@
 """Two hosts (network namespaces joined by a veth pair): capture and sink on one, detect and
-classify workers on the other, over TCP with CURVE; peers without the key get nothing in or out."""
+classify workers on the other, over TCP with CURVE and JPEG frames; peers without the key get
+nothing in or out."""
 
 from __future__ import annotations
 
@@ -124,7 +125,8 @@ def test_capture_and_sink_on_one_host_workers_on_another_over_curve_and_rogue_pe
         path.write_text(text)
         return path
 
-    host_a = config("a", [("cam0", carphone, False)], curve={"keys": keys_a}, sink={"events": events})
+    jpeg = {"frames_jpeg_quality": 90}  # frames cross the link JPEG-compressed
+    host_a = config("a", [("cam0", carphone, False)], curve={"keys": keys_a}, sink={"events": events}, bus=jpeg)
     host_b = config("b", [], curve={"keys": keys_b}, pipeline={"mode": "lossless"}, classify={"model": model_path})
     python = [sys.executable, "-m"]
     procs = [

@@ -49,6 +49,7 @@ class Hub:
             faces, "classify", "faces", False, cfg.lossless, lossless or LIVE_CLASSIFY_WINDOW, LIVE_TIMEOUT_S
         )
         self.results = results
+        self.jpeg_quality = cfg.bus.frames_jpeg_quality  # frames JPEG-compressed on the frames link
         self.metrics = metrics
         #: lossless: frames of a camera on their way at most (back-pressure reaches the source)
         self.max_open = 4 * cfg.bus.lossless_hwm

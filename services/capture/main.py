@@ -196,7 +196,8 @@ def publish(item: Captured, hub: Hub, metrics: Metrics, ended: dict[str, EndOfSt
         )
         return
     start = time.perf_counter()
-    parts = messages.encode(Frame(camera=item.camera, seq=item.seq, ts=item.ts, image=item.image), sent=time.time())
+    frame = Frame(camera=item.camera, seq=item.seq, ts=item.ts, image=item.image)
+    parts = messages.encode(frame, sent=time.time(), jpeg_quality=hub.jpeg_quality)
     if pub.send_parts(parts):
         hub.frame(item.camera, item.seq, parts)
         metrics.stage_latency.labels(stage="capture", camera=item.camera).observe(
