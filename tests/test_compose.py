@@ -19,16 +19,24 @@ DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 COMPOSE = DEPLOY / "compose.yml"
 
 
-@functools.lru_cache(maxsize=1)
-def resolved_compose() -> dict[str, Any]:
+@functools.lru_cache(maxsize=2)
+def resolved(path: Path = COMPOSE) -> dict[str, Any]:
     """`docker-compose config`: the file validated and with paths made absolute (needs no Docker engine)."""
     binary = shutil.which("docker-compose")
     if binary is None:
         pytest.skip("docker-compose not installed (Debian package docker-compose; .ci/run installs it)")
-    result = subprocess.run([binary, "-f", str(COMPOSE), "config"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([binary, "-f", str(path), "config"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     config: dict[str, Any] = yaml.safe_load(result.stdout)
     return config
+
+
+def resolved_compose() -> dict[str, Any]:
+    return resolved(COMPOSE)
+
+
+def resolved_scaled() -> dict[str, Any]:
+    return resolved(DEPLOY / "compose.scaled.yml")
 
 
 def test_compose_file_is_valid_and_runs_pipeline_prometheus_and_grafana() -> None:
@@ -70,19 +78,6 @@ def test_pipeline_service_defaults_to_the_video_the_image_bakes_in() -> None:
     assert command[:2] == ["run", "--source"]
     assert command[2] == f"{cache}/{sample_video.FILE_NAME}"
     assert "--loop" in command
-
-
-@functools.lru_cache(maxsize=1)
-def resolved_scaled() -> dict[str, Any]:
-    """deploy/compose.scaled.yml through `docker-compose config`."""
-    binary = shutil.which("docker-compose")
-    if binary is None:
-        pytest.skip("docker-compose not installed (Debian package docker-compose; .ci/run installs it)")
-    scaled = DEPLOY / "compose.scaled.yml"
-    result = subprocess.run([binary, "-f", str(scaled), "config"], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    config: dict[str, Any] = yaml.safe_load(result.stdout)
-    return config
 
 
 def test_the_scaled_compose_file_runs_each_stage_with_replicas_for_the_pools() -> None:

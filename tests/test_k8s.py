@@ -111,3 +111,13 @@ def test_the_shipped_config_loads_live_for_the_workers_and_with_cameras_for_capt
     assert capture.cameras == ["cam0"] and not capture.lossless
     command = deployments()["capture"]["spec"]["template"]["spec"]["containers"][0]["command"]
     assert command[-1] == "/etc/emopipe/cameras/cameras.toml"
+
+
+def test_every_pod_runs_unprivileged_on_a_read_only_root() -> None:
+    for stage, deployment in deployments().items():
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True and pod["automountServiceAccountToken"] is False
+        (container,) = pod["containers"]
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True, stage
+        assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+        assert "/tmp" in {m["mountPath"] for m in container["volumeMounts"]}

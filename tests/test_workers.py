@@ -4,27 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from emopipe.metrics import WORKER_PORT_STEP
 from helpers import free_port, launch, pipeline_toml, reap, scrape_value, stage_pids, start_stage, stop, wait_for
-
-
-@pytest.fixture
-def ipc() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="ep-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def processed(port: int, camera: str = "cam0", stage: str = "classify") -> float:
@@ -41,17 +27,17 @@ def lines(path: Path) -> list[dict[str, object]]:
 
 
 def test_a_classify_worker_started_by_hand_joins_a_running_pipeline_and_takes_work_within_2_s(
-    ipc: Path, carphone: Path, model_path: Path
+    ipc_dir: Path, carphone: Path, model_path: Path
 ) -> None:
     port = free_port()
-    config = ipc / "c.toml"
-    config.write_text(pipeline_toml(ipc, [], classify={"model": model_path, "metrics_port": port}))
-    log = ipc / "run.log"
+    config = ipc_dir / "c.toml"
+    config.write_text(pipeline_toml(ipc_dir, [], classify={"model": model_path, "metrics_port": port}))
+    log = ipc_dir / "run.log"
     proc = launch(config, log, "--source", f"cam0={carphone}", "--loop", "--realtime")
     hand = None
     try:
         assert wait_for(lambda: processed(port) > 0, 60), log.read_text()
-        hand_log = ipc / "hand.log"
+        hand_log = ipc_dir / "hand.log"
         hand = start_stage("classify", config, hand_log)
         assert wait_for(lambda: "a worker of" in hand_log.read_text(), 60), hand_log.read_text()
         joined = time.monotonic()
@@ -71,10 +57,10 @@ def test_a_classify_worker_started_by_hand_joins_a_running_pipeline_and_takes_wo
         reap(proc, log)
 
 
-def test_sigkilled_workers_lose_no_line_in_lossless_mode(ipc: Path, carphone: Path, model_path: Path) -> None:
-    config = ipc / "c.toml"
-    config.write_text(pipeline_toml(ipc, [], classify={"model": model_path}))
-    log, events = ipc / "run.log", ipc / "out.jsonl"
+def test_sigkilled_workers_lose_no_line_in_lossless_mode(ipc_dir: Path, carphone: Path, model_path: Path) -> None:
+    config = ipc_dir / "c.toml"
+    config.write_text(pipeline_toml(ipc_dir, [], classify={"model": model_path}))
+    log, events = ipc_dir / "run.log", ipc_dir / "out.jsonl"
     sources = ["--source", f"a={carphone}", "--source", f"b={carphone}"]
     proc = launch(config, log, *sources, "--workers", "detect=2", "--workers", "classify=2", "--events", str(events))
     try:
@@ -96,11 +82,11 @@ def test_sigkilled_workers_lose_no_line_in_lossless_mode(ipc: Path, carphone: Pa
 
 
 def test_live_results_resume_within_2_s_after_a_detect_worker_is_sigkilled(
-    ipc: Path, carphone: Path, model_path: Path
+    ipc_dir: Path, carphone: Path, model_path: Path
 ) -> None:
-    config = ipc / "c.toml"
-    config.write_text(pipeline_toml(ipc, [], classify={"model": model_path}))
-    log, events = ipc / "run.log", ipc / "out.jsonl"
+    config = ipc_dir / "c.toml"
+    config.write_text(pipeline_toml(ipc_dir, [], classify={"model": model_path}))
+    log, events = ipc_dir / "run.log", ipc_dir / "out.jsonl"
     sources = ["--source", f"a={carphone}", "--source", f"b={carphone}", "--loop", "--realtime"]
     proc = launch(config, log, *sources, "--workers", "detect=2", "--events", str(events))
     try:
