@@ -81,8 +81,10 @@ MAX_PEERS = 128
 MAX_TOPICS_PER_PEER = 512
 #: with MAX_PEERS peers, one that has not resubscribed for this long makes room for a new one
 STALE_PEER_S = 5.0
-#: what a publisher accepts from a peer: subscriptions are small
+#: what a publisher accepts from a peer: subscriptions are small; a pool's workers also answer
+#: (a frame's face crops: 2,304 bytes a face at 48x48, so 4 MB is over 1,700 faces)
 MAX_INCOMING_BYTES = 64 << 10
+MAX_ANSWER_BYTES = 4 << 20
 #: handled per call, so a flood cannot hold up sending
 EVENTS_PER_PUMP = 10_000
 REFUSED_LOG_EVERY_S = 10.0
@@ -120,14 +122,16 @@ class Publisher:
         dropped: CounterChild | None = None,
         keys: Keys | None = None,
         link: str = "",
+        pools: tuple[str, ...] = (),
     ) -> None:
         self.sock = ctx.socket(zmq.ROUTER)
+        self.pools = pools  # the pools whose workers this publisher hands work to
         if keys is not None:
             keys.serve(self.sock, link)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, hwm)
         self.sock.setsockopt(zmq.RCVHWM, 100)
-        self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_INCOMING_BYTES)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_ANSWER_BYTES if pools else MAX_INCOMING_BYTES)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a full queue: EAGAIN; a peer that left: EHOSTUNREACH
         for address in addresses(endpoint):
             try:
@@ -203,6 +207,11 @@ class Publisher:
                 self.refuse(identity, prefixes[0], "a pool name that is not [a-z]{1,16}")
                 return
             pool, prefixes = found.group(1).decode(), prefixes[1:]
+            if pool not in self.pools:
+                self.refuse(
+                    identity, prefixes[0] if prefixes else b"", f"a worker of pool {pool!r}, not one of {self.pools}"
+                )
+                return
         wanted: list[bytes] = []
         bad: list[bytes] = []
         for prefix in prefixes:
@@ -412,7 +421,8 @@ class Subscriber:
             self.topics = wanted
             self.subscribe()
 
-    def _keep_subscribed(self) -> None:
+    def keep_subscribed(self) -> None:
+        """Subscribe again if RESUBSCRIBE_S has passed (a worker's heartbeat)."""
         if time.monotonic() - self._subscribed >= RESUBSCRIBE_S:
             self.subscribe()
 
@@ -420,7 +430,7 @@ class Subscriber:
         """Whether a message arrives within ``timeout_ms`` (subscribing again meanwhile, as due)."""
         deadline = time.monotonic() + timeout_ms / 1000
         while True:
-            self._keep_subscribed()
+            self.keep_subscribed()
             left = deadline - time.monotonic()
             step = max(0.0, min(left, RESUBSCRIBE_S))
             if self._poller.poll(round(step * 1000)):
@@ -466,7 +476,7 @@ class Subscriber:
             except zmq.Again:
                 if stop is None or stop.is_set():
                     return False
-                self._keep_subscribed()
+                self.keep_subscribed()
                 sock.poll(10, zmq.POLLOUT)
 
     def recv_multipart(self, timeout_ms: int = 60_000) -> list[bytes]:

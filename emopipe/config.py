@@ -311,8 +311,8 @@ def _check_positive(cfg: Config) -> None:
         "detect.min_size": cfg.detect.min_size >= 1,
         "detect.downscale": cfg.detect.downscale >= 1.0,
         "detect.threads": cfg.detect.threads >= 1,
-        "detect.workers": cfg.detect.workers >= 1,
-        "classify.workers": cfg.classify.workers >= 1,
+        "detect.workers": 1 <= cfg.detect.workers <= 10,
+        "classify.workers": 1 <= cfg.classify.workers <= 10,
         "pipeline.mode": cfg.pipeline.mode in MODES,
         "detect.scan_interval_s": cfg.detect.scan_interval_s > 0,
         "detect.large_scan_interval_s": cfg.detect.large_scan_interval_s > 0,
@@ -348,7 +348,7 @@ def _check_positive(cfg: Config) -> None:
 
 
 #: ``--workers STAGE=N`` (emopipe run, emopipe bench): the stages that run as pools of workers
-WORKERS_OPTION = re.compile(r"^(detect|classify)=([1-9][0-9]?)$")
+WORKERS_OPTION = re.compile(r"^(detect|classify)=([1-9]|10)$")  # 10: the metrics ports of a host (WORKER_PORTS)
 
 
 def parse_workers(values: Sequence[str]) -> dict[str, int]:
@@ -357,7 +357,7 @@ def parse_workers(values: Sequence[str]) -> dict[str, int]:
     for value in values:
         match = WORKERS_OPTION.match(value)
         if match is None:
-            raise ConfigError(f"--workers {value}: expected detect=N or classify=N, N from 1 to 99")
+            raise ConfigError(f"--workers {value}: expected detect=N or classify=N, N from 1 to 10")
         found[match.group(1)] = int(match.group(2))
     return found
 

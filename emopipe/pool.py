@@ -18,7 +18,9 @@ What waits is kept in order; live, only a camera's newest waiting unit is kept (
 one counts as ``stale``). A worker that is not heard from for ``bus.LIVENESS_S``, or that a
 send finds gone, has left: its work in flight goes back to the front of the queue and is
 handed to the others (lossless: nothing is lost; an answer that still comes from it is
-ignored). Live, work unanswered after ``timeout_s`` is given up (``lost``).
+ignored, unless the unit is still open: then it counts). Live, work unanswered after
+``timeout_s`` is given up (``lost``); lossless, after LOSSLESS_TIMEOUT_S another worker tries.
+A unit handed out MAX_ATTEMPTS times (its workers kept dying on it) is given up (``failed``).
 """
 
 from __future__ import annotations
@@ -39,6 +41,12 @@ from emopipe.messages import Message, MessageError
 log = logging.getLogger(__name__)
 #: how often the pool looks for workers that left and for work given up
 CHECK_EVERY_S = 0.05
+#: lossless: a unit a live worker has not answered in this long is handed to another worker
+LOSSLESS_TIMEOUT_S = 60.0
+#: a unit handed out this often without an answer (its workers died, or it failed) is given up
+MAX_ATTEMPTS = 3
+#: a worker not heard from for this long is forgotten by the publisher too
+FORGET_AFTER_S = 10.0
 
 
 @dataclass
@@ -48,6 +56,7 @@ class Work:
     parts: Sequence[Any]
     member: bytes | None = None
     sent: float = 0.0
+    attempts: int = 0  # times handed out
 
 
 @dataclass
@@ -59,7 +68,8 @@ class Answer:
 
 @dataclass
 class Given:
-    """What a pool gave up on, by reason (live only): the hub takes these frames off its books."""
+    """What a pool gave up on, by reason (live: stale or lost; either mode: failed, after
+    MAX_ATTEMPTS): the hub takes these frames off its books."""
 
     work: Work
     reason: str
@@ -121,12 +131,42 @@ class Pool:
             self.counts["malformed"] += 1
             self.pub.refuse(identity, str(exc).encode(), f"an answer of a {self.name} worker that does not decode")
             return None
-        work = self.inflight.get(identity, {}).pop((msg.camera, msg.seq), None)
-        if work is None:  # from a worker given up for gone, or an answer to no work of ours
+        key = (msg.camera, msg.seq)
+        work = self.inflight.get(identity, {}).pop(key, None)
+        if work is None:  # a late answer of a worker taken for gone: still good if the unit is not done
+            work = self._unresolved(key)
+        if work is None:  # done already, given up, or no work of ours
             self.counts["ignored"] += 1
             return None
         self.counts["answers"] += 1
         return Answer(work, msg, parts)
+
+    def _unresolved(self, key: tuple[str, int]) -> Work | None:
+        """Take the unit ``key`` off the books wherever it is (another worker, the queue), or None."""
+        for works in self.inflight.values():
+            if key in works:
+                return works.pop(key)
+        queue = self.waiting.get(key[0], deque())
+        for work in queue:
+            if work.seq == key[1]:
+                queue.remove(work)
+                return work
+        return None
+
+    def retry(self, work: Work, reason: str) -> None:
+        """Hand ``work`` out again (first in its camera's queue), unless it has had MAX_ATTEMPTS."""
+        if work.attempts >= MAX_ATTEMPTS:
+            log.error(
+                "pool %s: camera %s frame %d: given up after %d attempts (%s)",
+                self.name,
+                work.camera,
+                work.seq,
+                work.attempts,
+                reason,
+            )
+            self.given_up.append(Given(work, "failed"))
+            return
+        self.waiting.setdefault(work.camera, deque()).appendleft(work)
 
     def _check_workers(self) -> None:
         now = time.monotonic()
@@ -140,11 +180,20 @@ class Pool:
         for camera, member in list(self.assigned.items()):
             if member not in live:
                 del self.assigned[camera]
-        if not self.lossless:
-            for works in self.inflight.values():
-                for key, work in list(works.items()):
-                    if now - work.sent > self.timeout_s:
-                        del works[key]
+        for identity, peer in list(self.pub.peers.items()):
+            if peer.pool == self.name and now - peer.seen > FORGET_AFTER_S:
+                del self.pub.peers[identity]
+        timeout = self.timeout_s if not self.lossless else LOSSLESS_TIMEOUT_S
+        for member, works in self.inflight.items():
+            for key, work in list(works.items()):
+                if now - work.sent > timeout:
+                    del works[key]
+                    if self.lossless:  # a live worker that does not answer it: another one tries
+                        log.warning(
+                            "pool %s: worker %s did not answer %s in %.0f s", self.name, member.hex(), key, timeout
+                        )
+                        self.retry(work, "no answer")
+                    else:
                         self.given_up.append(Given(work, "lost"))
 
     def _lost(self, member: bytes) -> None:
@@ -160,29 +209,44 @@ class Pool:
             len(works),
         )
         for work in sorted(works.values(), key=lambda w: w.seq, reverse=True):
-            self.waiting.setdefault(work.camera, deque()).appendleft(work)
+            self.retry(work, f"worker {member.hex()} left")
 
     def _dispatch(self) -> None:
+        """Hand out what waits, one unit per camera per turn (no camera starves another); a
+        camera served goes to the back of the order."""
         if self.sticky:
             self._balance(self.workers())
-        for camera, queue in self.waiting.items():
-            live = self.workers(camera) if queue else []
-            while queue and live:
-                member = self._choose(camera, live)
-                if member is None:
-                    break
-                work = queue[0]
-                sent = self.pub.send_to(member, work.parts)
-                if sent is None:  # gone: its work goes back in the queue
-                    self._lost(member)
-                    live = [m for m in live if m != member]
-                    continue
-                if not sent:
-                    break
-                queue.popleft()
-                work.member, work.sent = member, time.monotonic()
-                self.last_given[member] = work.sent
-                self.inflight.setdefault(member, {})[(work.camera, work.seq)] = work
+        turn = True
+        while turn:
+            turn = False
+            for camera in [c for c, queue in self.waiting.items() if queue]:
+                if self._hand_out(camera):
+                    self.waiting[camera] = self.waiting.pop(camera)
+                    turn = True
+
+    def _hand_out(self, camera: str) -> bool:
+        """The camera's first waiting unit to a worker; False if none can take it now."""
+        queue = self.waiting[camera]
+        live = self.workers(camera)
+        while live:
+            member = self._choose(camera, live)
+            if member is None:
+                return False
+            work = queue[0]
+            sent = self.pub.send_to(member, work.parts)
+            if sent is None:  # gone: its work goes back in the queue
+                self._lost(member)
+                live = [m for m in live if m != member]
+                continue
+            if not sent:
+                return False
+            queue.popleft()
+            work.member, work.sent = member, time.monotonic()
+            work.attempts += 1
+            self.last_given[member] = work.sent
+            self.inflight.setdefault(member, {})[(work.camera, work.seq)] = work
+            return True
+        return False
 
     def _choose(self, camera: str, live: list[bytes]) -> bytes | None:
         if self.sticky:

@@ -83,10 +83,14 @@ class Lanes:
     camera does not hold up the others. Live, a frame waiting in a lane is replaced by a newer
     one of its camera (counted stale). End-of-stream leaves its lane after the frames before it."""
 
-    def __init__(self, handle: Handler, threads: int, lossless: bool, stage: str = "") -> None:
+    def __init__(
+        self, handle: Handler, threads: int, lossless: bool, stage: str = "", background: bool = False
+    ) -> None:
+        """``background``: handle on a pool thread even with one thread (the caller's loop stays free)."""
         self.handle = handle
         self.lossless = lossless
-        self.pool = ThreadPoolExecutor(threads, thread_name_prefix=stage) if threads > 1 else None
+        pooled = threads > 1 or background
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix=stage) if pooled else None
         self.waiting: dict[str, deque[Message]] = {}
         self.running: dict[str, Future[Message]] = {}
 
@@ -173,12 +177,14 @@ def run(
         metrics.frames_processed.labels(stage=stage, camera=msg.camera).inc()
         return out
 
-    # the hub bounds what it hands out, so every message is answered: nothing here goes stale
-    lanes = Lanes(timed, threads, lossless=True, stage=stage)
+    # the hub bounds what it hands out, so every message is answered: nothing here goes stale;
+    # handlers run on pool threads, so this loop heartbeats (bus.LIVENESS_S) however long they take
+    lanes = Lanes(timed, threads, lossless=True, stage=stage, background=True)
     try:
         while not stop.is_set():
             if lanes.full:
                 lanes.wait(0.2)
+                sub.keep_subscribed()
                 raw = []
             else:
                 raw = sub.receive_from(timeout_ms=BUSY_POLL_MS if lanes.busy else 200, limit=lanes.room)

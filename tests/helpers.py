@@ -75,6 +75,7 @@ class WorkerHub:
             subscribers=1,
             subscribe_timeout_s=60,
             stop=threading.Event(),
+            pools=(stage,),
         )
         self.pool = Pool(self.pub, stage, kind, sticky=stage == "detect", lossless=True, window=8)
         self._worker: bytes | None = None

@@ -313,3 +313,31 @@ def test_a_network_camera_that_stalls_without_closing_is_noticed_and_reopened(
         print(f"stall noticed and the camera reopened after {time.monotonic() - stalled:.1f} s")
         assert scrape_value(net.port, net.up) == 0
         assert "stopped delivering frames; reconnecting" in net.log.read_text()
+
+
+def test_a_camera_that_ends_without_a_frame_still_sends_the_sink_its_end_of_results(
+    zmq_ctx: zmq.Context, ipc_dir: Path
+) -> None:
+    frames, faces, results = [
+        bus.Publisher(
+            zmq_ctx,
+            f"ipc://{ipc_dir}/{n}",
+            lossless=False,
+            hwm=10,
+            subscribers=1,
+            subscribe_timeout_s=5,
+            stop=threading.Event(),
+        )
+        for n in ("frames", "faces", "results")
+    ]
+    found = metrics.create(CollectorRegistry(), "capture", ["cam0"])
+    hub = Hub(frames, faces, results, Config(pipeline=PipelineConfig(mode="live")), found)
+    sink = bus.Subscriber(zmq_ctx, f"ipc://{ipc_dir}/results", [b"results.", b"eos."], hwm=10)
+    assert wait_for(lambda: results.subscriber_count(b"eos.cam0.") == 1, 5)
+    hub.end(messages.EndOfStream("cam0", 0, 1.0))  # an empty file: no frame at all
+    assert hub.pump()
+    eos = messages.decode(sink.recv_multipart(5000))
+    assert isinstance(eos, messages.EndOfStream) and (eos.camera, eos.seq) == ("cam0", 0)
+    for pub in (frames, faces, results):
+        pub.close()
+    sink.close()

@@ -125,7 +125,7 @@ def test_capture_and_sink_on_one_host_workers_on_another_over_curve_and_rogue_pe
         path.write_text(text)
         return path
 
-    jpeg = {"frames_jpeg_quality": 90}  # frames cross the link JPEG-compressed
+    jpeg: dict[str, object] = {"frames_jpeg_quality": 90}  # frames cross the link JPEG-compressed
     host_a = config("a", [("cam0", carphone, False)], curve={"keys": keys_a}, sink={"events": events}, bus=jpeg)
     host_b = config("b", [], curve={"keys": keys_b}, pipeline={"mode": "lossless"}, classify={"model": model_path})
     python = [sys.executable, "-m"]

@@ -13,7 +13,7 @@ import zmq
 
 from emopipe import bus, messages
 from emopipe.messages import Faces, Frame
-from emopipe.pool import Answer, Pool
+from emopipe.pool import MAX_ATTEMPTS, Answer, Pool
 from helpers import wait_for
 
 
@@ -31,6 +31,7 @@ def publisher(zmq_ctx: zmq.Context, ipc_dir: Path) -> Iterator[bus.Publisher]:
         subscribers=1,
         subscribe_timeout_s=5,
         stop=threading.Event(),
+        pools=("detect",),
     )
     yield pub
     pub.close()
@@ -176,3 +177,60 @@ def test_a_worker_takes_only_the_cameras_it_subscribes_to(zmq_ctx: zmq.Context, 
     run(pool, [only_b], 0.3)
     assert only_b.got == [("b", 0)] and [w.seq for w in pool.waiting["a"]] == [0]
     only_b.close()
+
+
+def test_a_late_answer_of_a_worker_taken_for_gone_counts_if_the_unit_is_still_open(
+    zmq_ctx: zmq.Context, publisher: bus.Publisher
+) -> None:
+    pool = Pool(publisher, "detect", "frame", sticky=True, lossless=True, window=8)
+    slow = Worker(zmq_ctx, publisher)
+    assert joined(pool, 1)
+    pool.submit("a", 0, frame("a", 0))
+    run(pool, [slow], 0.2)
+    assert slow.got == [("a", 0)]
+    run(pool, [], bus.LIVENESS_S + 0.3)  # it does not poll, so it sends no heartbeat: taken for gone
+    assert [w.seq for w in pool.waiting["a"]] == [0] and pool.counts["workers_lost"] == 1
+    slow.answer("a", 0)  # it was only slow
+    answers = run(pool, [], 0.3)
+    assert [(a.msg.camera, a.msg.seq) for a in answers] == [("a", 0)] and not pool.waiting["a"]
+    slow.close()
+
+
+def test_a_unit_handed_out_max_attempts_times_without_an_answer_is_given_up_as_failed(
+    zmq_ctx: zmq.Context, publisher: bus.Publisher
+) -> None:
+    pool = Pool(publisher, "detect", "frame", sticky=True, lossless=True, window=8)
+    pool.submit("a", 0, frame("a", 0))
+    for _ in range(MAX_ATTEMPTS):
+        doomed = Worker(zmq_ctx, publisher)
+        assert wait_for(lambda: (run(pool, [doomed], 0.05), bool(doomed.got))[1], 5)  # noqa: B023
+        doomed.close()  # dies with it
+        assert wait_for(lambda: (list(pool.pump()), not pool.workers())[1], 5)
+        list(pool.pump())
+    assert [(g.work.seq, g.reason) for g in pool.take_given_up()] == [(0, "failed")]
+    assert not pool.waiting["a"] and pool.counts["workers_lost"] == MAX_ATTEMPTS
+
+
+def test_a_stateless_pool_takes_turns_between_cameras(zmq_ctx: zmq.Context, publisher: bus.Publisher) -> None:
+    pool = Pool(publisher, "detect", "frame", sticky=False, lossless=True, window=1)
+    for seq in range(3):
+        pool.submit("a", seq, frame("a", seq))
+        pool.submit("b", seq, frame("b", seq))
+    worker = Worker(zmq_ctx, publisher)
+    assert joined(pool, 1)
+    deadline = time.monotonic() + 5
+    while len(worker.got) < 6 and time.monotonic() < deadline:
+        list(pool.pump())
+        for camera, seq in worker.take(5):
+            worker.answer(camera, seq)
+    assert [c for c, _ in worker.got] == ["a", "b", "a", "b", "a", "b"]
+    worker.close()
+
+
+def test_a_publisher_refuses_workers_of_a_pool_it_does_not_serve(
+    zmq_ctx: zmq.Context, publisher: bus.Publisher
+) -> None:
+    stranger = bus.Subscriber(zmq_ctx, publisher.endpoint, [b"frame."], hwm=8, pool="classify")
+    assert wait_for(lambda: publisher.subscriber_count(b"frame.") == 0 and publisher.refused > 0, 5)
+    assert publisher.members("classify") == [] and publisher.members("detect") == []
+    stranger.close()

@@ -22,9 +22,9 @@ from typing import Any
 from emopipe import messages
 from emopipe.bus import Publisher
 from emopipe.config import Config
-from emopipe.messages import EndOfStream, Faces, Message, Results
+from emopipe.messages import EndOfStream, Faces, Results
 from emopipe.metrics import Metrics
-from emopipe.pool import Given, Pool, Work
+from emopipe.pool import Answer, Given, Pool
 
 log = logging.getLogger("emopipe.capture")
 #: live, units in flight: per camera at detect (the next frame waits here, where a newer one
@@ -71,28 +71,38 @@ class Hub:
 
     def end(self, eos: EndOfStream) -> None:
         self.ended[eos.camera] = eos
+        self.open.setdefault(eos.camera, deque())  # a camera without a frame ends too
 
     def pump(self) -> bool:
         """Move answers along; False if stopped while waiting for the sink (lossless)."""
+        self.results.pump_subscriptions()  # the sink's, so the poll does not wake for them again
         for answer in self.detect.pump():
             faces = answer.msg
-            if not self._expected(answer.work.camera, answer.work.seq, faces, Faces):
+            if not self._expected(self.detect, answer, Faces):
                 continue
             assert isinstance(faces, Faces) and answer.work.member is not None
             parts = messages.with_tracks(answer.parts, self._track_ids(faces, answer.work.member))
             self.classify.submit(faces.camera, faces.seq, parts)
         for answer in self.classify.pump():
-            if self._expected(answer.work.camera, answer.work.seq, answer.msg, Results):
+            if self._expected(self.classify, answer, Results):
                 self.answered.setdefault(answer.msg.camera, {})[answer.msg.seq] = answer.parts
         for given in self.detect.take_given_up() + self.classify.take_given_up():
             self._give_up(given)
         return self._release()
 
-    def _expected(self, camera: str, seq: int, msg: Message, kind: type) -> bool:
-        if isinstance(msg, kind):
+    def _expected(self, pool: Pool, answer: Answer, kind: type) -> bool:
+        """Whether the answer is of the kind the pool's workers give; if not, the unit is tried again."""
+        if isinstance(answer.msg, kind):
             return True
-        log.error("camera %s frame %d: a worker answered with %s, not %s", camera, seq, messages.kind_of(msg), kind)
-        self._give_up(Given(Work(camera, seq, ()), "malformed"))
+        work = answer.work
+        log.error(
+            "camera %s frame %d: a %s worker answered with %s",
+            work.camera,
+            work.seq,
+            pool.name,
+            messages.kind_of(answer.msg),
+        )
+        pool.retry(work, "a wrong answer")
         return False
 
     def _give_up(self, given: Given) -> None:
@@ -113,8 +123,9 @@ class Hub:
             if track not in ids:
                 self.last_track[faces.camera] += 1
                 ids[track] = self.last_track[faces.camera]
+            ids[track] = ids.pop(track)  # most recently seen last: pruning drops the longest unseen
             out.append(ids[track])
-        while len(ids) > MAX_TRACK_IDS:  # a worker never reuses an id: the oldest have ended
+        while len(ids) > MAX_TRACK_IDS:  # a worker never reuses an id: the longest unseen have ended
             del ids[next(iter(ids))]
         return tuple(out)
 

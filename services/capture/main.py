@@ -101,6 +101,7 @@ def bind(
         dropped=metrics.frames_dropped.labels(stage="capture", reason="hwm"),
         keys=keys,
         link=link,
+        pools={"frames": ("detect",), "faces": ("classify",)}.get(link, ()),
     )
 
 
