@@ -263,21 +263,26 @@ class Pool:
         return sum(1 for m in self.assigned.values() if m == member)
 
     def _balance(self, live: list[bytes]) -> None:
-        """Move a camera from the worker with the most to one with at least two fewer (a worker joined)."""
+        """Move a camera to a worker with at least two fewer (a worker joined): the idlest worker
+        that takes one of a busier worker's cameras."""
         if len(live) < 2 or not self.assigned:
             return
         if any(m not in live for m in self.assigned.values()):
             return  # a worker that left: its cameras are reassigned as their work comes
-        busiest = max(live, key=self._cameras_of)
-        idlest = min(live, key=self._cameras_of)
-        if self._cameras_of(busiest) - self._cameras_of(idlest) < 2:
-            return
-        wanted = self.pub.peers[idlest]
-        camera = next(
-            (c for c, m in self.assigned.items() if m == busiest and wanted.wants(messages.topic(self.kind, c))), None
-        )
-        if camera is None:
-            return
-        self.assigned[camera] = idlest
-        self.counts["moved"] += 1
-        log.info("pool %s: camera %s moved from worker %s to %s", self.name, camera, busiest.hex(), idlest.hex())
+        for idlest in sorted(live, key=self._cameras_of):
+            takes = self.pub.peers[idlest].wants
+            for busiest in sorted(live, key=self._cameras_of, reverse=True):
+                if self._cameras_of(busiest) - self._cameras_of(idlest) < 2:
+                    break
+                movable = [c for c, m in self.assigned.items() if m == busiest and takes(messages.topic(self.kind, c))]
+                if movable:
+                    self.assigned[movable[0]] = idlest
+                    self.counts["moved"] += 1
+                    log.info(
+                        "pool %s: camera %s moved from worker %s to %s",
+                        self.name,
+                        movable[0],
+                        busiest.hex(),
+                        idlest.hex(),
+                    )
+                    return

@@ -234,3 +234,24 @@ def test_a_publisher_refuses_workers_of_a_pool_it_does_not_serve(
     assert wait_for(lambda: publisher.subscriber_count(b"frame.") == 0 and publisher.refused > 0, 5)
     assert publisher.members("classify") == [] and publisher.members("detect") == []
     stranger.close()
+
+
+def test_a_joining_worker_gets_a_camera_even_when_an_idler_one_takes_none_of_the_busiest(
+    zmq_ctx: zmq.Context, publisher: bus.Publisher
+) -> None:
+    pool = Pool(publisher, "detect", "frame", sticky=True, lossless=True, window=8)
+    first = Worker(zmq_ctx, publisher)
+    assert joined(pool, 1)
+    for camera in "abcd":
+        pool.submit(camera, 0, frame(camera, 0))
+    run(pool, [first], 0.3)
+    only_z = Worker(zmq_ctx, publisher, [messages.topic("frame", "z")])  # idle, but takes none of a..d
+    assert joined(pool, 2)
+    third = Worker(zmq_ctx, publisher)
+    assert joined(pool, 3)
+    for camera in "abcd":
+        pool.submit(camera, 1, frame(camera, 1))
+    run(pool, [first, only_z, third], 0.3)
+    assert only_z.got == [] and len(third.got) >= 1 and pool.counts["moved"] >= 1
+    for worker in (first, only_z, third):
+        worker.close()

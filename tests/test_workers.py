@@ -14,10 +14,14 @@ from helpers import free_port, launch, pipeline_toml, reap, scrape_value, stage_
 
 
 def processed(port: int, camera: str = "cam0", stage: str = "classify") -> float:
+    """Frames the worker on ``port`` processed; -1 while it serves no metrics yet, 0 before its
+    first frame of the camera (a worker that knows no sources has no series for it until then)."""
     try:
         return scrape_value(port, f'emopipe_frames_processed_total{{camera="{camera}",stage="{stage}"}}')
     except OSError:
         return -1.0
+    except AssertionError:  # no such sample yet
+        return 0.0
 
 
 def lines(path: Path) -> list[dict[str, object]]:
