@@ -183,24 +183,35 @@ def test_a_flood_of_300000_random_subscriptions_leaves_capture_publishing_and_co
         assert code == 0, (ipc_dir / "capture.log").read_text()[-3000:]
 
 
-def test_a_frame_over_the_message_limit_is_dropped_counted_and_the_next_one_sent(
-    zmq_ctx: zmq.Context, ipc_dir: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    endpoint = f"ipc://{ipc_dir}/frames"
-    frames, faces, results = pubs = [
+def live_hub(ctx: zmq.Context, ipc: Path) -> tuple[Hub, metrics.Metrics]:
+    """Capture's hub, live, on its three endpoints in ``ipc``, and its metrics."""
+    frames, faces, results = [
         bus.Publisher(
-            zmq_ctx,
-            f"ipc://{ipc_dir}/{name}",
+            ctx,
+            f"ipc://{ipc}/{n}",
             lossless=False,
             hwm=10,
             subscribers=1,
             subscribe_timeout_s=5,
             stop=threading.Event(),
         )
-        for name in ("frames", "faces", "results")
+        for n in ("frames", "faces", "results")
     ]
     found = metrics.create(CollectorRegistry(), "capture", ["cam0"])
-    hub = Hub(frames, faces, results, Config(pipeline=PipelineConfig(mode="live")), found)
+    return Hub(frames, faces, results, Config(pipeline=PipelineConfig(mode="live")), found), found
+
+
+def close(hub: Hub) -> None:
+    for pub in (hub.detect.pub, hub.classify.pub, hub.results):
+        pub.close()
+
+
+def test_a_frame_over_the_message_limit_is_dropped_counted_and_the_next_one_sent(
+    zmq_ctx: zmq.Context, ipc_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    endpoint = f"ipc://{ipc_dir}/frames"
+    hub, found = live_hub(zmq_ctx, ipc_dir)
+    frames = hub.detect.pub
     sub = bus.Subscriber(zmq_ctx, endpoint, [b"frame."], hwm=10, max_message_mb=1)
     assert wait_for(lambda: frames.subscriber_count(b"frame.cam0.") == 1, 5)  # live: no waiting in send
     big = Captured("cam0", 0, 1.0, np.zeros((720, 1280, 3), np.uint8))  # 2.7 MB
@@ -212,8 +223,7 @@ def test_a_frame_over_the_message_limit_is_dropped_counted_and_the_next_one_sent
     assert found.frames_dropped.labels(stage="capture", reason="oversized")._value.get() == 1
     assert "camera cam0: dropped a 1280x720 frame of 2764800 bytes, over bus.max_message_mb" in caplog.text
     assert list(hub.open["cam0"]) == [1]  # handed to the detect pool too
-    for pub in pubs:
-        pub.close()
+    close(hub)
     sub.close(linger=0)
 
 
@@ -318,26 +328,13 @@ def test_a_network_camera_that_stalls_without_closing_is_noticed_and_reopened(
 def test_a_camera_that_ends_without_a_frame_still_sends_the_sink_its_end_of_results(
     zmq_ctx: zmq.Context, ipc_dir: Path
 ) -> None:
-    frames, faces, results = [
-        bus.Publisher(
-            zmq_ctx,
-            f"ipc://{ipc_dir}/{n}",
-            lossless=False,
-            hwm=10,
-            subscribers=1,
-            subscribe_timeout_s=5,
-            stop=threading.Event(),
-        )
-        for n in ("frames", "faces", "results")
-    ]
-    found = metrics.create(CollectorRegistry(), "capture", ["cam0"])
-    hub = Hub(frames, faces, results, Config(pipeline=PipelineConfig(mode="live")), found)
+    hub, found = live_hub(zmq_ctx, ipc_dir)
+    results = hub.results
     sink = bus.Subscriber(zmq_ctx, f"ipc://{ipc_dir}/results", [b"results.", b"eos."], hwm=10)
     assert wait_for(lambda: results.subscriber_count(b"eos.cam0.") == 1, 5)
     hub.end(messages.EndOfStream("cam0", 0, 1.0))  # an empty file: no frame at all
     assert hub.pump()
     eos = messages.decode(sink.recv_multipart(5000))
     assert isinstance(eos, messages.EndOfStream) and (eos.camera, eos.seq) == ("cam0", 0)
-    for pub in (frames, faces, results):
-        pub.close()
+    close(hub)
     sink.close()
