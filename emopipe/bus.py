@@ -309,15 +309,11 @@ class Publisher:
             full = []
             wanting = [i for i, p in self.peers.items() if p.pool is None and p.wants(topic) and i not in done]
             for identity in wanting:
-                try:
-                    self.sock.send_multipart([identity, *parts], flags=zmq.NOBLOCK, copy=False)
+                sent = self.send_to(identity, parts)
+                if sent:
                     done.add(identity)
-                except zmq.Again:
+                elif sent is False:
                     full.append(identity)
-                except zmq.ZMQError as exc:
-                    if exc.errno != errno.EHOSTUNREACH:
-                        raise
-                    self._left(identity)
             if not self.lossless:
                 self._drop(topic, len(full))
                 return True
@@ -440,16 +436,7 @@ class Subscriber:
 
     def receive(self, timeout_ms: int, limit: int = 1000) -> list[list[zmq.Frame]]:
         """Wait up to ``timeout_ms`` for a message, then take whatever else is queued."""
-        batch: list[list[zmq.Frame]] = []
-        if not self.poll(timeout_ms):
-            return batch
-        for sock in self.sockets:
-            while len(batch) < limit:
-                try:
-                    batch.append(sock.recv_multipart(zmq.NOBLOCK, copy=False))
-                except zmq.Again:
-                    break
-        return batch
+        return [parts for _, parts in self.receive_from(timeout_ms, limit)]
 
     def receive_from(self, timeout_ms: int, limit: int = 1000) -> list[tuple[int, list[zmq.Frame]]]:
         """As ``receive``, each message with the index of the address it came from (to answer it)."""

@@ -96,8 +96,7 @@ class Lanes:
 
     @property
     def busy(self) -> bool:
-        """Work is running, or (without a pool) waiting: the loop should look again soon."""
-        return bool(self.running) or (self.pool is None and self._queued() > 0)
+        return bool(self.running)
 
     @property
     def full(self) -> bool:
@@ -136,11 +135,10 @@ class Lanes:
                     continue
                 del self.running[camera]
                 yield future.result()  # re-raises the handler's exception
-            if self.pool is None:  # here, one message per step: the loop heartbeats in between
-                if lane:
+            if self.pool is None:  # all of it, here
+                while lane:
                     msg = lane.popleft()
                     yield msg if isinstance(msg, EndOfStream) else self.handle(msg)
-                    return
                 continue
             while lane and isinstance(lane[0], EndOfStream):
                 yield lane.popleft()

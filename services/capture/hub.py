@@ -41,13 +41,10 @@ LIVE_TIMEOUT_S = 1.0
 class Hub:
     def __init__(self, frames: Publisher, faces: Publisher, results: Publisher, cfg: Config, metrics: Metrics) -> None:
         self.lossless = cfg.lossless
-        lossless = cfg.bus.lossless_hwm if cfg.lossless else 0
-        self.detect = Pool(
-            frames, "detect", "frame", True, cfg.lossless, lossless or LIVE_DETECT_WINDOW, LIVE_TIMEOUT_S
-        )
-        self.classify = Pool(
-            faces, "classify", "faces", False, cfg.lossless, lossless or LIVE_CLASSIFY_WINDOW, LIVE_TIMEOUT_S
-        )
+        detect_window = cfg.bus.lossless_hwm if cfg.lossless else LIVE_DETECT_WINDOW
+        classify_window = cfg.bus.lossless_hwm if cfg.lossless else LIVE_CLASSIFY_WINDOW
+        self.detect = Pool(frames, "detect", "frame", True, cfg.lossless, detect_window, LIVE_TIMEOUT_S)
+        self.classify = Pool(faces, "classify", "faces", False, cfg.lossless, classify_window, LIVE_TIMEOUT_S)
         self.results = results
         self.jpeg_quality = cfg.bus.frames_jpeg_quality  # frames JPEG-compressed on the frames link
         self.metrics = metrics
@@ -55,7 +52,7 @@ class Hub:
         self.max_open = 4 * cfg.bus.lossless_hwm
         self.open: dict[str, deque[int]] = {}  # seqs handed to detect, not yet sent on, in order
         self.answered: dict[str, dict[int, list[Any]]] = {}  # encoded results, waiting for their turn
-        self.gone: dict[str, set[int]] = {}  # given up (live): skipped when their turn comes
+        self.gone: dict[str, set[int]] = {}  # given up (stale, lost, failed): skipped when their turn comes
         self.ended: dict[str, EndOfStream] = {}
         self.closed: set[str] = set()  # results end-of-stream sent
         self.track_ids: dict[tuple[str, bytes], dict[int, int]] = {}
