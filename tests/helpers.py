@@ -61,22 +61,34 @@ def write_model(path: Path, size: int, metadata_size: int | None = None) -> Path
     return path
 
 
+def publisher(
+    ctx: zmq.Context,
+    endpoint: str,
+    lossless: bool = True,
+    hwm: int = 8,
+    subscribe_timeout_s: float = 60.0,
+    pools: tuple[str, ...] = (),
+) -> bus.Publisher:
+    """A publisher bound on ``endpoint``, as a test feeds a stage (one subscriber awaited, lossless)."""
+    return bus.Publisher(
+        ctx,
+        endpoint,
+        lossless=lossless,
+        hwm=hwm,
+        subscribers=1,
+        subscribe_timeout_s=subscribe_timeout_s,
+        stop=threading.Event(),
+        pools=pools,
+    )
+
+
 class WorkerHub:
     """What a worker process under test (detect or classify) takes its work from: a lossless
     publisher bound on ``ipc://<ipc>/<into>`` (the worker's input endpoint) with that stage's
     pool, as capture's hub has."""
 
     def __init__(self, ctx: zmq.Context, ipc: Path, into: str, stage: str, kind: str) -> None:
-        self.pub = bus.Publisher(
-            ctx,
-            f"ipc://{ipc}/{into}",
-            lossless=True,
-            hwm=8,
-            subscribers=1,
-            subscribe_timeout_s=60,
-            stop=threading.Event(),
-            pools=(stage,),
-        )
+        self.pub = publisher(ctx, f"ipc://{ipc}/{into}", pools=(stage,))
         self.pool = Pool(self.pub, stage, kind, sticky=stage == "detect", lossless=True, window=8)
         self._worker: bytes | None = None
 

@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry
 from emopipe import bus, messages, metrics
 from emopipe.config import CaptureConfig, Config, PipelineConfig, SourceConfig
 from emopipe.messages import Frame
-from helpers import free_port, pipeline_toml, scrape_value, start_stage, stop, wait_for
+from helpers import free_port, pipeline_toml, publisher, scrape_value, start_stage, stop, wait_for
 from services.capture import main as capture_main
 from services.capture.hub import Hub
 from services.capture.sources import Captured, Mailbox, SourceReader, frame_rate
@@ -186,15 +186,7 @@ def test_a_flood_of_300000_random_subscriptions_leaves_capture_publishing_and_co
 def live_hub(ctx: zmq.Context, ipc: Path) -> tuple[Hub, metrics.Metrics]:
     """Capture's hub, live, on its three endpoints in ``ipc``, and its metrics."""
     frames, faces, results = [
-        bus.Publisher(
-            ctx,
-            f"ipc://{ipc}/{n}",
-            lossless=False,
-            hwm=10,
-            subscribers=1,
-            subscribe_timeout_s=5,
-            stop=threading.Event(),
-        )
+        publisher(ctx, f"ipc://{ipc}/{n}", lossless=False, hwm=10, subscribe_timeout_s=5)
         for n in ("frames", "faces", "results")
     ]
     found = metrics.create(CollectorRegistry(), "capture", ["cam0"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 import zmq
 
+import helpers
 from emopipe import bus, messages
 from emopipe.messages import Faces, Frame
 from emopipe.pool import MAX_ATTEMPTS, Answer, Pool
@@ -23,16 +23,7 @@ def frame(camera: str, seq: int) -> list[object]:
 
 @pytest.fixture
 def publisher(zmq_ctx: zmq.Context, ipc_dir: Path) -> Iterator[bus.Publisher]:
-    pub = bus.Publisher(
-        zmq_ctx,
-        f"ipc://{ipc_dir}/frames",
-        lossless=True,
-        hwm=8,
-        subscribers=1,
-        subscribe_timeout_s=5,
-        stop=threading.Event(),
-        pools=("detect",),
-    )
+    pub = helpers.publisher(zmq_ctx, f"ipc://{ipc_dir}/frames", subscribe_timeout_s=5, pools=("detect",))
     yield pub
     pub.close()
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -16,12 +15,12 @@ import pytest
 import zmq
 from prometheus_client import CollectorRegistry
 
-from emopipe import bus, messages
 from emopipe import config as config_mod
+from emopipe import messages
 from emopipe import metrics as metrics_mod
 from emopipe.config import SourceConfig
 from emopipe.messages import Box, EndOfStream, FaceResult, Frame, Results
-from helpers import free_port, garbage_like, pipeline_toml, scrape_value, start_stage, stop, wait_for
+from helpers import free_port, garbage_like, pipeline_toml, publisher, scrape_value, start_stage, stop, wait_for
 from services.sink.events import LineWriter, event
 from services.sink.join import CameraJoin
 from services.sink.main import Sink
@@ -255,18 +254,7 @@ def test_sink_process_writes_every_real_frame_among_garbage_on_both_inputs_and_c
     sink = {"metrics_port": port, "events": events}
     config.write_text(pipeline_toml(ipc_dir, [("cam0", carphone, False)], sink=sink))
     proc = start_stage("sink", config, ipc_dir / "sink.log")
-    frames, results_pub = (
-        bus.Publisher(
-            zmq_ctx,
-            f"ipc://{ipc_dir}/{name}",
-            lossless=True,
-            hwm=8,
-            subscribers=1,
-            subscribe_timeout_s=60,
-            stop=threading.Event(),
-        )
-        for name in ("frames", "results")
-    )
+    frames, results_pub = (publisher(zmq_ctx, f"ipc://{ipc_dir}/{name}") for name in ("frames", "results"))
     rng = np.random.default_rng(0)
     count, repeat = 20, 100
     try:
