@@ -139,15 +139,15 @@ def test_capture_and_sink_on_one_host_workers_on_another_over_curve_and_rogue_pe
         for mode in ("no-key", "wrong-key", "client-key")
     ]
     procs.append(hosts.run(hosts.a, *python, "services.capture", "--config", str(host_a), log=tmp_path / "cap.log"))
-    logs = "".join(f"--- {p.name}\n{p.read_text()}" for p in sorted(tmp_path.glob("*.log")))
     try:
-        assert procs[0].wait(120) == 0, logs  # the sink exits 0 once every frame has its line
+        code = procs[0].wait(120)  # the sink exits 0 once every frame has its line
         for rogue in rogues:
             assert rogue.wait(30) == 0
     finally:
         for proc in procs:
             stop(proc)
     logs = "".join(f"--- {p.name}\n{p.read_text()}" for p in sorted(tmp_path.glob("*.log")))
+    assert code == 0, logs
     lines = [json.loads(line) for line in events.read_text().splitlines()]
     assert [line["frame"] for line in lines] == list(range(120)), logs
     assert sum(len(line["faces"]) for line in lines) > 60  # the worker host found and labelled the face
