@@ -135,7 +135,7 @@ class DetectConfig:
     max_tracks: int = 16  # tracks re-detected per frame at most (the rest coast)
     track_min_iou: float = 0.2  # overlap a detection needs with a track's prediction to continue it
     track_hold_s: float = 0.3  # a track missed by the detector keeps its predicted box this long
-    track_timeout_s: float = 1.0  # a track unseen this long has ended
+    track_timeout_s: float = 2.0  # a track unseen this long has ended (until then it is looked for)
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,16 @@ def test_a_track_ends_after_the_configured_time_unseen_and_a_new_face_gets_a_new
     assert [f.track for f in tracker.update(1.1, [Box(12, 10, 50, 50)], W, H)] == [2]
 
 
+def test_a_face_that_turns_away_mid_motion_is_looked_for_where_it_was_heading_and_keeps_its_id() -> None:
+    tracker = Tracker(hold_s=0.3, timeout_s=2.0)
+    for i in range(10):  # 300 px/s to the right, then gone for 1.5 s
+        assert [f.track for f in tracker.update(i / FPS, [Box(100 + 10 * i, 100, 80, 80)], W, H)] == [1]
+    last = 9 / FPS
+    (track, predicted), = tracker.predicted(last + 1.5)
+    assert predicted[0] == pytest.approx(190 + 300 * 0.3, abs=1)  # carried on for the hold, not for 1.5 s
+    assert tracker.update(last + 1.5, [Box(285, 100, 80, 80)], W, H)[0].track == 1  # back near there: same face
+
+
 def test_the_scan_plan_covers_every_face_size_and_position_once_per_cycle() -> None:
     jobs = plan_scan(W, H, min_size=40, tile=240)
     bands = sorted({(j.min_size, j.max_size, j.shrink) for j in jobs})

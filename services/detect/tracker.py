@@ -28,8 +28,9 @@ class Track:
     detected: bool = True  # found by the detector in the latest frame (not coasted)
     tried: float = float("-inf")  # capture time of the last re-detection around the track
 
-    def predict(self, ts: float) -> tuple[float, float, float, float]:
-        dt = ts - self.seen
+    def predict(self, ts: float, coast_s: float = float("inf")) -> tuple[float, float, float, float]:
+        """The box at ``ts``, moved by the velocity for at most ``coast_s`` since last seen."""
+        dt = min(ts - self.seen, coast_s)
         x, y, w, h = self.box
         return x + self.velocity[0] * dt, y + self.velocity[1] * dt, w, h
 
@@ -57,12 +58,15 @@ class Tracker:
 
     min_iou: float = 0.2  # a detection continues a track only if it overlaps the prediction this much
     hold_s: float = 0.3  # a missed face keeps its (predicted) box this long
-    timeout_s: float = 1.0  # a track unseen this long has ended
+    timeout_s: float = 2.0  # a track unseen this long has ended (until then it is looked for)
     tracks: list[Track] = field(default_factory=list)
     next_id: int = 1
 
     def predicted(self, ts: float) -> list[tuple[Track, tuple[float, float, float, float]]]:
-        return [(t, t.predict(ts)) for t in self.tracks]
+        """Where each live track's face is looked for: a face unseen past ``hold_s`` is looked
+        for where it was last heading, not carried further off by a stale velocity (faces
+        that turn away come back about where they left)."""
+        return [(t, t.predict(ts, self.hold_s)) for t in self.tracks]
 
     def update(self, ts: float, detections: list[Box], width: int, height: int) -> list[TrackedFace]:
         """Associate ``detections`` with the live tracks; returns the faces to report for this frame."""
