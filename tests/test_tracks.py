@@ -66,7 +66,7 @@ def test_a_face_that_turns_away_mid_motion_is_looked_for_where_it_was_heading_an
     for i in range(10):  # 300 px/s to the right, then gone for 1.5 s
         assert [f.track for f in tracker.update(i / FPS, [Box(100 + 10 * i, 100, 80, 80)], W, H)] == [1]
     last = 9 / FPS
-    (track, predicted), = tracker.predicted(last + 1.5)
+    ((_, predicted),) = tracker.predicted(last + 1.5)
     assert predicted[0] == pytest.approx(190 + 300 * 0.3, abs=1)  # carried on for the hold, not for 1.5 s
     assert tracker.update(last + 1.5, [Box(285, 100, 80, 80)], W, H)[0].track == 1  # back near there: same face
 
