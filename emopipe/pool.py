@@ -20,7 +20,9 @@ send finds gone, has left: its work in flight goes back to the front of the queu
 handed to the others (lossless: nothing is lost; an answer that still comes from it is
 ignored, unless the unit is still open: then it counts). Live, work unanswered after
 ``timeout_s`` is given up (``lost``); lossless, after LOSSLESS_TIMEOUT_S another worker tries.
-A unit handed out MAX_ATTEMPTS times (its workers kept dying on it) is given up (``failed``).
+A unit is given up (``failed``) after MAX_ATTEMPTS tries that went wrong: a worker that left
+with it (each worker once: one that was only silent for a while and comes back is the same
+worker), an answer of the wrong kind, or, lossless, no answer in LOSSLESS_TIMEOUT_S.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ log = logging.getLogger(__name__)
 CHECK_EVERY_S = 0.05
 #: lossless: a unit a live worker has not answered in this long is handed to another worker
 LOSSLESS_TIMEOUT_S = 60.0
-#: a unit handed out this often without an answer (its workers died, or it failed) is given up
+#: a unit whose tries went wrong this often (its workers died on it, or it failed) is given up
 MAX_ATTEMPTS = 3
 #: a worker not heard from for this long is forgotten by the publisher too
 FORGET_AFTER_S = 10.0
@@ -57,6 +59,16 @@ class Work:
     member: bytes | None = None
     sent: float = 0.0
     attempts: int = 0  # times handed out
+    left_with: set[bytes] = field(default_factory=set)  # workers that left with it
+    failures: int = 0  # tries that went wrong otherwise (no answer, a wrong one)
+
+    def went_wrong(self, left: bytes | None) -> int:
+        """Count a try that went wrong (``left``: the worker that left with it); how many have."""
+        if left is None:
+            self.failures += 1
+        else:
+            self.left_with.add(left)
+        return self.failures + len(self.left_with)
 
 
 @dataclass
@@ -153,9 +165,10 @@ class Pool:
                 return work
         return None
 
-    def retry(self, work: Work, reason: str) -> None:
-        """Hand ``work`` out again (first in its camera's queue), unless it has had MAX_ATTEMPTS."""
-        if work.attempts >= MAX_ATTEMPTS:
+    def retry(self, work: Work, reason: str, left: bytes | None = None) -> None:
+        """Hand ``work`` out again (first in its camera's queue), unless MAX_ATTEMPTS of its tries
+        went wrong (``left``: the worker that left with it, counted once however often)."""
+        if work.went_wrong(left) >= MAX_ATTEMPTS:
             log.error(
                 "pool %s: camera %s frame %d: given up after %d attempts (%s)",
                 self.name,
@@ -209,7 +222,7 @@ class Pool:
             len(works),
         )
         for work in sorted(works.values(), key=lambda w: w.seq, reverse=True):
-            self.retry(work, f"worker {member.hex()} left")
+            self.retry(work, f"worker {member.hex()} left", left=member)
 
     def _dispatch(self) -> None:
         """Hand out what waits, one unit per camera per turn (no camera starves another); a

@@ -202,6 +202,27 @@ def test_a_unit_handed_out_max_attempts_times_without_an_answer_is_given_up_as_f
     assert not pool.waiting["a"] and pool.counts["workers_lost"] == MAX_ATTEMPTS
 
 
+def test_a_worker_taken_for_gone_again_and_again_that_comes_back_keeps_the_unit_lossless(
+    zmq_ctx: zmq.Context, publisher: bus.Publisher
+) -> None:
+    """A starved worker whose heartbeats pause is the same worker each time it comes back:
+    its pauses are not tries that failed (each would once have counted, and the unit been given up)."""
+    pool = Pool(publisher, "detect", "frame", sticky=True, lossless=True, window=8)
+    slow = Worker(zmq_ctx, publisher)
+    assert joined(pool, 1)
+    pool.submit("a", 0, frame("a", 0))
+    for pause in range(MAX_ATTEMPTS + 1):
+        assert wait_for(lambda: (run(pool, [slow], 0.05), len(slow.got) == pause + 1)[1], 5)  # noqa: B023
+        run(pool, [], bus.LIVENESS_S + 0.3)  # no heartbeat: taken for gone, the unit back in the queue
+        assert pool.counts["workers_lost"] == pause + 1 and [w.seq for w in pool.waiting["a"]] == [0]
+    assert wait_for(lambda: (run(pool, [slow], 0.05), len(slow.got) == MAX_ATTEMPTS + 2)[1], 5)
+    slow.answer("a", 0)
+    answers = run(pool, [], 0.3)
+    assert [(a.msg.camera, a.msg.seq) for a in answers] == [("a", 0)]
+    assert pool.take_given_up() == [] and slow.got == [("a", 0)] * (MAX_ATTEMPTS + 2)
+    slow.close()
+
+
 def test_a_stateless_pool_takes_turns_between_cameras(zmq_ctx: zmq.Context, publisher: bus.Publisher) -> None:
     pool = Pool(publisher, "detect", "frame", sticky=False, lossless=True, window=1)
     for seq in range(3):
