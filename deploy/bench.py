@@ -27,10 +27,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import re
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,80 +42,16 @@ import cv2
 import numpy as np
 import psutil
 
+from deploy.measure import bench_video, frames_of, machine, progress, video_fps, video_size
+from deploy.recall import TrackingResult, measure_tracking
 from emopipe import config as config_mod
-from emopipe import sample_video
 from emopipe.config import Config, SourceConfig
-from emopipe.messages import Box, FaceResult, Frame, Results
 from emopipe.metrics import worker_ports
 from services.classify.model import EmotionModel
 from services.detect.detector import FaceDetector
-from services.detect.main import Detect
-from services.detect.tracker import iou
-from services.sink.smoothing import Smoother
 
-BENCH_SIZE = (640, 480)
-BENCH_FPS = 30.0
 STAGES = ("capture", "detect", "classify", "sink")
 _DROPPED = re.compile(r'^emopipe_frames_dropped_total\{reason="([a-z_]+)",stage="([a-z]+)"\} ([0-9.e+]+)$')
-
-
-_shown = [0.0]
-
-
-def progress(text: str) -> None:
-    """One status line on stderr, rewritten at most 5 times a second."""
-    now = time.monotonic()
-    if text and now - _shown[0] < 0.2:
-        return
-    _shown[0] = now
-    sys.stderr.write(f"\r\033[K{text}")
-    sys.stderr.flush()
-
-
-# ---------------------------------------------------------------- the input
-
-
-def bench_video() -> Path:
-    """carphone at 640x480, 30 FPS, forwards-backwards twice (cached)."""
-    target = sample_video.cache_dir() / "carphone-640x480-30fps.mp4"
-    if target.is_file():
-        return target
-    frames = read_frames(sample_video.carphone(), BENCH_SIZE)
-    sequence = (frames + frames[::-1]) * 2
-    partial = target.with_suffix(".partial.mp4")
-    writer = cv2.VideoWriter(str(partial), cv2.VideoWriter_fourcc(*"mp4v"), BENCH_FPS, BENCH_SIZE)  # type: ignore[attr-defined]
-    if not writer.isOpened():
-        raise OSError(f"cannot write {partial}")
-    for image in sequence:
-        writer.write(image)
-    writer.release()
-    partial.replace(target)
-    return target
-
-
-def read_frames(path: Path, size: tuple[int, int] | None = None, limit: int = 0) -> list[np.ndarray]:
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise OSError(f"cannot open video {path}")
-    frames: list[np.ndarray] = []
-    try:
-        while not limit or len(frames) < limit:
-            ok, image = cap.read()
-            if not ok or image is None:
-                break
-            frames.append(image if size is None else cv2.resize(image, size, interpolation=cv2.INTER_AREA))
-    finally:
-        cap.release()
-    if not frames:
-        raise OSError(f"video {path} has no frames")
-    return frames
-
-
-def video_fps(path: Path) -> float:
-    cap = cv2.VideoCapture(str(path))
-    fps = cap.get(cv2.CAP_PROP_FPS)
-    cap.release()
-    return fps if fps > 0 else BENCH_FPS
 
 
 # ---------------------------------------------------------------- 1. the paper's loop
@@ -305,84 +239,6 @@ def scrape_drops(cfg: Config) -> dict[str, float]:
     return drops
 
 
-# ---------------------------------------------------------------- 3. recall and flicker
-
-
-@dataclass
-class TrackingResult:
-    frames: int
-    reference_boxes: int
-    covered: int
-    extra_boxes: int  # reported boxes where full-frame Haar found none
-    detect_ms_scheduled: float  # median per frame
-    detect_ms_full: float
-    raw_changes_per_track_s: float
-    smoothed_changes_per_track_s: float
-
-    @property
-    def recall(self) -> float:
-        return self.covered / self.reference_boxes if self.reference_boxes else 1.0
-
-
-def measure_tracking(frames: list[np.ndarray], fps: float, cfg: Config, model: EmotionModel) -> TrackingResult:
-    cv2.setNumThreads(1)  # per-frame cost on one core
-    reference = Detect(dataclasses.replace(cfg.detect, every_frame=True), model.input_size)
-    scheduled = Detect(cfg.detect, model.input_size)
-    smoother = Smoother(cfg.sink.smooth_s, cfg.detect.track_timeout_s)
-    ref_total = covered = extra = 0
-    t_sched, t_full = [], []
-    raw: dict[int, list[str]] = {}
-    smooth: dict[int, list[str]] = {}
-    seen: dict[int, list[float]] = {}
-    for i, image in enumerate(frames):
-        frame = Frame("bench", i, i / fps, image)
-        start = time.perf_counter()
-        want = [_tuple(b) for b in reference(frame).boxes]
-        t_full.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        faces = scheduled(frame)
-        t_sched.append(time.perf_counter() - start)
-        got = [_tuple(b) for b in faces.boxes]
-        ref_total += len(want)
-        covered += sum(any(iou(w, g) >= 0.3 for g in got) for w in want)
-        extra += sum(not any(iou(g, w) >= 0.3 for w in want) for g in got)
-        probs = model.predict(faces.crops) if len(faces.boxes) else np.zeros((0, len(model.labels)))
-        results = Results(
-            "bench",
-            i,
-            i / fps,
-            tuple(
-                FaceResult(box, model.labels[int(np.argmax(p))], float(p.max()), tuple(map(float, p)), track)
-                for box, p, track in zip(faces.boxes, probs, faces.tracks, strict=True)
-            ),
-            model.labels,
-        )
-        for face, label in zip(results.faces, smoother.update(results), strict=True):
-            raw.setdefault(face.track, []).append(face.emotion)
-            smooth.setdefault(face.track, []).append(label.emotion)
-            seen.setdefault(face.track, []).append(i / fps)
-        progress(f"recall: frame {i + 1}/{len(frames)}")
-    track_seconds = sum(max(ts) - min(ts) for ts in seen.values()) or 1.0
-    return TrackingResult(
-        len(frames),
-        ref_total,
-        covered,
-        extra,
-        statistics.median(t_sched) * 1000,
-        statistics.median(t_full) * 1000,
-        sum(_changes(v) for v in raw.values()) / track_seconds,
-        sum(_changes(v) for v in smooth.values()) / track_seconds,
-    )
-
-
-def _tuple(b: Box) -> tuple[float, float, float, float]:
-    return (float(b.x), float(b.y), float(b.w), float(b.h))
-
-
-def _changes(labels: list[str]) -> int:
-    return sum(1 for a, b in zip(labels, labels[1:], strict=False) if a != b)
-
-
 # ---------------------------------------------------------------- the report
 
 
@@ -390,23 +246,6 @@ def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     return float(np.percentile(np.asarray(values) * 1000, q))
-
-
-def machine() -> str:
-    return (
-        f"{cpu_model()}, {psutil.cpu_count()} logical cores, {psutil.virtual_memory().total / 2**30:.0f} GiB,"
-        f" Python {platform.python_version()}, OpenCV {cv2.__version__}"
-    )
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else what ``platform`` knows."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def report(
@@ -419,11 +258,12 @@ def report(
     baseline: PipelineResult | None = None,
 ) -> str:
     total = pipe.total
+    width, height = video_size(video)
     rows = [
         f"# emopipe bench: {len(pipe.cameras)} cameras",
         "",
         f"- machine: {machine()}",
-        f"- video: {video} ({BENCH_SIZE[0]}x{BENCH_SIZE[1]} frames, {video_fps(video):.0f} FPS per camera, looped)",
+        f"- video: {video} ({width}x{height} frames, {video_fps(video):.0f} FPS per camera, looped)",
         f"- command: `emopipe bench --cameras {len(pipe.cameras)} --seconds {args.seconds:g}"
         + (f" --transport {args.transport}" if args.transport != "ipc" else "")
         + (f" --source {args.source}" if args.source else "")
@@ -527,7 +367,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     model = EmotionModel(config_mod.resolve_path(base.classify.model), base.classify.intra_op_threads)
     paper_fps = paper_loop(video, model, base, args.paper_seconds)
-    tracking = measure_tracking(read_frames(video, limit=args.recall_frames), video_fps(video), base, model)
+    tracking = measure_tracking(frames_of(video, limit=args.recall_frames), video_fps(video), base, model)
     baseline = None
     with tempfile.TemporaryDirectory(prefix="emopipe-bench-") as tmp:
         if workers:

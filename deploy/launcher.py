@@ -6,6 +6,7 @@
     emopipe check-config FILE
     emopipe keys DIR
     emopipe bench [--cameras N] [--source VIDEO] [--seconds S] [--markdown FILE] [--smoke]
+    emopipe recall [VIDEO ...] [--frames N] [--size WxH|native] [--config FILE] [--markdown FILE]
 
 ``run`` resolves the config (file + command-line options), writes it to a temporary
 TOML file and starts every stage as its own process (``python -m services.<stage>
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploy import bench as bench_mod
+from deploy import recall as recall_mod
 from deploy.prometheus import server as prometheus_server
 from emopipe import config as config_mod
 from emopipe import curve, sample_video
@@ -276,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     keys.add_argument("dir")
     bench_mod.add_arguments(commands.add_parser("bench", help="measure the paper's loop and the pipeline here"))
+    recall_mod.add_arguments(
+        commands.add_parser("recall", help="measure scheduled detection's recall of the full-frame cascade on videos")
+    )
     return parser
 
 
@@ -287,6 +292,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return make_keys(Path(args.dir))
     if args.command == "bench":
         return bench_mod.run(args)
+    if args.command == "recall":
+        return recall_mod.run(args)
     setup_logging("launcher", "INFO")
     stop = install_stop_handlers()
     try:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 
-from deploy import bench
+from deploy import measure
 from helpers import free_port, launch, pipeline_toml, reap, stage_pids
 
 VIEWERS = 20
@@ -41,7 +41,7 @@ def read_stream(url: str, stop: threading.Event, got: list[int]) -> None:
 def test_twenty_viewers_and_one_that_never_reads_leave_the_sink_rate_within_10_percent(
     ipc_dir: Path, model_path: Path
 ) -> None:
-    video = bench.bench_video()  # 640x480 at 30 FPS: each viewer is sent about 1 MB/s
+    video = measure.bench_video()  # 640x480 at 30 FPS: each viewer is sent about 1 MB/s
     metrics_port, viewer_port = free_port(), free_port()
     config = ipc_dir / "c.toml"
     sections: dict[str, dict[str, object]] = {

