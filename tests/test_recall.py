@@ -49,6 +49,16 @@ def test_recall_names_a_missing_video_and_one_that_is_not_a_video(tmp_path: Path
     text = tmp_path / "notes.mp4"
     text.write_text("not a video\n")
     proc = recall(str(text))
-    assert proc.returncode == 2 and str(text) in proc.stderr and "video" in proc.stderr
+    assert proc.returncode == 2 and f"cannot open video {text}" in proc.stderr
+
+
+def test_recall_reports_the_videos_it_could_read_when_another_cannot_be(carphone: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(carphone.read_bytes()[:2000])  # a truncated file: no frame can be read
+    proc = recall(str(broken), str(carphone), "--frames", "10")
+    assert proc.returncode == 2 and str(broken) in proc.stderr
+    rows = ROW.findall(proc.stdout)
+    assert [(r[0], r[1]) for r in rows] == [("carphone", "10")]  # measured all the same
+    assert int(rows[0][3]) > 0
     proc = recall("--size", "640by480")
     assert proc.returncode == 2 and "--size '640by480': expected WxH" in proc.stderr
