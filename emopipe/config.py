@@ -130,7 +130,7 @@ class DetectConfig:
     scan_max_jobs: int = 1  # scan jobs per frame at most (bounds the cost of a frame)
     idle_rescan_s: float = 2.0  # a tile without motion is still rescanned this often
     motion_fraction: float = 0.01  # a tile with less than this fraction of changed pixels is not rescanned
-    track_margin: float = 0.5  # re-detect a track within its box grown by this fraction of its size per side
+    track_margin: float = 0.35  # re-detect a track within its box grown by this fraction of its size per side
     track_redetect_s: float = 0.06  # re-detect a track this often (0: every frame); it coasts in between
     max_tracks: int = 16  # tracks re-detected per frame at most (the rest coast)
     track_min_iou: float = 0.2  # overlap a detection needs with a track's prediction to continue it

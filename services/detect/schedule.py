@@ -32,7 +32,7 @@ from services.detect.tracker import TrackedFace, Tracker, iou
 #: re-detection shrinks a track's region so its face is about this many pixels
 TRACK_FACE = 60
 #: and looks for faces this much smaller or larger than the predicted box
-TRACK_SIZE_RANGE = 1.4
+TRACK_SIZE_RANGE = 1.25
 #: the motion-gating copy of the frame is shrunk by this factor
 MOTION_SHRINK = 8
 #: a pixel of the tiny copy counts as changed when it differs by more than this (0..255)
