@@ -25,10 +25,8 @@ backwards twice (16 s, so tracks last longer than the 4 s clip).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,10 +40,10 @@ import cv2
 import numpy as np
 import psutil
 
-from deploy.measure import bench_video, frames_of, machine, progress, video_fps, video_size
+from deploy.measure import bench_config, bench_video, frames_of, machine, progress, video_fps, video_size
 from deploy.recall import TrackingResult, measure_tracking
 from emopipe import config as config_mod
-from emopipe.config import Config, SourceConfig
+from emopipe.config import Config
 from emopipe.metrics import worker_ports
 from services.classify.model import EmotionModel
 from services.detect.detector import FaceDetector
@@ -108,42 +106,6 @@ class PipelineResult:
     @property
     def total(self) -> float:
         return sum(self.fps(c) for c in self.cameras)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def bench_config(
-    base: Config,
-    video: Path,
-    cameras: int,
-    workdir: Path,
-    transport: str = "ipc",
-    workers: dict[str, int] | None = None,
-) -> Config:
-    """The pipeline on ``cameras`` looped copies of ``video``: sockets in ``workdir`` (ipc, the
-    default on one host) or on free loopback ports (tcp, as between hosts)."""
-    ports = [free_port() for _ in range(8)]
-    if transport == "tcp":
-        endpoints = config_mod.EndpointsConfig(*(f"tcp://127.0.0.1:{p}" for p in ports[:3]))
-    else:
-        endpoints = config_mod.EndpointsConfig(*(f"ipc://{workdir}/{name}" for name in ("frames", "faces", "results")))
-    cfg = dataclasses.replace(
-        base,
-        sources=[SourceConfig(id=f"cam{i}", uri=str(video), loop=True) for i in range(cameras)],
-        endpoints=endpoints,
-    )
-    events = workdir / "events.jsonl"
-    cfg = config_mod.replace(cfg, "pipeline", realtime=True)
-    cfg = config_mod.replace(cfg, "sink", events=str(events), metrics_port=ports[3])
-    for stage, port in zip(("capture", "detect", "classify"), ports[4:7], strict=True):
-        cfg = config_mod.replace(cfg, stage, metrics_port=port)
-    for stage, count in (workers or {}).items():
-        cfg = config_mod.replace(cfg, stage, workers=count)
-    return config_mod.replace(cfg, "viewer", port=ports[7])
 
 
 def run_pipeline(cfg: Config, warmup_s: float, seconds: float, workdir: Path) -> PipelineResult:

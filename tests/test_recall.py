@@ -17,6 +17,8 @@ ROW = re.compile(
     r" \| ([0-9.]+) / ([0-9.]+) \|$",
     re.M,
 )
+#: the columns up to the scheduled detect cost, which is "-" through the pipeline
+ROW_START = re.compile(r"^\| (\S+) \| (\d+) \| (\d+) \| (\d+) \| (\d+) \| ([0-9.]+)% \| (\d+) \| (-|[0-9.]+) \|", re.M)
 
 
 def recall(*args: str) -> subprocess.CompletedProcess[str]:
@@ -93,3 +95,21 @@ def test_scheduled_detection_keeps_most_of_the_cascades_boxes_on_the_clip_it_was
     result = scheduled_against_full_frame(measure.bench_video(), 120, 30.0)
     assert result.frames == 120 and result.reference_boxes >= 75
     assert result.recall >= 0.88, f"{result.covered}/{result.reference_boxes}"
+
+
+def test_recall_through_the_pipeline_matches_the_detect_code_run_in_process(carphone: Path) -> None:
+    """`--pipeline` takes the boxes from the JSON lines of `emopipe run` (lossless, every stage a
+    process); on the same frames it must find what the stage's code finds in process (the capture
+    clock's jitter may move a re-detection by a frame: a box or two)."""
+    rows = {}
+    for mode in ([], ["--pipeline"]):
+        proc = recall(str(carphone), "--size", "native", *mode)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        [row] = ROW_START.findall(proc.stdout)
+        rows[bool(mode)] = row
+    assert "from the JSON lines of `emopipe run`" in proc.stdout
+    in_process, pipeline = rows[False], rows[True]
+    assert in_process[1] == pipeline[1] == "120" and in_process[3] == pipeline[3]  # the same frames and reference
+    assert abs(int(in_process[4]) - int(pipeline[4])) <= 2
+    assert float(pipeline[5]) >= 90.0
+    assert in_process[7] != "-" and pipeline[7] == "-"  # the stage's cost is not measured through the pipeline
