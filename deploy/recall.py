@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +79,37 @@ class TrackingResult:
         return self.covered / self.reference_boxes if self.reference_boxes else 1.0
 
 
+@dataclass
+class Flicker:
+    """Each track's labels in order, raw and smoothed, and when it was seen."""
+
+    raw: dict[int, list[str]] = field(default_factory=dict)
+    smoothed: dict[int, list[str]] = field(default_factory=dict)
+    seen: dict[int, list[float]] = field(default_factory=dict)
+
+    def add(self, track: int, raw: str, smoothed: str, ts: float) -> None:
+        self.raw.setdefault(track, []).append(raw)
+        self.smoothed.setdefault(track, []).append(smoothed)
+        self.seen.setdefault(track, []).append(ts)
+
+    def result(
+        self, frames: int, reference: int, covered: int, extra: int, scheduled_ms: float | None, full_ms: float
+    ) -> TrackingResult:
+        track_seconds = sum(max(ts) - min(ts) for ts in self.seen.values())
+        per_s = track_seconds or 1.0
+        return TrackingResult(
+            frames,
+            reference,
+            covered,
+            extra,
+            scheduled_ms,
+            full_ms,
+            sum(_changes(v) for v in self.raw.values()) / per_s,
+            sum(_changes(v) for v in self.smoothed.values()) / per_s,
+            track_seconds,
+        )
+
+
 def measure_tracking(
     frames: Iterable[np.ndarray], fps: float, cfg: Config, model: EmotionModel, what: str = "recall"
 ) -> TrackingResult:
@@ -89,9 +120,7 @@ def measure_tracking(
     smoother = Smoother(cfg.sink.smooth_s, cfg.detect.track_timeout_s)
     count = ref_total = covered = extra = 0
     t_sched, t_full = [], []
-    raw: dict[int, list[str]] = {}
-    smooth: dict[int, list[str]] = {}
-    seen: dict[int, list[float]] = {}
+    flicker = Flicker()
     for i, image in enumerate(frames):
         count += 1
         frame = Frame("recall", i, i / fps, image)
@@ -117,22 +146,10 @@ def measure_tracking(
             model.labels,
         )
         for face, label in zip(results.faces, smoother.update(results), strict=True):
-            raw.setdefault(face.track, []).append(face.emotion)
-            smooth.setdefault(face.track, []).append(label.emotion)
-            seen.setdefault(face.track, []).append(i / fps)
+            flicker.add(face.track, face.emotion, label.emotion, i / fps)
         progress(f"{what}: frame {count}, recall so far {100 * covered / max(ref_total, 1):.1f}%")
-    track_seconds = sum(max(ts) - min(ts) for ts in seen.values())
-    per_s = track_seconds or 1.0
-    return TrackingResult(
-        count,
-        ref_total,
-        covered,
-        extra,
-        statistics.median(t_sched) * 1000,
-        statistics.median(t_full) * 1000,
-        sum(_changes(v) for v in raw.values()) / per_s,
-        sum(_changes(v) for v in smooth.values()) / per_s,
-        track_seconds,
+    return flicker.result(
+        count, ref_total, covered, extra, statistics.median(t_sched) * 1000, statistics.median(t_full) * 1000
     )
 
 
@@ -180,27 +197,11 @@ def measure_pipeline(
         progress(f"{video.stem}: frame {count}, recall so far {100 * covered / max(ref_total, 1):.1f}%")
     if len(lines) != count:
         raise OSError(f"emopipe run on {source} wrote {len(lines)} lines for {count} frames")
-    raw: dict[int, list[str]] = {}
-    smooth: dict[int, list[str]] = {}
-    seen: dict[int, list[float]] = {}
+    flicker = Flicker()
     for event in (lines[i] for i in sorted(lines)):
         for face in event["faces"]:
-            raw.setdefault(face["track"], []).append(face["emotion"])
-            smooth.setdefault(face["track"], []).append(face["smoothed"]["emotion"])
-            seen.setdefault(face["track"], []).append(event["ts"])
-    track_seconds = sum(max(ts) - min(ts) for ts in seen.values())
-    per_s = track_seconds or 1.0
-    return TrackingResult(
-        count,
-        ref_total,
-        covered,
-        extra,
-        None,
-        statistics.median(t_full) * 1000,
-        sum(_changes(v) for v in raw.values()) / per_s,
-        sum(_changes(v) for v in smooth.values()) / per_s,
-        track_seconds,
-    )
+            flicker.add(face["track"], face["emotion"], face["smoothed"]["emotion"], event["ts"])
+    return flicker.result(count, ref_total, covered, extra, None, statistics.median(t_full) * 1000)
 
 
 def write_video(path: Path, frames: Iterable[np.ndarray], fps: float) -> None:
