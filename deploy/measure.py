@@ -172,6 +172,8 @@ def bench_config(
     )
     events = workdir / "events.jsonl"
     cfg = config_mod.replace(cfg, "pipeline", realtime=live)
+    if not live:  # every frame, whatever the config's pipeline.mode says
+        cfg = config_mod.replace(cfg, "pipeline", mode="lossless")
     cfg = config_mod.replace(cfg, "sink", events=str(events), metrics_port=ports[3])
     for stage, port in zip(("capture", "detect", "classify"), ports[4:7], strict=True):
         cfg = config_mod.replace(cfg, stage, metrics_port=port)
