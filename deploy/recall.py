@@ -60,6 +60,7 @@ from services.detect.tracker import iou
 from services.sink.smoothing import Smoother
 
 MATCH_IOU = 0.3
+Rect = tuple[float, float, float, float]
 
 
 @dataclass
@@ -132,8 +133,9 @@ def measure_tracking(
         t_sched.append(time.perf_counter() - start)
         got = [_tuple(b) for b in faces.boxes]
         ref_total += len(want)
-        covered += sum(any(iou(w, g) >= MATCH_IOU for g in got) for w in want)
-        extra += sum(not any(iou(g, w) >= MATCH_IOU for w in want) for g in got)
+        found, unmatched = matched(want, got)
+        covered += found
+        extra += unmatched
         probs = model.predict(faces.crops) if len(faces.boxes) else np.zeros((0, len(model.labels)))
         results = Results(
             "recall",
@@ -190,10 +192,11 @@ def measure_pipeline(
         start = time.perf_counter()
         want = [_tuple(b) for b in reference(Frame("recall", i, i, image)).boxes]
         t_full.append(time.perf_counter() - start)
-        got = [tuple(map(float, face["box"])) for face in lines.get(i, {}).get("faces", [])]
+        got = [_tuple(Box(*face["box"])) for face in lines.get(i, {}).get("faces", [])]
         ref_total += len(want)
-        covered += sum(any(iou(w, g) >= MATCH_IOU for g in got) for w in want)  # type: ignore[arg-type]
-        extra += sum(not any(iou(g, w) >= MATCH_IOU for w in want) for g in got)  # type: ignore[arg-type]
+        found, unmatched = matched(want, got)
+        covered += found
+        extra += unmatched
         progress(f"{video.stem}: frame {count}, recall so far {100 * covered / max(ref_total, 1):.1f}%")
     if len(lines) != count:
         raise OSError(f"emopipe run on {source} wrote {len(lines)} lines for {count} frames")
@@ -217,7 +220,13 @@ def write_video(path: Path, frames: Iterable[np.ndarray], fps: float) -> None:
         writer.release()
 
 
-def _tuple(b: Box) -> tuple[float, float, float, float]:
+def matched(want: list[Rect], got: list[Rect]) -> tuple[int, int]:
+    """How many ``want`` boxes a ``got`` box overlaps at MATCH_IOU, and how many ``got`` boxes overlap none."""
+    found = sum(any(iou(w, g) >= MATCH_IOU for g in got) for w in want)
+    return found, sum(not any(iou(g, w) >= MATCH_IOU for w in want) for g in got)
+
+
+def _tuple(b: Box) -> Rect:
     return (float(b.x), float(b.y), float(b.w), float(b.h))
 
 
