@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploy import bench as bench_mod
+from deploy import evaluate as evaluate_mod
 from deploy import recall as recall_mod
 from deploy.prometheus import server as prometheus_server
 from emopipe import config as config_mod
@@ -281,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     recall_mod.add_arguments(
         commands.add_parser("recall", help="measure scheduled detection's recall of the full-frame cascade on videos")
     )
+    evaluate_mod.add_arguments(
+        commands.add_parser("evaluate", help="the pipeline's accuracy on labelled videos and stills (LABELS.csv)")
+    )
     return parser
 
 
@@ -294,6 +298,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return bench_mod.run(args)
     if args.command == "recall":
         return recall_mod.run(args)
+    if args.command == "evaluate":
+        return evaluate_mod.run(args)
     setup_logging("launcher", "INFO")
     stop = install_stop_handlers()
     try:

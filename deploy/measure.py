@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import platform
 import socket
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -18,6 +20,7 @@ import time
 import urllib.request
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -168,16 +171,26 @@ def bench_config(
     """The pipeline on ``cameras`` copies of ``video`` (``live``: looped, as cameras; else once
     each, lossless), its JSON lines in ``workdir``/events.jsonl: sockets in ``workdir`` (ipc,
     the default on one host) or on free loopback ports (tcp, as between hosts)."""
+    sources = [SourceConfig(id=f"cam{i}", uri=str(video), loop=live) for i in range(cameras)]
+    return run_config(base, sources, workdir, transport, workers, live)
+
+
+def run_config(
+    base: Config,
+    sources: list[SourceConfig],
+    workdir: Path,
+    transport: str = "ipc",
+    workers: dict[str, int] | None = None,
+    live: bool = True,
+) -> Config:
+    """``base`` on ``sources`` (``live``: as cameras; else lossless), its JSON lines in
+    ``workdir``/events.jsonl, its sockets and metrics ports its own (bench_config)."""
     ports = [free_port() for _ in range(8)]
     if transport == "tcp":
         endpoints = config_mod.EndpointsConfig(*(f"tcp://127.0.0.1:{p}" for p in ports[:3]))
     else:
         endpoints = config_mod.EndpointsConfig(*(f"ipc://{workdir}/{name}" for name in ("frames", "faces", "results")))
-    cfg = dataclasses.replace(
-        base,
-        sources=[SourceConfig(id=f"cam{i}", uri=str(video), loop=live) for i in range(cameras)],
-        endpoints=endpoints,
-    )
+    cfg = dataclasses.replace(base, sources=sources, endpoints=endpoints)
     events = workdir / "events.jsonl"
     cfg = config_mod.replace(cfg, "pipeline", realtime=live)
     if not live:  # every frame, whatever the config's pipeline.mode says
@@ -188,3 +201,21 @@ def bench_config(
     for stage, count in (workers or {}).items():
         cfg = config_mod.replace(cfg, stage, workers=count)
     return config_mod.replace(cfg, "viewer", port=ports[7])
+
+
+def run_pipeline(cfg: Config, workdir: Path, what: str) -> list[dict[str, Any]]:
+    """``emopipe run`` on ``cfg`` (a run_config) as its own processes; its JSON lines. A run
+    that fails raises OSError naming ``what`` with the end of its log."""
+    config_path = workdir / "run.toml"
+    config_path.write_text(config_mod.to_toml(cfg))
+    log_path = workdir / "pipeline.log"
+    with log_path.open("w") as log:
+        proc = subprocess.run(
+            [sys.executable, "-m", "deploy.launcher", "run", "--config", str(config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    if proc.returncode != 0:
+        tail = "\n".join(log_path.read_text().splitlines()[-15:])
+        raise OSError(f"emopipe run on {what} exited with {proc.returncode}:\n{tail}")
+    return [json.loads(line) for line in Path(cfg.sink.events).read_text().splitlines()]

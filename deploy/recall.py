@@ -26,16 +26,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -48,6 +45,7 @@ from deploy.measure import (
     frames_of,
     machine,
     progress,
+    run_pipeline,
     video_fps,
     video_size,
     write_video,
@@ -168,23 +166,8 @@ def measure_pipeline(
         source = workdir / f"{video.stem}.mp4"
         write_video(source, frames_of(video, size, limit), video_fps(video))
     run_cfg = bench_config(cfg, source, 1, workdir, live=False)
-    config_path = workdir / "recall.toml"
-    config_path.write_text(config_mod.to_toml(run_cfg))
-    log_path = workdir / "pipeline.log"
     progress(f"{video.stem}: emopipe run, lossless")
-    with log_path.open("w") as log:
-        proc = subprocess.run(
-            [sys.executable, "-m", "deploy.launcher", "run", "--config", str(config_path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    if proc.returncode != 0:
-        tail = "\n".join(log_path.read_text().splitlines()[-15:])
-        raise OSError(f"emopipe run on {source} exited with {proc.returncode}:\n{tail}")
-    lines: dict[int, dict[str, Any]] = {}
-    for line in Path(run_cfg.sink.events).read_text().splitlines():
-        event = json.loads(line)
-        lines[event["frame"]] = event
+    lines = {event["frame"]: event for event in run_pipeline(run_cfg, workdir, str(source))}
     reference = Detect(dataclasses.replace(cfg.detect, every_frame=True), face_size)
     count = ref_total = covered = extra = 0
     t_full = []

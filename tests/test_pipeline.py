@@ -98,8 +98,11 @@ def test_file_run_gives_every_face_a_model_label_and_a_confidence_in_0_1(file_ru
     faces = [f for e in file_run["events"] for f in e["faces"]]
     assert faces
     for face in faces:
-        assert set(face) == {"box", "track", "emotion", "confidence", "smoothed"}
+        assert set(face) == {"box", "track", "emotion", "confidence", "probabilities", "smoothed"}
         assert face["emotion"] in EMOTIONS and 0.0 <= face["confidence"] <= 1.0
+        probs = face["probabilities"]  # the model's seven, in its label order (FER-2013's)
+        assert len(probs) == 7 and abs(sum(probs) - 1.0) < 1e-4 and min(probs) >= 0.0
+        assert EMOTIONS[probs.index(max(probs))] == face["emotion"] and abs(max(probs) - face["confidence"]) < 1e-5
         assert face["smoothed"]["emotion"] in EMOTIONS and 0.0 <= face["smoothed"]["confidence"] <= 1.0
         assert isinstance(face["track"], int) and face["track"] >= 1
         x, y, w, h = face["box"]
@@ -131,6 +134,9 @@ def test_file_run_tracks_file_has_one_line_per_track_that_agrees_with_the_events
             assert set(line["emotions"]) == set(EMOTIONS) and abs(sum(line["emotions"].values()) - 1.0) < 1e-3
             happy = sum(1 for _, f in seen if f["smoothed"]["emotion"] == "happy") / len(seen)
             assert abs(line["emotions"]["happy"] - happy) < 1e-3
+            for k, label in enumerate(EMOTIONS):  # the mean of the frames' own probabilities
+                mean = sum(f["probabilities"][k] for _, f in seen) / len(seen)
+                assert abs(line["probabilities"][label] - mean) < 1e-5
 
 
 def test_file_run_logs_each_cameras_progress_and_ends_with_a_summary_of_what_it_wrote(

@@ -150,6 +150,8 @@ def test_each_track_is_smoothed_on_its_own_and_ends_with_its_emotion_shares() ->
     assert [s["track"] for s in summaries] == [1, 2]
     assert summaries[0]["emotions"]["happy"] == 0.7 and summaries[0]["emotions"]["sad"] == 0.3
     assert summaries[1]["emotions"]["neutral"] == 1.0 and summaries[1]["frames"] == 10
+    assert summaries[0]["probabilities"]["happy"] == pytest.approx(0.7) and summaries[0]["probabilities"]["sad"] == 0.3
+    assert summaries[1]["probabilities"]["neutral"] == 1.0 and summaries[1]["probabilities"]["happy"] == 0.0
     assert summaries[0]["seconds"] == pytest.approx(9 / FPS, abs=1e-3)
     assert smoother.tracks == {}
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from services.classify.model import PREPROCESSING
 from training.data import DEFAULT_CACHE, DEFAULT_DATA, cached_splits
 from training.flip import flip_averaged
 from training.models import load_checkpoint
@@ -66,9 +67,11 @@ def recalibrate_batch_norm(model: keras.Model, images: np.ndarray, batch_size: i
     return batches
 
 
-def recalibrate_on_training(model: keras.Model, data: Path, cache: Path) -> None:
-    """``recalibrate_batch_norm`` over FER-2013 Training (from ``data``), in a fixed shuffled order."""
+def recalibrate_on_training(model: keras.Model, data: Path, cache: Path, preprocessing: str = "none") -> None:
+    """``recalibrate_batch_norm`` over FER-2013 Training (from ``data``, with the model's
+    ``preprocessing``), in a fixed shuffled order."""
     (images, _), _ = cached_splits(data, cache)
+    images = PREPROCESSING[preprocessing](images)
     shuffled = images[np.random.default_rng(0).permutation(len(images))]
     log.info("recalibrated batch norm over %d batches of Training", recalibrate_batch_norm(model, shuffled))
 
@@ -91,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="image-folder root or Kaggle CSV")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where the packed data set is kept")
     parser.add_argument("--no-recalibrate", dest="recalibrate", action="store_false")
+    parser.add_argument(
+        "--preprocessing", choices=sorted(PREPROCESSING), default="none", help="the recipe's preprocessing"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     missing = [str(p) for p in args.checkpoints if not p.is_file()]
@@ -99,11 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     model = average_weights([load_checkpoint(p) for p in args.checkpoints])
     log.info("averaged %d checkpoints", len(args.checkpoints))
     if args.recalibrate:
-        recalibrate_on_training(model, args.data, args.cache)
+        recalibrate_on_training(model, args.data, args.cache, args.preprocessing)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     model.save(args.out)
     _, (images, labels) = cached_splits(args.data, args.cache)
-    single, flipped = accuracy(model, images, labels)
+    single, flipped = accuracy(model, PREPROCESSING[args.preprocessing](images), labels)
     print(f"wrote {args.out}: PublicTest accuracy {single:.2%} one pass, {flipped:.2%} flip-averaged")
     return 0
 

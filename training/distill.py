@@ -26,7 +26,7 @@ import numpy as np
 from emopipe.labels import EMOTIONS, NUM_CLASSES
 from services.classify.model import EmotionModel
 from training.flip import flip_averaged
-from training.models import load_checkpoint
+from training.models import as_float32, load_checkpoint
 
 
 class Teacher:
@@ -38,7 +38,7 @@ class Teacher:
             raise FileNotFoundError(f"teacher model {path} not found")
         self._predict: Callable[[np.ndarray], np.ndarray]
         if path.suffix == ".keras":
-            model = load_checkpoint(path)
+            model = as_float32(load_checkpoint(path))
             if model.output_shape != (None, NUM_CLASSES):
                 raise ValueError(f"teacher model {path} has output shape {model.output_shape}, not (None, 7)")
             self._predict = _keras_runner(model)

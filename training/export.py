@@ -33,11 +33,12 @@ import numpy as np
 import onnx
 
 from emopipe.labels import EMOTIONS, NUM_CLASSES
+from services.classify.model import PREPROCESSING
 from training.data import DEFAULT_DATA
 from training.flip import METADATA_VALUE as FLIP_METADATA
 from training.flip import add_flip_average
 from training.fold import fold_scales
-from training.models import load_checkpoint
+from training.models import as_float32, load_checkpoint
 from training.quantize import CALIBRATION_FACES, calibration_faces, quantize
 from training.quantize import METADATA_VALUE as INT8_METADATA
 
@@ -66,12 +67,17 @@ def export(
     extra_metadata: dict[str, str] | None = None,
     flip_average: bool = False,
     int8_calibration: np.ndarray | None = None,
+    preprocessing: str = "none",
 ) -> None:
     """Write ``model`` as ONNX to ``path`` with its self-description in the metadata.
 
     ``flip_average`` adds test-time flip averaging to the graph; ``int8_calibration``
-    (uint8 ``[N,S,S]`` Training faces) quantizes it to int8, calibrated on those faces.
+    (uint8 ``[N,S,S]`` Training faces) quantizes it to int8, calibrated on those faces
+    (after ``preprocessing``, the one the model was trained with: recorded in the metadata,
+    and done by serving before the graph).
     """
+    if preprocessing not in PREPROCESSING:
+        raise ValueError(f"unknown preprocessing {preprocessing!r} (known: {', '.join(PREPROCESSING)})")
     size = input_size(model)
     model(np.zeros((1, size, size, 1), "float32"))  # a loaded model must be called once before export
     with tempfile.TemporaryDirectory() as tmp:
@@ -85,7 +91,7 @@ def export(
         add_flip_average(proto)
         options["test_time_augmentation"] = FLIP_METADATA
     if int8_calibration is not None:
-        proto = quantize(proto, int8_calibration)
+        proto = quantize(proto, PREPROCESSING[preprocessing](int8_calibration))
         options["precision"] = INT8_METADATA
     metadata = {
         "labels": json.dumps(list(EMOTIONS)),
@@ -94,6 +100,7 @@ def export(
         "output_format": OUTPUT_FORMAT,
         "architecture": model.name,
         "parameters": str(model.count_params()),
+        **({"preprocessing": preprocessing} if preprocessing != "none" else {}),
         **options,
         **(extra_metadata or {}),
     }
@@ -115,6 +122,12 @@ def main(argv: list[str] | None = None) -> int:
         "--flip-average", action="store_true", help="average each face's answer with its mirror image's, in the graph"
     )
     parser.add_argument("--int8", action="store_true", help="quantize to int8, calibrated on Training faces")
+    parser.add_argument(
+        "--preprocessing",
+        choices=sorted(PREPROCESSING),
+        default="none",
+        help="what the model was trained on (the recipe's preprocessing): recorded for serving",
+    )
     parser.add_argument(
         "--calibration-data",
         type=Path,
@@ -140,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.calibration_data.exists():
             parser.error(f"--calibration-data {args.calibration_data}: not found")
         calibration = calibration_faces(args.calibration_data, args.calibration_faces)
-    export(load_checkpoint(args.checkpoint), args.output, extra, args.flip_average, calibration)
+    model = as_float32(load_checkpoint(args.checkpoint))  # a float16 checkpoint (the teacher) runs in float32
+    export(model, args.output, extra, args.flip_average, calibration, args.preprocessing)
     print(f"wrote {args.output}")
     return 0
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import keras
+import numpy as np
 from keras import layers
 
 from emopipe.labels import NUM_CLASSES
@@ -103,6 +104,19 @@ _PORTABLE_OPTIMIZERS = {"Adam": keras.optimizers.Adam, "AdamW": keras.optimizers
 def load_checkpoint(path: Path) -> keras.Model:
     """A ``.keras`` checkpoint (model and optimizer state), saved under any Keras backend."""
     return keras.models.load_model(path, custom_objects=_PORTABLE_OPTIMIZERS)
+
+
+def as_float32(model: keras.Model) -> keras.Model:
+    """``model`` computing in float32 (a copy) if any layer keeps float16: a CPU runs float16
+    convolutions many times slower (the committed teacher is stored in float16)."""
+    if all(layer.dtype_policy.compute_dtype == "float32" for layer in model.layers):
+        return model
+    config = model.get_config()
+    for layer in config["layers"]:
+        layer["config"]["dtype"] = "float32"
+    copy = keras.Model.from_config(config)
+    copy.set_weights([np.asarray(w, dtype=np.float32) for w in model.get_weights()])
+    return copy
 
 
 def multiply_adds(model: keras.Model) -> int:

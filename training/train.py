@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import logging
 import math
 import sys
@@ -26,7 +27,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from emopipe.labels import NUM_CLASSES
+from emopipe.labels import EMOTIONS, NUM_CLASSES
+from services.classify.model import PREPROCESSING
 from training.augment import Augmentation, augment_batch
 from training.callbacks import (
     EpochArtifacts,
@@ -58,13 +60,22 @@ class FaceBatches(keras.utils.PyDataset):
         first_epoch: int = 0,
         teacher: Teacher | Teachers | None = None,
         teacher_weight: float = 0.0,
+        clean_targets: np.ndarray | None = None,
+        class_weights: np.ndarray | None = None,
+        preprocessing: str = "none",
     ) -> None:
+        """``clean_targets``: the teacher's ``[N,7]`` answers for the un-augmented faces, used
+        instead of asking ``teacher`` about each augmented batch; ``class_weights``: ``[7]``
+        loss weights by label (the batches then carry sample weights)."""
         super().__init__()
         self.images, self.labels = split
         self.batch_size = batch_size
         self.aug = aug
         self.teacher = teacher
         self.teacher_weight = teacher_weight
+        self.clean_targets = clean_targets
+        self.class_weights = class_weights
+        self.prepare = PREPROCESSING[preprocessing]
         # A resumed run draws new orders and augmentations; seeded by ``seed`` alone it would
         # replay the exact batches of the run's first epochs, which the model has already seen.
         self.rng = np.random.default_rng(seed if first_epoch == 0 else (seed, first_epoch))
@@ -73,18 +84,54 @@ class FaceBatches(keras.utils.PyDataset):
     def __len__(self) -> int:
         return math.ceil(len(self.labels) / self.batch_size)
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def __getitem__(self, index: int) -> tuple[np.ndarray, ...]:
         picked = self.order[index * self.batch_size : (index + 1) * self.batch_size]
         images = augment_batch(self.images[picked], self.rng, self.aug)
         labels = self.labels[picked]
-        if self.teacher is None:
+        if self.clean_targets is not None:
+            targets = soft_targets(labels, self.clean_targets[picked], self.teacher_weight)
+        elif self.teacher is None:
             targets = keras.utils.to_categorical(labels, NUM_CLASSES)
         else:
             targets = soft_targets(labels, self.teacher.probabilities(images), self.teacher_weight)
-        return images[..., None].astype("float32"), targets
+        pixels = self.prepare(images)[..., None].astype("float32")
+        if self.class_weights is None:
+            return pixels, targets
+        return pixels, targets, self.class_weights[labels].astype("float32")
 
     def on_epoch_end(self) -> None:
         self.order = self.rng.permutation(len(self.labels))
+
+
+def class_weights(labels: np.ndarray, power: float) -> np.ndarray | None:
+    """``[7]`` loss weights ``(largest count / count) ** power``, scaled so that the mean weight
+    over ``labels`` is 1 (the learning rate keeps its meaning); None for power 0."""
+    if power == 0:
+        return None
+    counts = np.bincount(labels, minlength=NUM_CLASSES).astype(np.float64)
+    if (counts == 0).any():
+        missing = [EMOTIONS[k] for k in np.flatnonzero(counts == 0)]
+        raise ValueError(f"no training faces of {', '.join(missing)}: cannot weigh the classes")
+    weights = (counts.max() / counts) ** power
+    return (weights / (weights[labels].mean())).astype(np.float32)
+
+
+def clean_teacher_targets(teachers: Sequence[Path], images: np.ndarray, cache: Path) -> np.ndarray:
+    """The teachers' mean flip-averaged ``[N,7]`` answers for the un-augmented ``images``,
+    cached under ``cache`` by the teachers' and the faces' digests (one pass per data set)."""
+    digest = hashlib.sha256(images.tobytes())
+    for path in teachers:
+        digest.update(hashlib.sha256(Path(path).read_bytes()).digest())
+    file = cache / f"teacher-{digest.hexdigest()[:16]}.npy"
+    if file.is_file():
+        log.info("teacher answers for the clean faces from %s", file)
+        return np.load(file)
+    log.info("teacher answers for %d clean faces (once; cached in %s)", len(images), file)
+    teacher = Teachers(teachers)
+    probs = np.concatenate([teacher.probabilities(images[i : i + 512]) for i in range(0, len(images), 512)])
+    cache.mkdir(parents=True, exist_ok=True)
+    np.save(file, probs)
+    return probs
 
 
 def _optimizer(r: Recipe, steps_per_epoch: int) -> keras.optimizers.Optimizer:
@@ -219,16 +266,21 @@ def train(
         callbacks.append(StopAfter(stop_after))
     if time_limit:
         callbacks.append(StopBefore(time_limit))
+    clean = r.teacher_targets == "clean" and bool(teachers)
     batches = FaceBatches(
         train_split,
         r.batch_size,
         r.augmentation,
         r.seed,
         initial_epoch,
-        Teachers(teachers) if teachers else None,
+        Teachers(teachers) if teachers and not clean else None,
         r.teacher_weight,
+        clean_teacher_targets(teachers, train_split[0], cache) if clean else None,
+        class_weights(train_split[1], r.class_weight_power),
+        r.preprocessing,
     )
-    val = (val_split[0][..., None].astype("float32"), keras.utils.to_categorical(val_split[1], NUM_CLASSES))
+    val_faces = PREPROCESSING[r.preprocessing](val_split[0])
+    val = (val_faces[..., None].astype("float32"), keras.utils.to_categorical(val_split[1], NUM_CLASSES))
     if snapshots_from:
         callbacks.append(Snapshots(out / "epochs", snapshots_from))
     model.fit(

@@ -2,17 +2,32 @@
 
 Contract: input float32 ``[N, S, S, 1]`` with raw 0-255 grey pixels (the model does its
 own scaling), output ``[N, len(labels)]`` probabilities; metadata ``labels`` (a JSON
-list in output order) and ``input_size`` (S). Anything else is an error naming the file.
+list in output order) and ``input_size`` (S). Optional metadata ``preprocessing`` names
+what is done to each crop before the graph (:data:`PREPROCESSING`; absent: ``none``): a
+model trained on histogram-equalised faces says so, and is served them. Anything else is
+an error naming the file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnxruntime as ort
+
+
+def _equalize(crops: np.ndarray) -> np.ndarray:
+    """Each crop's grey levels spread over 0..255 (OpenCV's histogram equalisation): faces
+    under flat studio light, a dim room or a washed-out camera then look alike."""
+    return np.stack([cv2.equalizeHist(np.ascontiguousarray(c)) for c in crops]) if len(crops) else crops
+
+
+#: what a model's ``preprocessing`` metadata may name: uint8 ``[N,S,S]`` -> uint8 ``[N,S,S]``
+PREPROCESSING: dict[str, Callable[[np.ndarray], np.ndarray]] = {"none": lambda crops: crops, "equalize_hist": _equalize}
 
 
 class ModelError(RuntimeError):
@@ -34,6 +49,11 @@ class EmotionModel:
         meta = self.session.get_modelmeta().custom_metadata_map
         self.labels = _labels(path, meta)
         self.input_size = _input_size(path, meta)
+        self.preprocessing = meta.get("preprocessing", "none")
+        if self.preprocessing not in PREPROCESSING:
+            known = ", ".join(PREPROCESSING)
+            raise ModelError(f"model {path}: metadata 'preprocessing' is {self.preprocessing!r} (known: {known})")
+        self._prepare = PREPROCESSING[self.preprocessing]
         self.input_name = self.session.get_inputs()[0].name
         self.sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
         self._check_contract()
@@ -44,7 +64,7 @@ class EmotionModel:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         if crops.shape[1:] != (self.input_size, self.input_size):
             raise ValueError(f"crops of shape {crops.shape[1:]}, model {self.path} wants {self.input_size}")
-        batch = crops.astype(np.float32)[..., np.newaxis]
+        batch = self._prepare(crops).astype(np.float32)[..., np.newaxis]
         (probs,) = self.session.run(None, {self.input_name: batch})[:1]
         probs = np.asarray(probs, dtype=np.float32)
         if probs.shape != (crops.shape[0], len(self.labels)):
@@ -55,6 +75,7 @@ class EmotionModel:
         return {
             "labels": ",".join(self.labels),
             "input_size": str(self.input_size),
+            "preprocessing": self.preprocessing,
             "sha256": self.sha256,
             "path": str(self.path),
         }

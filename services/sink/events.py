@@ -13,6 +13,8 @@ from services.sink.smoothing import Smoothed
 
 
 def event(results: Results, smoothed: list[Smoothed]) -> dict[str, Any]:
+    """One frame's line; each face's ``probabilities`` are in the model's label order (``labels``
+    of the model's metadata: FER-2013's angry, disgust, fear, happy, sad, surprise, neutral)."""
     return {
         "camera": results.camera,
         "frame": results.seq,
@@ -23,6 +25,7 @@ def event(results: Results, smoothed: list[Smoothed]) -> dict[str, Any]:
                 "track": f.track,
                 "emotion": f.emotion,
                 "confidence": round(f.confidence, 6),
+                "probabilities": [round(x, 6) for x in f.probabilities],
                 "smoothed": {"emotion": s.emotion, "confidence": round(s.confidence, 6)},
             }
             for f, s in zip(results.faces, smoothed, strict=True)

@@ -34,9 +34,14 @@ class TrackState:
     average: np.ndarray
     frames: int = 1
     labels: Counter[str] = field(default_factory=Counter)  # frames per smoothed label
+    total: np.ndarray = field(init=False)  # the sum of the frames' own probabilities (not smoothed)
+
+    def __post_init__(self) -> None:
+        self.total = self.average.copy()
 
     def summary(self, label_order: tuple[str, ...]) -> dict[str, Any]:
-        """The ``--tracks`` line: how long the face was seen and its share of each smoothed emotion."""
+        """The ``--tracks`` line: how long the face was seen, its share of each smoothed emotion and
+        the mean of its frames' probabilities."""
         return {
             "camera": self.camera,
             "track": self.track,
@@ -45,6 +50,9 @@ class TrackState:
             "seconds": round(self.last_seen - self.first_seen, 3),
             "frames": self.frames,
             "emotions": {label: round(self.labels[label] / self.frames, 4) for label in label_order},
+            "probabilities": {
+                label: round(float(p) / self.frames, 6) for label, p in zip(label_order, self.total, strict=True)
+            },
         }
 
 
@@ -75,6 +83,7 @@ class Smoother:
                 gain = 1.0 - math.exp(-dt / self.tau_s) if self.tau_s > 0 else 1.0
                 state.average = state.average + gain * (probs - state.average)
                 state.last_seen = max(state.last_seen, results.ts)
+                state.total = state.total + probs
                 state.frames += 1
             best = int(np.argmax(state.average))
             smoothed = Smoothed(results.labels[best], float(state.average[best]), tuple(map(float, state.average)))
