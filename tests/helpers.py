@@ -31,17 +31,20 @@ REPO = Path(__file__).resolve().parent.parent
 SHIPPED_WEIGHTS = REPO / "training" / "checkpoints" / "emonet-slim.weights.h5"
 
 
-def write_model(path: Path, size: int, metadata_size: int | None = None) -> Path:
-    """A tiny ONNX emotion model (uniform probabilities) taking ``size`` x ``size`` faces,
-    whose metadata says ``metadata_size`` (default: ``size``)."""
+def write_model(
+    path: Path, size: int, metadata_size: int | None = None, seed: int | None = None, **metadata: str
+) -> Path:
+    """A tiny ONNX emotion model (uniform probabilities; with ``seed``, random weights)
+    taking ``size`` x ``size`` faces, whose metadata says ``metadata_size`` (default:
+    ``size``), and any other ``metadata`` entries."""
     import onnx
     from onnx import TensorProto, helper
 
     from emopipe.labels import EMOTIONS
 
-    weights = helper.make_tensor(
-        "w", TensorProto.FLOAT, [size * size, len(EMOTIONS)], [0.0] * (size * size * len(EMOTIONS))
-    )
+    count = size * size * len(EMOTIONS)
+    values = [0.0] * count if seed is None else np.random.default_rng(seed).normal(0, 1e-3, count).tolist()
+    weights = helper.make_tensor("w", TensorProto.FLOAT, [size * size, len(EMOTIONS)], values)
     graph = helper.make_graph(
         [
             helper.make_node("Flatten", ["pixels"], ["flat"]),
@@ -55,7 +58,8 @@ def write_model(path: Path, size: int, metadata_size: int | None = None) -> Path
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
-    for key, value in (("labels", json.dumps(list(EMOTIONS))), ("input_size", str(metadata_size or size))):
+    entries = {"labels": json.dumps(list(EMOTIONS)), "input_size": str(metadata_size or size), **metadata}
+    for key, value in entries.items():
         model.metadata_props.add(key=key, value=value)
     onnx.save(model, str(path))
     return path

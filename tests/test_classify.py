@@ -115,6 +115,23 @@ def test_metadata_input_size_that_the_graph_does_not_take_is_refused_naming_both
         EmotionModel(write_model(tmp_path / "m.onnx", 48, metadata_size=64))
 
 
+def test_a_model_that_declares_histogram_equalisation_is_served_equalised_faces(tmp_path: Path) -> None:
+    plain = EmotionModel(write_model(tmp_path / "plain.onnx", 48, seed=5))
+    equalising = EmotionModel(write_model(tmp_path / "eq.onnx", 48, seed=5, preprocessing="equalize_hist"))
+    assert plain.preprocessing == "none" and equalising.preprocessing == "equalize_hist"
+    assert equalising.info()["preprocessing"] == "equalize_hist"
+    rng = np.random.default_rng(1)
+    crops = rng.integers(100, 130, (3, 48, 48)).astype(np.uint8)  # a dim, flat face
+    equalised = np.stack([cv2.equalizeHist(c) for c in crops])
+    np.testing.assert_allclose(equalising.predict(crops), plain.predict(equalised), atol=1e-6)
+    assert not np.allclose(equalising.predict(crops), plain.predict(crops), atol=1e-4)
+
+
+def test_a_model_that_declares_an_unknown_preprocessing_is_refused_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match=r"m.onnx: metadata 'preprocessing' is 'clahe'"):
+        EmotionModel(write_model(tmp_path / "m.onnx", 48, preprocessing="clahe"))
+
+
 def test_a_model_of_another_input_size_is_served_at_its_own_size(tmp_path: Path) -> None:
     model = EmotionModel(write_model(tmp_path / "m64.onnx", 64))
     assert model.input_size == 64

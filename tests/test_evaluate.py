@@ -23,7 +23,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 def test_labels_map_aliases_keep_other_words_unscored_and_default_the_group(tmp_path: Path) -> None:
     csv = tmp_path / "labels.csv"
-    csv.write_text("file,label\na.mp4, Anger\nb.jpg,sadness\nc.png,FEARFUL\nd.mp4,surprised\ne.mp4,disgusted\nf.mp4,calm\n")
+    csv.write_text(
+        "file,label\na.mp4, Anger\nb.jpg,sadness\nc.png,FEARFUL\nd.mp4,surprised\ne.mp4,disgusted\nf.mp4,calm\n"
+    )
     items = read_labels(csv)
     assert [i.label for i in items] == ["angry", "sad", "fear", "surprise", "disgust", "calm"]
     assert [i.scored for i in items] == [True] * 5 + [False]
@@ -33,7 +35,11 @@ def test_labels_map_aliases_keep_other_words_unscored_and_default_the_group(tmp_
 
 @pytest.mark.parametrize(
     ("text", "words"),
-    [("path,emotion\na.mp4,happy\n", "file,label"), ("file,label\n", "lists no files"), ("file,label\n,happy\n", "line 2")],
+    [
+        ("path,emotion\na.mp4,happy\n", "file,label"),
+        ("file,label\n", "lists no files"),
+        ("file,label\n,happy\n", "line 2"),
+    ],
 )
 def test_a_labels_file_that_cannot_be_used_is_named(tmp_path: Path, text: str, words: str) -> None:
     csv = tmp_path / "bad.csv"
@@ -146,7 +152,12 @@ def evaluated(small_set: Path) -> dict[str, Any]:
         text=True,
         timeout=300,
     )
-    return {"code": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr, "report": json.loads(out.read_text())}
+    return {
+        "code": proc.returncode,
+        "stdout": proc.stdout,
+        "stderr": proc.stderr,
+        "report": json.loads(out.read_text()),
+    }
 
 
 def test_evaluate_runs_the_pipeline_on_every_frame_and_every_still(evaluated: dict[str, Any]) -> None:
@@ -176,7 +187,9 @@ def test_evaluate_figures_agree_with_a_count_over_its_files(evaluated: dict[str,
     right = sum(f["majority"] == f["label"] for f in scored)
     assert rep["overall"]["clip_accuracy"]["majority"] == round(right / len(scored), 4)
     frames = sum(f["with_face"] for f in scored)
-    assert rep["overall"]["frame_accuracy"] == round(sum(f["frame_labels"].get(f["label"], 0) for f in scored) / frames, 4)
+    assert rep["overall"]["frame_accuracy"] == round(
+        sum(f["frame_labels"].get(f["label"], 0) for f in scored) / frames, 4
+    )
     matrix = np.array(rep["overall"]["confusion"]["matrix"])
     columns = rep["overall"]["confusion"]["columns"]
     counted = Counter((f["label"], f["majority"]) for f in scored)
