@@ -42,6 +42,7 @@ from emopipe import config as config_mod
 from emopipe import curve, sample_video
 from emopipe import metrics as metrics_mod
 from emopipe.config import Config, ConfigError, SourceConfig, resolve_path
+from emopipe.redact import redact
 from emopipe.service import EXIT_CONFIG, install_stop_handlers, setup_logging
 
 log = logging.getLogger("emopipe.launcher")
@@ -106,7 +107,7 @@ def _absolute(src: SourceConfig) -> SourceConfig:
         return src
     path = resolve_path(src.uri)
     if not path.exists():
-        raise ConfigError(f"source {src.id}: {src.uri} does not exist")
+        raise ConfigError(f"source {src.id}: {redact(src.uri)} does not exist")
     return dataclasses.replace(src, uri=str(path.resolve()))
 
 
@@ -318,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in addresses(cfg):
             print(line, flush=True)
         mode = "lossless: every frame analysed" if cfg.lossless else "live: newest frame wins"
-        print(f"sources: {', '.join(f'{s.id}={s.uri}' for s in cfg.sources)} ({mode})", flush=True)
+        print(f"sources: {', '.join(f'{s.id}={redact(s.uri)}' for s in cfg.sources)} ({mode})", flush=True)
         prometheus = None
         if args.prometheus:
             ports = {stage: getattr(cfg, stage).metrics_port for stage in START_ORDER}
@@ -362,7 +363,8 @@ def check_config(path: str) -> int:
     except ConfigError as exc:
         print(f"emopipe: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    print(config_mod.to_toml(cfg))
+    shown = dataclasses.replace(cfg, sources=[dataclasses.replace(s, uri=redact(s.uri)) for s in cfg.sources])
+    print(config_mod.to_toml(shown))  # credentials masked: this goes to terminals and logs
     return 0
 
 

@@ -216,9 +216,30 @@ def load(path: str | Path | Sequence[str | Path] | None, environ: Mapping[str, s
         section, name = key.split(".")
         data.setdefault(section, {})[name] = value
     try:
+        expand_source_variables(data, os.environ if environ is None else environ)
         return from_dict(data)
     except ConfigError as exc:
         raise ConfigError(f"{', '.join(map(str, paths)) or 'defaults'}: {exc}") from exc
+
+
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_source_variables(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+    """``${NAME}`` in a source's ``uri`` replaced by the environment variable ``NAME``, so that a
+    config can be committed without the camera's password (``rtsp://viewer:${DOOR_PASSWORD}@…``).
+    An unset variable is an error naming the variable, never its value."""
+    sources = data.get("sources")
+    if not isinstance(sources, list):
+        return
+    for i, src in enumerate(sources):
+        uri = src.get("uri") if isinstance(src, dict) else None
+        if not isinstance(uri, str) or "${" not in uri:
+            continue
+        missing = [name for name in _VARIABLE.findall(uri) if name not in environ]
+        if missing:
+            raise ConfigError(f"'sources[{i}].uri' uses ${{{missing[0]}}}, which is not set in the environment")
+        src["uri"] = _VARIABLE.sub(lambda m: environ[m.group(1)], uri)
 
 
 def _read(path: Path) -> dict[str, Any]:

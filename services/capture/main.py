@@ -16,6 +16,7 @@ from emopipe.bus import Publisher, SubscriberTimeoutError
 from emopipe.config import Config, resolve_path
 from emopipe.messages import EndOfStream, Frame
 from emopipe.metrics import Metrics
+from emopipe.redact import redact
 from emopipe.throttle import ThrottledLog
 from services.capture.hub import Hub
 from services.capture.sources import Captured, Mailbox, SourceError, SourceReader, Waker, folder_images, open_video
@@ -32,7 +33,7 @@ def check_sources(cfg: Config) -> None:
         if path.is_dir():
             folder_images(src)
         elif not path.is_file():
-            raise SourceError(f"source {src.id}: {src.uri} is neither a video file nor a folder")
+            raise SourceError(f"source {src.id}: {redact(src.uri)} is neither a video file nor a folder")
         else:  # a file that is not a video fails here once, not at every restart
             open_video(src).release()
 

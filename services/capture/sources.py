@@ -16,6 +16,7 @@ import numpy as np
 
 from emopipe.config import CaptureConfig, SourceConfig, resolve_path
 from emopipe.metrics import Metrics
+from emopipe.redact import redact
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -118,7 +119,7 @@ def open_video(src: SourceConfig, timeout_s: float = 0.0) -> cv2.VideoCapture:
         cap = cv2.VideoCapture(target)
     if not cap.isOpened():
         cap.release()
-        raise SourceError(f"source {src.id}: cannot open {src.uri}")
+        raise SourceError(f"source {src.id}: cannot open {redact(src.uri)}")
     return cap
 
 
@@ -225,7 +226,7 @@ class SourceReader(threading.Thread):
                 continue
             if self._read_live(cap):
                 backoff = self.cap_cfg.reconnect_backoff_s
-            log.error("source %s: %s stopped delivering frames; reconnecting", self.src.id, self.src.uri)
+            log.error("source %s: %s stopped delivering frames; reconnecting", self.src.id, redact(self.src.uri))
             self.stop.wait(backoff)
 
     def _read_live(self, cap: cv2.VideoCapture) -> bool:
