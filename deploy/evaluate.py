@@ -218,6 +218,8 @@ def run_stills(items: list[Item], cfg: Config, workdir: Path) -> list[Clip]:
     folder.mkdir()
     for i, item in enumerate(items):
         image = cv2.imread(str(item.path), cv2.IMREAD_COLOR)
+        if image is None:  # readable() read it a moment ago
+            raise OSError(f"{item.path} can no longer be read")
         cv2.imwrite(str(folder / f"{i:07d}.png"), still_canvas(image, i % 4))
     stills_cfg = config_mod.replace(cfg, "detect", every_frame=True)
     stills_cfg = config_mod.replace(stills_cfg, "capture", folder_fps=STILLS_FPS, pace=True)

@@ -53,8 +53,8 @@ class Recipe:
         raw = json.loads(text)
         aug = raw.pop("augmentation")
         aug["erase_area"] = tuple(aug["erase_area"])
-        cam = aug.pop("camera", {})
-        aug["camera"] = Camera(**{k: tuple(v) if isinstance(v, list) else v for k, v in cam.items()})
+        cam: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in aug.pop("camera", {}).items()}
+        aug["camera"] = Camera(**cam)
         known = {f.name for f in fields(cls)}
         unknown = set(raw) - known
         if unknown:
