@@ -109,6 +109,7 @@ class CaptureConfig:
     reconnect_backoff_s: float = 1.0
     reconnect_backoff_max_s: float = 30.0
     stall_timeout_s: float = 5.0  # a network stream that delivers no frame this long (or won't open) is reopened
+    rtsp_transport: str = "tcp"  # RTSP over "tcp" (what NVRs and firewalls expect) or "udp"
 
 
 @dataclass(frozen=True)
@@ -335,6 +336,7 @@ def _check_positive(cfg: Config) -> None:
         "detect.workers": 1 <= cfg.detect.workers <= 10,
         "classify.workers": 1 <= cfg.classify.workers <= 10,
         "pipeline.mode": cfg.pipeline.mode in MODES,
+        "capture.rtsp_transport": cfg.capture.rtsp_transport in ("tcp", "udp"),
         "detect.scan_interval_s": cfg.detect.scan_interval_s > 0,
         "detect.large_scan_interval_s": cfg.detect.large_scan_interval_s > 0,
         "detect.scan_scale_factor": cfg.detect.scan_scale_factor > 1.0,

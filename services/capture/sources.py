@@ -17,6 +17,7 @@ import numpy as np
 from emopipe.config import CaptureConfig, SourceConfig, resolve_path
 from emopipe.metrics import Metrics
 from emopipe.redact import redact
+from services.capture import probe
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -103,14 +104,30 @@ def frame_rate(src: SourceConfig, cap_cfg: CaptureConfig, native: float) -> floa
     return cap_cfg.folder_fps
 
 
-def open_video(src: SourceConfig, timeout_s: float = 0.0) -> cv2.VideoCapture:
+RETURN_POLL_S = 0.5  # how often a camera that does not answer is asked whether it is back
+_OPTIONS = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+
+
+def use_rtsp_transport(transport: str) -> None:
+    """Make OpenCV's FFmpeg backend open RTSP over ``transport``. OpenCV 4 takes FFmpeg's
+    options only from this variable (``key;value`` pairs joined by ``|``), read at each open;
+    the variable is process-wide and every camera of a capture process shares the config's
+    transport, so setting it before an open is safe. Options the user set are kept."""
+    current = [o for o in os.environ.get(_OPTIONS, "").split("|") if o and not o.startswith("rtsp_transport;")]
+    os.environ[_OPTIONS] = "|".join([*current, f"rtsp_transport;{transport}"])
+
+
+def open_video(src: SourceConfig, timeout_s: float = 0.0, rtsp_transport: str = "tcp") -> cv2.VideoCapture:
     """Open a webcam, file or stream; a stream given ``timeout_s`` fails to open, or stops
-    reading, after that long without data (a stalled camera is then reopened)."""
+    reading, after that long without data (a stalled camera is then reopened). RTSP goes
+    over ``rtsp_transport`` (tcp or udp)."""
     target: int | str = int(src.uri) if src.uri.isdigit() else src.uri
     if isinstance(target, str) and not src.is_live and not resolve_path(target).is_file():
         raise SourceError(f"source {src.id}: video file {target} does not exist")
     if isinstance(target, str) and not src.is_live:
         target = str(resolve_path(target))
+    if isinstance(target, str) and target.lower().startswith("rtsp"):
+        use_rtsp_transport(rtsp_transport)
     if isinstance(target, str) and src.is_live and timeout_s > 0:
         ms = int(timeout_s * 1000)
         params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
@@ -213,21 +230,54 @@ class SourceReader(threading.Thread):
     def _run_live(self) -> None:
         backoff = self.cap_cfg.reconnect_backoff_s
         first = True
+        reported = ""  # what this outage was reported as: said once, not at every retry
         while not self.stop.is_set():
             if not first:
                 self.metrics.camera_reconnects.labels(camera=self.src.id).inc()
             first = False
             try:
-                cap = open_video(self.src, self.cap_cfg.stall_timeout_s)
+                cap = open_video(self.src, self.cap_cfg.stall_timeout_s, self.cap_cfg.rtsp_transport)
             except SourceError as exc:
-                log.error("%s; retrying in %.1fs", exc, backoff)
-                self.stop.wait(backoff)
+                reason = probe.diagnose(self.src.uri)
+                message = self._outage(exc, reason)
+                if message != reported:
+                    log.error("%s", message)
+                    reported = message
+                else:
+                    log.debug("%s (again)", message)
+                self._wait_for_return(backoff, reason)
                 backoff = min(backoff * 2, self.cap_cfg.reconnect_backoff_max_s)
                 continue
+            if reported:
+                log.info("source %s: %s is back", self.src.id, redact(self.src.uri))
+                reported = ""
             if self._read_live(cap):
                 backoff = self.cap_cfg.reconnect_backoff_s
             log.error("source %s: %s stopped delivering frames; reconnecting", self.src.id, redact(self.src.uri))
             self.stop.wait(backoff)
+
+    def _outage(self, exc: SourceError, reason: str | None) -> str:
+        """The one line an outage is reported with (no credentials in it)."""
+        most = self.cap_cfg.reconnect_backoff_max_s
+        if reason == probe.REFUSED:
+            return (
+                f"camera {self.src.id} refused the credentials (401): check the user and password "
+                f"(retrying with backoff up to {most:g} s)"
+            )
+        if reason == probe.UNREACHABLE:
+            return f"source {self.src.id}: {redact(self.src.uri)} does not answer; reconnecting as soon as it does"
+        return f"{exc}; retrying with backoff up to {most:g} s"
+
+    def _wait_for_return(self, backoff: float, reason: str | None) -> None:
+        """Wait ``backoff``; a camera whose host did not answer is instead asked every
+        RETURN_POLL_S with a TCP connect (cheap for it), and retried the moment it answers."""
+        if reason != probe.UNREACHABLE:
+            self.stop.wait(backoff)
+            return
+        deadline = time.monotonic() + self.cap_cfg.reconnect_backoff_max_s
+        while not self.stop.wait(RETURN_POLL_S) and time.monotonic() < deadline:
+            if probe.reachable(self.src.uri, RETURN_POLL_S):
+                return
 
     def _read_live(self, cap: cv2.VideoCapture) -> bool:
         """Read until the source fails; True if it delivered at least one frame."""
