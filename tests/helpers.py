@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -271,3 +272,55 @@ def shipped_keras_model() -> Any:
     model = build("emonet-slim")
     model.load_weights(SHIPPED_WEIGHTS)
     return model
+
+
+RTSP_SERVER = REPO / "deploy" / "rtsp_camera.py"
+SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin")
+RTSP_PASSWORD = "Zq7-s3cret"
+
+
+def rtsp_server_available() -> bool:
+    """Debian's GStreamer RTSP server and its Python bindings (what deploy/rtsp_camera.py needs)."""
+    if SYSTEM_PYTHON is None:
+        return False
+    probe = "import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer"
+    return subprocess.run([SYSTEM_PYTHON, "-c", probe], capture_output=True).returncode == 0
+
+
+class RtspCamera:
+    """The RTSP server as a camera that can be switched off and on again."""
+
+    def __init__(self, image: Path, port: int, log: Path) -> None:
+        self.image, self.port, self.log = image, port, log
+        self.proc: subprocess.Popen[str] | None = None
+
+    def url(self, password: str = RTSP_PASSWORD) -> str:
+        return f"rtsp://viewer:{password}@127.0.0.1:{self.port}/cam"
+
+    def start(self) -> None:
+        with self.log.open("a") as log:
+            self.proc = subprocess.Popen(
+                [
+                    SYSTEM_PYTHON or "python3",
+                    str(RTSP_SERVER),
+                    str(self.image),
+                    "--port",
+                    str(self.port),
+                    "--user",
+                    "viewer",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                env={**os.environ, "RTSP_PASSWORD": RTSP_PASSWORD},
+            )
+        assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "ready"
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

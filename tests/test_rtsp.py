@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -17,56 +16,16 @@ import cv2
 import numpy as np
 import pytest
 
-from helpers import fetch, free_port, launch, pipeline_toml, reap, scrape_value, wait_for
+from helpers import RTSP_PASSWORD as PASSWORD
+from helpers import RtspCamera as Camera
+from helpers import fetch, free_port, launch, pipeline_toml, reap, rtsp_server_available, scrape_value, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
-SERVER = REPO / "tests" / "rtsp_server.py"
-SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin")
-PASSWORD = "Zq7-s3cret"
-
-
-def _server_available() -> bool:
-    if SYSTEM_PYTHON is None:
-        return False
-    probe = "import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer"
-    return subprocess.run([SYSTEM_PYTHON, "-c", probe], capture_output=True).returncode == 0
-
-
 pytestmark = pytest.mark.skipif(
-    not _server_available(),
+    not rtsp_server_available(),
     reason="GStreamer's RTSP server is not installed (apt-get install gir1.2-gst-rtsp-server-1.0 python3-gi "
     "gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly; .ci/run installs them)",
 )
-
-
-class Camera:
-    """The RTSP server as a camera that can be switched off and on again."""
-
-    def __init__(self, image: Path, port: int, log: Path) -> None:
-        self.image, self.port, self.log = image, port, log
-        self.proc: subprocess.Popen[str] | None = None
-
-    def url(self, password: str = PASSWORD) -> str:
-        return f"rtsp://viewer:{password}@127.0.0.1:{self.port}/cam"
-
-    def start(self) -> None:
-        with self.log.open("a") as log:
-            self.proc = subprocess.Popen(
-                [SYSTEM_PYTHON or "python3", str(SERVER), str(self.image), str(self.port), "/cam", "viewer", PASSWORD],
-                stdout=subprocess.PIPE,
-                stderr=log,
-                text=True,
-            )
-        assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "ready"
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 @pytest.fixture
