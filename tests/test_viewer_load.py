@@ -6,13 +6,14 @@ from __future__ import annotations
 import socket
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import psutil
 
 from deploy import measure
-from helpers import free_port, launch, pipeline_toml, reap, stage_pids
+from helpers import fetch, free_port, launch, pipeline_toml, reap, stage_pids
 
 VIEWERS = 20
 
@@ -92,4 +93,36 @@ def test_twenty_viewers_and_one_that_never_reads_leave_the_sink_rate_within_10_p
         stuck.close()
         proc.terminate()
         proc.wait(30)
+        reap(proc, log)
+
+
+def test_200_abandoned_requests_for_a_camera_no_one_has_leave_the_sink_bounded(
+    ipc_dir: Path, model_path: Path, carphone: Path
+) -> None:
+    """Each is answered 404 at once, so no thread or socket stays behind (they once stayed for good)."""
+    viewer_port = free_port()
+    config = ipc_dir / "c.toml"
+    config.write_text(pipeline_toml(ipc_dir, [], classify={"model": model_path}, viewer={"port": viewer_port}))
+    log = ipc_dir / "run.log"
+    proc = launch(config, log, "--source", f"cam0={carphone}", "--loop", "--realtime")
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "sink" not in stage_pids(log):
+            time.sleep(0.2)
+        sink = psutil.Process(stage_pids(log)["sink"])
+        assert b"cam0" in fetch(f"http://127.0.0.1:{viewer_port}/", time.monotonic() + 60)
+        time.sleep(1.0)
+        threads, fds = sink.num_threads(), sink.num_fds()
+        for _ in range(200):
+            with socket.create_connection(("127.0.0.1", viewer_port), timeout=5) as conn:
+                conn.sendall(b"GET /stream/nope.mjpg HTTP/1.1\r\nHost: x\r\n\r\n")
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{viewer_port}/stream/nope.mjpg", timeout=5)
+            raise AssertionError("a stream of a camera no one has was served")
+        except urllib.error.HTTPError as err:
+            assert err.code == 404
+        time.sleep(2.0)
+        print(f"sink threads {threads} -> {sink.num_threads()}, fds {fds} -> {sink.num_fds()}")
+        assert sink.num_threads() <= threads + 2 and sink.num_fds() <= fds + 2
+    finally:
         reap(proc, log)

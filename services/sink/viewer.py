@@ -13,6 +13,8 @@ import html
 import json
 import logging
 import re
+import select
+import socket
 import threading
 import time
 from collections import Counter
@@ -171,6 +173,9 @@ def make_handler(store: FrameStore) -> type[BaseHTTPRequestHandler]:
             if match is None or (match.group(1) == "stream") != (match.group(3) == "mjpg"):
                 self._send(404, "text/plain", f"not found: {path}\n".encode())
                 return
+            if match.group(2) not in store.cameras:  # answered at once: no thread waits on a camera no one has
+                self._send(404, "text/plain", f"no camera {match.group(2)}\n".encode())
+                return
             if match.group(1) == "snapshot":
                 self._snapshot(match.group(2))
             else:
@@ -197,7 +202,9 @@ def make_handler(store: FrameStore) -> type[BaseHTTPRequestHandler]:
                 while not store.closed:
                     entry = store.wait_newer(camera, version, timeout=1.0)
                     if entry is None:
-                        continue  # no new frame within a second; check for shutdown
+                        if self._client_left():
+                            raise ConnectionResetError("the client closed the connection")
+                        continue  # no new frame within a second; check for shutdown and the client
                     version, jpeg = entry
                     self.wfile.write(
                         f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n".encode()
@@ -211,13 +218,29 @@ def make_handler(store: FrameStore) -> type[BaseHTTPRequestHandler]:
             finally:
                 store.watch(camera, -1)
 
+        def _client_left(self) -> bool:
+            """Whether the client hung up (its side of the socket reads as closed): a stream
+            with no new frame would otherwise never write, and never notice."""
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            if not readable:
+                return False
+            try:
+                return self.connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+            except (BlockingIOError, InterruptedError):
+                return False
+            except OSError:
+                return True
+
         def _send(self, code: int, ctype: str, body: bytes) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-cache")
-            self.end_headers()
-            self.wfile.write(body)
+            try:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-cache")
+                self.end_headers()
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                log.debug("viewer client hung up before its answer (%d, %s)", code, self.path)
 
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002
             log.debug("viewer: " + format, *args)
