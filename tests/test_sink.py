@@ -160,6 +160,7 @@ def test_events_are_one_json_object_per_frame_in_the_specified_shape(tmp_path: P
                     "track": 0,
                     "emotion": "happy",
                     "confidence": 0.9,
+                    "probabilities": [0.0, 0.0, 0.0, 0.9, 0.0, 0.0, 0.1],  # the model's label order
                     "smoothed": {"emotion": "sad", "confidence": 0.5},
                 }
             ],
