@@ -44,6 +44,7 @@ from emopipe import metrics as metrics_mod
 from emopipe.config import Config, ConfigError, SourceConfig, resolve_path
 from emopipe.redact import redact
 from emopipe.service import EXIT_CONFIG, install_stop_handlers, setup_logging
+from services.sink.outputs import record_path
 
 log = logging.getLogger("emopipe.launcher")
 #: start order (downstream first, so subscribers are ready); stop order is the reverse
@@ -308,6 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         keys = curve.load(cfg.curve.keys)
         if keys is not None:
             keys.check()
+        check_outputs(cfg, [args.config] if args.config else [])
         empty_line_files(cfg)
     except (ConfigError, OSError, subprocess.CalledProcessError) as exc:
         log.error("%s", exc)
@@ -329,6 +331,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             if prometheus is not None:
                 prometheus.stop()
+
+
+def check_outputs(cfg: Config, config_files: Sequence[str]) -> None:
+    """Refuse (ConfigError naming both) an output that would overwrite an input or another
+    output: events, tracks or a recording that is a source file, the config, or each other."""
+    several = len(cfg.sources) > 1
+    outputs: list[tuple[str, Path]] = [
+        (name, resolve_path(value).resolve())
+        for name, value in (("--events", cfg.sink.events), ("--tracks", cfg.sink.tracks))
+        if value
+    ]
+    if cfg.sink.record:
+        base = resolve_path(cfg.sink.record).resolve()
+        outputs += [("--record", record_path(base, s.id, several)) for s in cfg.sources]
+    inputs: list[tuple[str, Path]] = [(f"the config {f}", Path(f).resolve()) for f in config_files]
+    inputs += [(f"the source of camera {s.id}", resolve_path(s.uri).resolve()) for s in cfg.sources if not s.is_live]
+    seen: dict[Path, str] = {}
+    for name, path in outputs:
+        for what, source in inputs:
+            if path == source or (path.exists() and source.exists() and path.samefile(source)):
+                raise ConfigError(f"{name} {path} is {what}: refusing to overwrite it")
+        if path in seen and seen[path] != name:
+            raise ConfigError(f"{name} and {seen[path]} both write {path}")
+        seen[path] = name
 
 
 def empty_line_files(cfg: Config) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -76,3 +77,36 @@ def test_check_config_prints_the_resolved_config() -> None:
         text=True,
     )
     assert out.returncode == 0 and "scale_factor = 1.1" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--events", "{video}"], "--events {video} is the source of camera cam0: refusing to overwrite it"),
+        (["--tracks", "{video}"], "--tracks {video} is the source of camera cam0"),
+        (["--record", "{video}"], "--record {video} is the source of camera cam0"),
+        (["--events", "{config}"], "--events {config} is the config {config}"),
+        (["--events", "{out}", "--tracks", "{out}"], "--tracks and --events both write {out}"),
+    ],
+)
+def test_an_output_that_would_overwrite_an_input_or_another_output_is_refused_before_anything_is_written(
+    tmp_path: Path, carphone: Path, args: list[str], words: str
+) -> None:
+    video = tmp_path / "v.mp4"
+    video.write_bytes(carphone.read_bytes())
+    config = tmp_path / "site.toml"
+    config.write_text("[sink]\nprogress_s = 5.0\n")
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (video, config)}
+    names = {"video": str(video), "config": str(config), "out": str(tmp_path / "out.jsonl")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "deploy.launcher", "run", "--config", str(config), "--source", str(video)]
+        + [a.format(**names) for a in args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert words.format(**names) in proc.stdout + proc.stderr
+    assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (video, config)} == before
+    assert not (tmp_path / "out.jsonl").exists()
