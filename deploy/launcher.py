@@ -196,6 +196,9 @@ class Supervisor:
                 if status is not None:
                     return status
             log.info("stopping")
+            signum = getattr(self.stop, "signum", None)
+            if self.cfg.all_sources_end and signum is not None:  # an analysis cut short is not a success
+                return 128 + signum
             return 0
         finally:
             self.shutdown()

@@ -60,12 +60,19 @@ def setup_logging(name: str, level: str) -> None:
     )
 
 
-def install_stop_handlers() -> threading.Event:
+class StopEvent(threading.Event):
+    """Set by SIGTERM or SIGINT; ``signum`` says which (None: not by a signal)."""
+
+    signum: int | None = None
+
+
+def install_stop_handlers() -> StopEvent:
     """SIGTERM and SIGINT set the returned event; the stage's loop checks it."""
-    stop = threading.Event()
+    stop = StopEvent()
 
     def on_signal(signum: int, _frame: object) -> None:
         logging.getLogger(__name__).info("received %s, stopping", signal.Signals(signum).name)
+        stop.signum = signum
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)

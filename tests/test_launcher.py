@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from deploy import launcher
+from deploy.measure import write_video
 from emopipe import sample_video
 from emopipe.config import SourceConfig
 from helpers import REPO
@@ -110,3 +114,36 @@ def test_an_output_that_would_overwrite_an_input_or_another_output_is_refused_be
     assert words.format(**names) in proc.stdout + proc.stderr
     assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (video, config)} == before
     assert not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.parametrize(("sig", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupted_file_analysis_exits_with_the_signals_status_and_says_how_far_it_got(
+    tmp_path: Path, carphone_frames: list, sig: signal.Signals, status: int
+) -> None:
+    video = tmp_path / "long.mp4"
+    write_video(video, carphone_frames * 4, 30.0)  # 16 s, played at its rate
+    events = tmp_path / "out.jsonl"
+    log = tmp_path / "run.log"
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "deploy.launcher", "run", "--source", str(video), "--events", str(events)],
+            cwd=REPO,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (not events.is_file() or events.read_bytes().count(b"\n") < 20):
+            time.sleep(0.1)
+        proc.send_signal(sig)
+        assert proc.wait(60) == status
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    lines = events.read_bytes().count(b"\n")
+    total = 4 * len(carphone_frames)
+    assert 20 <= lines < total
+    text = log.read_text()
+    found = re.search(r"emopipe: interrupted after (\d+) of (\d+) frames: the output is incomplete", text)
+    assert found is not None, text[-2000:]
+    assert int(found.group(2)) == total and int(found.group(1)) <= total

@@ -218,7 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             tracks.close()
             progress.close()
-            print(progress.summary(outputs.paths(events.path, tracks.path)), flush=True)
+            interrupted = cfg.all_sources_end and stop.is_set() and not sink.finished()
+            print(progress.summary(outputs.paths(events.path, tracks.path), interrupted), flush=True)
         return code
     finally:
         frames.close(linger=0)

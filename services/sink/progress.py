@@ -103,13 +103,18 @@ class Progress:
         if camera in self.cameras:
             self.cameras[camera].tracks += 1
 
-    def summary(self, outputs: Sequence[tuple[str, str]]) -> str:
-        """One line: frames, faces and tracks over every camera, the time taken, where the outputs are."""
+    def summary(self, outputs: Sequence[tuple[str, str]], interrupted: bool = False) -> str:
+        """One line: frames, faces and tracks over every camera, the time taken, where the outputs
+        are; a run stopped before its files ended says so first, with how far it got."""
         frames = sum(c.frames for c in self.cameras.values())
         faces = sum(c.faces for c in self.cameras.values())
         tracks = sum(c.tracks for c in self.cameras.values())
         seconds = time.monotonic() - self.started
         where = "".join(f"; {what}: {path}" for what, path in outputs)
+        if interrupted:
+            total = sum(c.total or 0 for c in self.cameras.values())
+            done = f"{frames} of {total}" if total else f"{frames}"
+            return f"emopipe: interrupted after {done} frames: the output is incomplete{where}"
         return (
             f"emopipe: {frames} frames, {faces} faces, {tracks} tracks from {len(self.cameras)} camera(s) "
             f"in {seconds:.1f} s ({frames / max(seconds, 1e-9):.1f} FPS){where}"
