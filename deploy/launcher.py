@@ -23,6 +23,7 @@ import argparse
 import ctypes
 import dataclasses
 import logging
+import os
 import re
 import signal
 import subprocess
@@ -313,6 +314,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if keys is not None:
             keys.check()
         check_outputs(cfg, [args.config] if args.config else [])
+        if cfg.sink.show and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+            raise ConfigError(
+                "--show (sink.show) needs a display, and DISPLAY is not set: use --record FILE or the viewer"
+            )
         empty_line_files(cfg)
     except (ConfigError, OSError, subprocess.CalledProcessError) as exc:
         log.error("%s", exc)

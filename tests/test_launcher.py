@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import signal
 import subprocess
@@ -147,3 +148,19 @@ def test_an_interrupted_file_analysis_exits_with_the_signals_status_and_says_how
     found = re.search(r"emopipe: interrupted after (\d+) of (\d+) frames: the output is incomplete", text)
     assert found is not None, text[-2000:]
     assert int(found.group(2)) == total and int(found.group(1)) <= total
+
+
+def test_show_without_a_display_is_refused_in_one_line_before_anything_starts(tmp_path: Path, carphone: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "deploy.launcher", "run", "--source", str(carphone), "--show"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert proc.returncode == 2
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "--show (sink.show) needs a display, and DISPLAY is not set" in errors[0]
+    assert "started" not in proc.stdout + proc.stderr  # no stage was started
