@@ -360,6 +360,19 @@ def _check_positive(cfg: Config) -> None:
         "bus.frames_jpeg_quality": 0 <= cfg.bus.frames_jpeg_quality <= 100,
         "sink.jpeg_quality": 1 <= cfg.sink.jpeg_quality <= 100,
         "pipeline.log_level": cfg.pipeline.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+        # times that are waited or divided by: above zero; rates: above zero
+        "pipeline.restart_backoff_s": cfg.pipeline.restart_backoff_s > 0,
+        "pipeline.restart_backoff_max_s": cfg.pipeline.restart_backoff_max_s >= cfg.pipeline.restart_backoff_s,
+        "pipeline.max_restarts": cfg.pipeline.max_restarts >= 0,
+        "pipeline.stop_timeout_s": cfg.pipeline.stop_timeout_s > 0,
+        "bus.subscribe_timeout_s": cfg.bus.subscribe_timeout_s > 0,
+        "bus.eos_repeat_s": cfg.bus.eos_repeat_s > 0,
+        "capture.subscribers": cfg.capture.subscribers >= 0,
+        "capture.folder_fps": cfg.capture.folder_fps > 0,
+        "capture.reconnect_backoff_s": cfg.capture.reconnect_backoff_s > 0,
+        "capture.reconnect_backoff_max_s": cfg.capture.reconnect_backoff_max_s >= cfg.capture.reconnect_backoff_s,
+        "sink.record_fps": cfg.sink.record_fps > 0,
+        "sink.match_timeout_s": cfg.sink.match_timeout_s > 0,
     }
     for section in ("capture", "detect", "classify", "sink", "viewer"):
         port = getattr(getattr(cfg, section), "metrics_port" if section != "viewer" else "port")

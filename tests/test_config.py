@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -134,3 +136,33 @@ def test_an_explicit_mode_wins_over_what_the_sources_say() -> None:
     assert config.replace(config.Config(), "pipeline", mode="lossless").lossless  # a worker knows no source
     with pytest.raises(config.ConfigError, match="pipeline.mode"):
         config.validate(config.replace(config.Config(), "pipeline", mode="sometimes"))
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("capture", "folder_fps", 0.0),  # a ZeroDivisionError in a reader thread: capture never ended
+        ("bus", "subscribe_timeout_s", -5.0),  # a capture restart loop
+        ("sink", "record_fps", 0.0),
+        ("pipeline", "stop_timeout_s", -1.0),
+        ("pipeline", "restart_backoff_s", -1.0),
+        ("pipeline", "max_restarts", -1),
+        ("sink", "match_timeout_s", -2.0),
+        ("capture", "reconnect_backoff_s", -1.0),
+        ("bus", "eos_repeat_s", 0.0),
+    ],
+)
+def test_check_config_refuses_each_value_that_would_hang_or_crash_loop_a_run_naming_the_key(
+    tmp_path: Path, section: str, key: str, value: float
+) -> None:
+    path = write(tmp_path, f"[{section}]\n{key} = {value!r}\n")
+    with pytest.raises(ConfigError, match=rf"'{section}\.{key}' has an invalid value {value!r}"):
+        config.load(path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "deploy.launcher", "check-config", str(path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and f"'{section}.{key}' has an invalid value" in proc.stderr
