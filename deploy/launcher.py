@@ -363,6 +363,23 @@ def check_outputs(cfg: Config, config_files: Sequence[str]) -> None:
         if path in seen and seen[path] != name:
             raise ConfigError(f"{name} and {seen[path]} both write {path}")
         seen[path] = name
+        _check_writable(name, path)
+
+
+def _check_writable(name: str, path: Path) -> None:
+    """An output that cannot be written is found now, not at the first frame: a special file or a
+    folder in its place, or a place where no file can be created (tried, and taken back)."""
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"{name} {path} is not a regular file")
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("ab"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{name} {path} cannot be written: {exc.strerror or exc}") from exc
+    if not existed:
+        path.unlink()
 
 
 def empty_line_files(cfg: Config) -> None:

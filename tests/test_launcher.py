@@ -164,3 +164,27 @@ def test_show_without_a_display_is_refused_in_one_line_before_anything_starts(tm
     errors = [line for line in (proc.stdout + proc.stderr).splitlines() if "ERROR" in line]
     assert len(errors) == 1 and "--show (sink.show) needs a display, and DISPLAY is not set" in errors[0]
     assert "started" not in proc.stdout + proc.stderr  # no stage was started
+
+
+@pytest.mark.parametrize(
+    ("option", "target", "words"),
+    [
+        ("--record", "/proc/nope.mp4", "--record /proc/nope.mp4 cannot be written"),
+        ("--events", "/dev/null", "--events /dev/null is not a regular file"),
+        ("--tracks", "{tmp}", "--tracks {tmp} is not a regular file"),
+    ],
+)
+def test_an_output_that_cannot_be_written_is_refused_before_the_first_frame(
+    tmp_path: Path, carphone: Path, option: str, target: str, words: str
+) -> None:
+    target, words = target.format(tmp=tmp_path), words.format(tmp=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "deploy.launcher", "run", "--source", str(carphone), option, target],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stdout[-2000:]
+    assert words in proc.stdout + proc.stderr
+    assert "started capture" not in proc.stdout + proc.stderr
