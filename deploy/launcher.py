@@ -51,6 +51,7 @@ log = logging.getLogger("emopipe.launcher")
 #: start order (downstream first, so subscribers are ready); stop order is the reverse
 START_ORDER = ("sink", "classify", "detect", "capture")
 SOURCE_WITH_ID = re.compile(r"^([A-Za-z0-9_-]{1,64})=(.+)$")
+LOOKS_NAMED = re.compile(r"^([^=/:\\]+)=(.+)$")  # ID=SRC with an id of any characters (no path or URL before '=')
 #: the stages that run as pools of workers (``<stage>.workers``, ``--workers STAGE=N``)
 POOLED = ("detect", "classify")
 STABLE_AFTER_S = 30.0  # a stage that ran this long gets its backoff reset
@@ -60,9 +61,15 @@ STABLE_AFTER_S = 30.0  # a stage that ran this long gets its backoff reset
 
 
 def parse_sources(values: Sequence[str], loop: bool) -> list[SourceConfig]:
-    """``SRC`` or ``ID=SRC``; unnamed sources are cam0, cam1, ... by position."""
+    """``SRC`` or ``ID=SRC``; unnamed sources are cam0, cam1, ... by position. An ``ID=`` that is
+    not a valid camera id is an error naming it (not a file of that name that does not exist)."""
     sources = []
     for i, value in enumerate(values):
+        named = LOOKS_NAMED.match(value)
+        if named and not SOURCE_WITH_ID.match(value) and not Path(value).exists():
+            raise ConfigError(
+                f"--source {value!r}: camera id {named.group(1)!r} must be 1-64 letters, digits, '_' or '-' (A-Z, 0-9)"
+            )
         match = SOURCE_WITH_ID.match(value)
         camera, uri = (match.group(1), match.group(2)) if match else (f"cam{i}", value)
         sources.append(SourceConfig(id=camera, uri=uri, loop=loop))

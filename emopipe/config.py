@@ -215,6 +215,7 @@ def load(path: str | Path | Sequence[str | Path] | None, environ: Mapping[str, s
                 data[section] = values
     for key, value in env_overrides(os.environ if environ is None else environ).items():
         section, name = key.split(".")
+        _check_override(section, name)
         data.setdefault(section, {})[name] = value
     try:
         expand_source_variables(data, os.environ if environ is None else environ)
@@ -243,14 +244,31 @@ def expand_source_variables(data: dict[str, Any], environ: Mapping[str, str]) ->
         src["uri"] = _VARIABLE.sub(lambda m: environ[m.group(1)], uri)
 
 
+def _check_override(section: str, name: str) -> None:
+    """An environment override of a key the config does not have, named as the variable it came from."""
+    var = f"{ENV_PREFIX}{section.upper()}__{name.upper()}"
+    sections = {f.name: f.type for f in fields(Config)}
+    hint = get_type_hints(Config).get(section)
+    if section not in sections or not (isinstance(hint, type) and dataclasses.is_dataclass(hint)):
+        raise ConfigError(f"environment variable {var}: unknown section '{section}'")
+    if name not in {f.name for f in fields(hint)}:
+        raise ConfigError(f"environment variable {var}: unknown key '{section}.{name}'")
+
+
 def _read(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as fh:
             return tomllib.load(fh)
     except FileNotFoundError as exc:
         raise ConfigError(f"config file {path} does not exist") from exc
+    except IsADirectoryError as exc:
+        raise ConfigError(f"config file {path} is a folder, not a TOML file") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text: {exc.reason} at byte {exc.start}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from exc
 
 
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -313,6 +331,8 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"'sources[{i}].id' {src.id!r} must match {CAMERA_ID.pattern}")
         if not src.uri:
             raise ConfigError(f"'sources[{i}].uri' is empty")
+        if any(ord(ch) < 32 for ch in src.uri):
+            raise ConfigError(f"'sources[{i}].uri' {src.uri!r} holds a control character (a newline?)")
         if src.fps < 0:
             raise ConfigError(f"'sources[{i}].fps' must be >= 0, got {src.fps}")
     if len(set(ids)) != len(ids):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from emopipe import config
 from emopipe.config import Config, ConfigError
@@ -166,3 +168,39 @@ def test_check_config_refuses_each_value_that_would_hang_or_crash_loop_a_run_nam
         timeout=60,
     )
     assert proc.returncode == 2 and f"'{section}.{key}' has an invalid value" in proc.stderr
+
+
+def test_a_config_that_is_not_utf8_or_is_a_folder_is_one_line_naming_it(tmp_path: Path) -> None:
+    latin = tmp_path / "latin1.toml"
+    latin.write_bytes('[sink]\nevents = "caf\xe9.jsonl"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.toml is not UTF-8 text"):
+        config.load(latin)
+    with pytest.raises(ConfigError, match=rf"config file {tmp_path} is a folder"):
+        config.load(tmp_path)
+    for path in (latin, tmp_path):
+        proc = subprocess.run(
+            [sys.executable, "-m", "deploy.launcher", "check-config", str(path)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) == 1
+
+
+def test_a_bad_environment_override_is_named_as_the_variable_not_as_a_key_of_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "[detect]\nmin_neighbors = 3\n")
+    with pytest.raises(ConfigError) as err:
+        config.load(path, environ={"EMOPIPE__DETECT__MIN_NEIGHBOURS": "7"})
+    assert "environment variable EMOPIPE__DETECT__MIN_NEIGHBOURS: unknown key 'detect.min_neighbours'" in str(err.value)
+    assert str(path) not in str(err.value)
+
+
+def test_a_source_with_a_newline_is_refused_naming_it() -> None:
+    with pytest.raises(ConfigError, match=r"'sources\[0\]\.uri' 'a\\nb\.mp4' holds a control character"):
+        config.from_dict({"sources": [{"id": "cam0", "uri": "a\nb.mp4"}]})
+
+
+def test_the_every_key_config_has_every_section() -> None:
+    data = tomllib.loads((REPO / "deploy" / "emopipe.toml").read_text())
+    assert set(data) >= {f.name for f in dataclasses.fields(Config) if f.name != "sources"}

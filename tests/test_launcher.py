@@ -16,7 +16,7 @@ import pytest
 from deploy import launcher
 from deploy.measure import write_video
 from emopipe import sample_video
-from emopipe.config import SourceConfig
+from emopipe.config import ConfigError, SourceConfig
 from helpers import REPO
 
 
@@ -188,3 +188,10 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_first_frame(
     assert proc.returncode == 2, proc.stdout[-2000:]
     assert words in proc.stdout + proc.stderr
     assert "started capture" not in proc.stdout + proc.stderr
+
+
+def test_a_source_named_with_an_invalid_camera_id_says_so(tmp_path: Path, carphone: Path) -> None:
+    with pytest.raises(ConfigError, match=r"camera id 'ü' must be"):
+        launcher.parse_sources([f"ü={carphone}"], loop=False)
+    assert launcher.parse_sources([f"door-1={carphone}"], loop=False)[0].id == "door-1"
+    assert launcher.parse_sources(["rtsp://h/s?a=b"], loop=False)[0].uri == "rtsp://h/s?a=b"  # '=' in a URL
