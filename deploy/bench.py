@@ -229,11 +229,19 @@ def report(
         f"- command: `emopipe bench --cameras {len(pipe.cameras)} --seconds {args.seconds:g}"
         + (f" --transport {args.transport}" if args.transport != "ipc" else "")
         + (f" --source {args.source}" if args.source else "")
+        + (f" --config {args.config}" if args.config else "")
+        + (f" --recall-frames {args.recall_frames}" if args.recall_frames != 480 and not args.smoke else "")
         + "".join(f" --workers {w}" for w in args.workers or [])
         + (" --every-frame" if args.every_frame else "")
         + "`",
         f"- measured {pipe.seconds:.1f} s after {args.warmup:g} s of warm-up, live mode (--realtime), "
-        + ("detection full-frame on every frame, detect.threads = 1" if args.every_frame else "default config")
+        + (
+            "detection full-frame on every frame, detect.threads = 1"
+            if args.every_frame
+            else f"config {args.config}"
+            if args.config
+            else "default config"
+        )
         + f"; workers: detect {cfg.detect.workers}, classify {cfg.classify.workers}",
         "",
         "| camera | processed FPS | latency p50 ms | p95 ms | p99 ms |",

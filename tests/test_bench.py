@@ -10,8 +10,11 @@ from pathlib import Path
 
 def test_bench_smoke_reports_fps_latency_usage_recall_and_flicker_for_two_cameras(tmp_path: Path) -> None:
     markdown = tmp_path / "bench.md"
+    site = tmp_path / "site.toml"
+    site.write_text("[sink]\nsmooth_s = 1.0\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "deploy.launcher", "bench", "--smoke", "--markdown", str(markdown)],
+        [sys.executable, "-m", "deploy.launcher", "bench", "--smoke", "--markdown", str(markdown)]
+        + ["--config", str(site)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -19,6 +22,7 @@ def test_bench_smoke_reports_fps_latency_usage_recall_and_flicker_for_two_camera
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = markdown.read_text()
     assert text == proc.stdout.rstrip("\n") + "\n" or text in proc.stdout
+    assert f"--config {site}" in text and f"config {site}; workers" in text  # the report names what it measured
     cameras = re.findall(r"^\| (cam\d) \| ([0-9.]+) \| (\d+) \| (\d+) \| (\d+) \|$", text, re.M)
     assert [c[0] for c in cameras] == ["cam0", "cam1"]
     for _, fps, p50, p95, p99 in cameras:
