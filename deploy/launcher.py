@@ -226,7 +226,7 @@ class Supervisor:
             code = stage.process.poll() if stage.process else None
             if code is None:
                 continue
-            if stage.name == "sink" and self.cfg.all_sources_end and code in (0, 3):
+            if stage.name == "sink" and self.cfg.all_sources_end and code in (0, 3, 5):
                 log.info("sink finished (exit %d): every source ended", code)
                 return code
             if code == EXIT_CONFIG:

@@ -195,3 +195,23 @@ def test_a_source_named_with_an_invalid_camera_id_says_so(tmp_path: Path, carpho
         launcher.parse_sources([f"ü={carphone}"], loop=False)
     assert launcher.parse_sources([f"door-1={carphone}"], loop=False)[0].id == "door-1"
     assert launcher.parse_sources(["rtsp://h/s?a=b"], loop=False)[0].uri == "rtsp://h/s?a=b"  # '=' in a URL
+
+
+def test_a_recording_that_fails_is_said_once_and_stopped_while_every_line_is_written(
+    tmp_path: Path, carphone: Path, carphone_frames: list
+) -> None:
+    """OpenCV has no writer for the extension: the recording fails at the first frame."""
+    events = tmp_path / "out.jsonl"
+    proc = subprocess.run(
+        [sys.executable, "-m", "deploy.launcher", "run", "--source", str(carphone), "--events", str(events)]
+        + ["--record", str(tmp_path / "annotated.nosuchformat")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 5, text[-3000:]
+    assert events.read_bytes().count(b"\n") == len(carphone_frames)  # every frame has its line
+    assert text.count("record failed: cannot open") == 1 and "record stopped" in text
+    assert "exited with status" not in text  # the sink was not restarted

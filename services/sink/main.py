@@ -33,6 +33,7 @@ from services.sink.viewer import FrameStore, Viewer
 
 log = logging.getLogger("emopipe.sink")
 EXIT_INCOMPLETE = 3
+EXIT_OUTPUT_FAILED = 5  # every line written, but --record or --show failed and was stopped
 #: lines that could not be written: counted each, logged now and then
 write_errors = ThrottledLog(log)
 
@@ -171,12 +172,14 @@ class Sink:
         return self.cfg.all_sources_end and bool(self.cameras) and all(self.joins[c].done for c in self.cameras)
 
     def exit_code(self) -> int:
-        if not self.cfg.lossless:
-            return 0
-        incomplete = {c: (j.written, j.frames_eos) for c, j in self.joins.items() if not j.complete}
-        if incomplete:
-            log.error("frames without their line (written, produced): %s", incomplete)
-            return EXIT_INCOMPLETE
+        if self.cfg.lossless:
+            incomplete = {c: (j.written, j.frames_eos) for c, j in self.joins.items() if not j.complete}
+            if incomplete:
+                log.error("frames without their line (written, produced): %s", incomplete)
+                return EXIT_INCOMPLETE
+        if self.outputs.failed:
+            log.error("outputs that failed and were stopped (every line was written): %s", self.outputs.failed)
+            return EXIT_OUTPUT_FAILED
         return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -13,6 +14,11 @@ from services.sink.render import encode_jpeg
 from services.sink.viewer import FrameStore
 
 log = logging.getLogger(__name__)
+
+
+def _show_window(camera: str, image: np.ndarray) -> None:
+    cv2.imshow(f"emopipe {camera}", image)
+    cv2.waitKey(1)
 
 
 def record_path(base: Path, camera: str, several: bool) -> Path:
@@ -26,6 +32,7 @@ class Outputs:
         self.cameras = cameras
         self.store = store
         self.writers: dict[str, cv2.VideoWriter] = {}
+        self.failed: dict[str, str] = {}  # output ("record", "show") -> why it was stopped
 
     def wanted(self, camera: str) -> bool:
         """Whether anything would use an annotated frame of ``camera`` now."""
@@ -34,11 +41,24 @@ class Outputs:
     def show(self, camera: str, image: np.ndarray) -> None:
         if self.store is not None:
             self.store.put(camera, encode_jpeg(image, self.cfg.jpeg_quality))
-        if self.cfg.record:
-            self._record(camera, image)
-        if self.cfg.show:
-            cv2.imshow(f"emopipe {camera}", image)
-            cv2.waitKey(1)
+        if self.cfg.record and "record" not in self.failed:
+            self._guarded("record", lambda: self._record(camera, image))
+        if self.cfg.show and "show" not in self.failed:
+            self._guarded("show", lambda: _show_window(camera, image))
+
+    def _guarded(self, output: str, action: Callable[[], None]) -> None:
+        """Run one output's work; a failure is said once and stops that output only: the JSON
+        lines and the other outputs go on, and the run's exit status says an output failed."""
+        try:
+            action()
+        except (OSError, cv2.error) as exc:
+            self.failed[output] = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            log.error(
+                "%s failed: %s; %s stopped, the JSON lines and the other outputs go on",
+                output,
+                self.failed[output],
+                output,
+            )
 
     def _record(self, camera: str, image: np.ndarray) -> None:
         writer = self.writers.get(camera)
