@@ -154,7 +154,7 @@ class SinkConfig:
     cameras: list[str] = field(default_factory=list)
     events: str = ""  # JSON lines file; "" = none
     record: str = ""  # annotated video file; "" = none (several cameras: name.<camera>.ext)
-    record_fps: float = 25.0
+    record_fps: float = 25.0  # --record of a live camera plays at this rate (a file or folder at its own)
     show: bool = False  # OpenCV window per camera
     match_timeout_s: float = 2.0  # live: a frame without results after this is dropped
     tracks: str = ""  # JSON lines file, one line per ended face track; "" = none

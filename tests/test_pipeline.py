@@ -166,17 +166,22 @@ def test_file_run_logs_each_cameras_progress_and_ends_with_a_summary_of_what_it_
     assert summary, file_run["log"][-2000:]
 
 
-def test_file_run_records_every_annotated_frame_per_camera(
-    file_run: dict[str, Any], carphone_frames: list[np.ndarray]
+def test_file_run_records_every_annotated_frame_per_camera_at_the_sources_rate(
+    file_run: dict[str, Any], carphone_frames: list[np.ndarray], carphone: Path
 ) -> None:
+    source = cv2.VideoCapture(str(carphone))
+    source_fps = source.get(cv2.CAP_PROP_FPS)
+    source.release()
     for camera, path in file_run["recordings"].items():
         cap = cv2.VideoCapture(str(path))
         count = 0
         while cap.read()[0]:
             count += 1
         size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+        fps = cap.get(cv2.CAP_PROP_FPS)
         cap.release()
         assert (count, size) == (len(carphone_frames), (176, 144)), camera
+        assert fps == pytest.approx(source_fps, rel=0.01), camera  # it played 17% slow at a fixed 25
 
 
 def test_realtime_file_run_also_ends_by_itself_with_increasing_frames(

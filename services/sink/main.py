@@ -25,7 +25,7 @@ from emopipe.relay import decode_batch
 from emopipe.throttle import ThrottledLog
 from services.sink.events import LineWriter, event
 from services.sink.join import CameraJoin, Joined
-from services.sink.outputs import Outputs
+from services.sink.outputs import Outputs, recording_fps
 from services.sink.progress import Progress
 from services.sink.render import annotate
 from services.sink.smoothing import Smoother
@@ -198,7 +198,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             viewer = Viewer(store, cfg.viewer.host, cfg.viewer.port)
             viewer.start()
             log.info("viewer on %s", viewer.url)
-        outputs = Outputs(cfg.sink, cameras, store)
+        fps = (
+            {s.id: recording_fps(s, cfg.capture, cfg.sink.record_fps) for s in cfg.sources if s.id in cameras}
+            if cfg.sink.record
+            else {}
+        )
+        outputs = Outputs(cfg.sink, cameras, store, fps)
     ctx = zmq.Context()
     hwm = cfg.bus.lossless_hwm if cfg.lossless else cfg.bus.live_hwm * 4
     limit = cfg.bus.max_message_mb

@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from emopipe.config import SinkConfig, resolve_path
+from emopipe.config import CaptureConfig, SinkConfig, SourceConfig, resolve_path
 from services.sink.render import encode_jpeg
 from services.sink.viewer import FrameStore
 
@@ -26,11 +26,34 @@ def record_path(base: Path, camera: str, several: bool) -> Path:
     return base.with_name(f"{base.stem}.{camera}{base.suffix}") if several else base
 
 
+def recording_fps(src: SourceConfig, capture: CaptureConfig, fallback: float) -> float:
+    """The rate a camera's recording plays at: its source's (capture's own rule: ``fps``, a
+    video's rate, ``folder_fps`` for folders); ``fallback`` (``sink.record_fps``) for live
+    cameras, whose rate no file states."""
+    if src.fps > 0:
+        return src.fps
+    if src.is_live:
+        return fallback
+    path = resolve_path(src.uri)
+    if path.is_dir():
+        return capture.folder_fps
+    cap = cv2.VideoCapture(str(path))
+    try:
+        native = float(cap.get(cv2.CAP_PROP_FPS))
+    finally:
+        cap.release()
+    return native if native > 0 else fallback
+
+
 class Outputs:
-    def __init__(self, cfg: SinkConfig, cameras: list[str], store: FrameStore | None) -> None:
+    def __init__(
+        self, cfg: SinkConfig, cameras: list[str], store: FrameStore | None, fps: dict[str, float] | None = None
+    ) -> None:
+        """``fps``: each camera's recording rate (default ``sink.record_fps``)."""
         self.cfg = cfg
         self.cameras = cameras
         self.store = store
+        self.fps = fps or {}
         self.writers: dict[str, cv2.VideoWriter] = {}
         self.failed: dict[str, str] = {}  # output ("record", "show") -> why it was stopped
 
@@ -67,7 +90,7 @@ class Outputs:
             path.parent.mkdir(parents=True, exist_ok=True)
             size = (image.shape[1], image.shape[0])
             fourcc = cv2.VideoWriter_fourcc(*"mp4v")  # type: ignore[attr-defined]
-            writer = cv2.VideoWriter(str(path), fourcc, self.cfg.record_fps, size)
+            writer = cv2.VideoWriter(str(path), fourcc, self.fps.get(camera, self.cfg.record_fps), size)
             if not writer.isOpened():
                 raise OSError(f"cannot open {path} for recording")
             log.info("recording camera %s to %s", camera, path)
