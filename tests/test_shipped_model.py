@@ -20,8 +20,10 @@ from training.quantize import calibration_faces
 PUBLIC_TEST = DEFAULT_DATA / "test"
 CARD = DEFAULT_MODEL.parent / "MODEL_CARD.md"
 # A regression floor, not the goal: the shipped model's PublicTest accuracy rounded down.
-# Raise it whenever a better model ships (the goal is 68% on the withheld PrivateTest).
-MIN_PUBLICTEST_ACCURACY = 0.690
+# Raise it whenever a better model ships. The file of 2026-12-04 scored 69.07% here and 27% of
+# real labelled clips; this one gives up 1.4 points of PublicTest for faces from other sources
+# (tests/test_shipped_crossdomain.py; the floor on FER-2013 is 66%).
+MIN_PUBLICTEST_ACCURACY = 0.677
 
 if not PUBLIC_TEST.is_dir():
     pytest.skip(f"FER-2013 PublicTest not found at {PUBLIC_TEST}", allow_module_level=True)
@@ -71,11 +73,13 @@ def test_the_committed_weights_export_to_the_shipped_model(
     pytest.importorskip("keras")  # the training extra: the checks above run without it
     from training.export import export
 
+    assert model.preprocessing == "equalize_hist"  # trained on equalised faces, and served them
     export(
         shipped_keras_model(),
         tmp_path / "again.onnx",
         flip_average=True,
         int8_calibration=calibration_faces(DEFAULT_DATA),
+        preprocessing=model.preprocessing,
     )
     again = EmotionModel(tmp_path / "again.onnx", intra_op_threads=0)
     assert again.labels == model.labels and again.input_size == model.input_size
