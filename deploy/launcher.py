@@ -374,10 +374,13 @@ def check_outputs(cfg: Config, config_files: Sequence[str]) -> None:
 
 
 def _check_writable(name: str, path: Path) -> None:
-    """An output that cannot be written is found now, not at the first frame: a special file or a
-    folder in its place, or a place where no file can be created (tried, and taken back)."""
-    if path.exists() and not path.is_file():
+    """An output that cannot be written is found now, not at the first frame: a folder in its
+    place, a special file for a recording (JSON lines may go to a pipe or a device), or a place
+    where no file can be created (tried, and taken back)."""
+    if path.is_dir() or (name == "--record" and path.exists() and not path.is_file()):
         raise ConfigError(f"{name} {path} is not a regular file")
+    if path.exists() and not path.is_file():
+        return  # a FIFO, /dev/stdout: written as it is
     existed = path.exists()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

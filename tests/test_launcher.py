@@ -170,7 +170,7 @@ def test_show_without_a_display_is_refused_in_one_line_before_anything_starts(tm
     ("option", "target", "words"),
     [
         ("--record", "/proc/nope.mp4", "--record /proc/nope.mp4 cannot be written"),
-        ("--events", "/dev/null", "--events /dev/null is not a regular file"),
+        ("--record", "/dev/null", "--record /dev/null is not a regular file"),
         ("--tracks", "{tmp}", "--tracks {tmp} is not a regular file"),
     ],
 )
