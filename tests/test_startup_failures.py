@@ -104,7 +104,7 @@ def events_not_writable(tmp: Path, video: Path, port: int) -> tuple[str, list[st
     events = tmp / "events.jsonl"
     events.mkdir()
     config = pipeline_toml(tmp, [("cam0", video, False)])
-    return config, ["--events", str(events)], f"cannot write the JSON-lines file {events}: Is a directory"
+    return config, ["--events", str(events)], f"--events {events} is not a regular file"
 
 
 def unknown_camera(tmp: Path, video: Path, port: int) -> tuple[str, list[str], str]:

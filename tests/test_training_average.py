@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from helpers import shipped_keras_model
+from services.classify.model import PREPROCESSING
 from training.average import accuracy, average_weights, recalibrate_batch_norm
 from training.data import DEFAULT_DATA, load_folder
 from training.models import vgg
@@ -61,10 +62,10 @@ def test_recalibration_needs_a_full_batch() -> None:
 
 @pytest.mark.skipif(not (DEFAULT_DATA / "test").is_dir(), reason=f"FER-2013 not found at {DEFAULT_DATA}")
 def test_accuracy_of_the_shipped_weights_is_the_model_cards() -> None:
-    """One pass and flip-averaged, on all of PublicTest: the card's 68.15% (2,446 of 3,589
-    faces) and 68.93% (2,474) for the float model, give or take one face whose top two classes
-    are within rounding of each other on another CPU."""
+    """One pass and flip-averaged, on all of PublicTest (equalised, as the weights were trained):
+    the card's 66.87% (2,400 of 3,589 faces) and 67.82% (2,434) for the float model, give or
+    take one face whose top two classes are within rounding of each other on another CPU."""
     images, labels = load_folder(DEFAULT_DATA / "test")
-    single, flipped = accuracy(shipped_keras_model(), images, labels)
-    assert abs(single * len(labels) - 2446) <= 1
-    assert abs(flipped * len(labels) - 2474) <= 1
+    single, flipped = accuracy(shipped_keras_model(), PREPROCESSING["equalize_hist"](images), labels)
+    assert abs(single * len(labels) - 2400) <= 1
+    assert abs(flipped * len(labels) - 2434) <= 1
