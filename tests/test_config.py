@@ -160,14 +160,19 @@ def test_check_config_refuses_each_value_that_would_hang_or_crash_loop_a_run_nam
     path = write(tmp_path, f"[{section}]\n{key} = {value!r}\n")
     with pytest.raises(ConfigError, match=rf"'{section}\.{key}' has an invalid value {value!r}"):
         config.load(path)
-    proc = subprocess.run(
+    proc = check_config(path)
+    assert proc.returncode == 2 and f"'{section}.{key}' has an invalid value" in proc.stderr
+
+
+def check_config(path: Path) -> subprocess.CompletedProcess[str]:
+    """``emopipe check-config PATH`` as its own process."""
+    return subprocess.run(
         [sys.executable, "-m", "deploy.launcher", "check-config", str(path)],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert proc.returncode == 2 and f"'{section}.{key}' has an invalid value" in proc.stderr
 
 
 def test_a_config_that_is_not_utf8_or_is_a_folder_is_one_line_naming_it(tmp_path: Path) -> None:
@@ -178,13 +183,7 @@ def test_a_config_that_is_not_utf8_or_is_a_folder_is_one_line_naming_it(tmp_path
     with pytest.raises(ConfigError, match=rf"config file {tmp_path} is a folder"):
         config.load(tmp_path)
     for path in (latin, tmp_path):
-        proc = subprocess.run(
-            [sys.executable, "-m", "deploy.launcher", "check-config", str(path)],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        proc = check_config(path)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) == 1
 
 

@@ -96,6 +96,15 @@ class Mailbox:
         return items
 
 
+def video_property(path: Path, prop: int) -> float:
+    """One of OpenCV's properties of the video file at ``path`` (0 when it does not say)."""
+    cap = cv2.VideoCapture(str(path))
+    try:
+        return float(cap.get(prop))
+    finally:
+        cap.release()
+
+
 def frame_rate(src: SourceConfig, cap_cfg: CaptureConfig, native: float) -> float:
     if src.fps > 0:
         return src.fps

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 
 from emopipe.config import CaptureConfig, SinkConfig, SourceConfig, resolve_path
+from services.capture.sources import video_property
 from services.sink.render import encode_jpeg
 from services.sink.viewer import FrameStore
 
@@ -37,11 +38,7 @@ def recording_fps(src: SourceConfig, capture: CaptureConfig, fallback: float) ->
     path = resolve_path(src.uri)
     if path.is_dir():
         return capture.folder_fps
-    cap = cv2.VideoCapture(str(path))
-    try:
-        native = float(cap.get(cv2.CAP_PROP_FPS))
-    finally:
-        cap.release()
+    native = video_property(path, cv2.CAP_PROP_FPS)
     return native if native > 0 else fallback
 
 

@@ -18,7 +18,7 @@ import cv2
 from tqdm import tqdm
 
 from emopipe.config import SourceConfig, resolve_path
-from services.capture.sources import folder_images
+from services.capture.sources import folder_images, video_property
 
 log = logging.getLogger("emopipe.sink")
 
@@ -31,11 +31,7 @@ def expected_frames(src: SourceConfig) -> int | None:
     path = resolve_path(src.uri)
     if path.is_dir():
         return len(folder_images(src))
-    cap = cv2.VideoCapture(str(path))
-    try:
-        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-    finally:
-        cap.release()
+    count = int(video_property(path, cv2.CAP_PROP_FRAME_COUNT))
     return count if count > 0 else None
 
 
