@@ -247,9 +247,8 @@ def expand_source_variables(data: dict[str, Any], environ: Mapping[str, str]) ->
 def _check_override(section: str, name: str) -> None:
     """An environment override of a key the config does not have, named as the variable it came from."""
     var = f"{ENV_PREFIX}{section.upper()}__{name.upper()}"
-    sections = {f.name: f.type for f in fields(Config)}
-    hint = get_type_hints(Config).get(section)
-    if section not in sections or not (isinstance(hint, type) and dataclasses.is_dataclass(hint)):
+    hint = get_type_hints(Config).get(section)  # None for a section the config does not have
+    if not (isinstance(hint, type) and dataclasses.is_dataclass(hint)):
         raise ConfigError(f"environment variable {var}: unknown section '{section}'")
     if name not in {f.name for f in fields(hint)}:
         raise ConfigError(f"environment variable {var}: unknown key '{section}.{name}'")
