@@ -222,7 +222,7 @@ def run_stills(items: list[Item], cfg: Config, workdir: Path) -> list[Clip]:
             raise OSError(f"{item.path} can no longer be read")
         cv2.imwrite(str(folder / f"{i:07d}.png"), still_canvas(image, i % 4))
     stills_cfg = config_mod.replace(cfg, "detect", every_frame=True)
-    stills_cfg = config_mod.replace(stills_cfg, "capture", folder_fps=STILLS_FPS, pace=True)
+    stills_cfg = config_mod.replace(stills_cfg, "capture", folder_fps=STILLS_FPS)
     sources = [SourceConfig(id="stills", uri=str(folder))]
     progress(f"evaluate: {len(items)} stills through the pipeline")
     run_cfg = run_config(stills_cfg, sources, workdir, live=False)

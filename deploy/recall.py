@@ -158,7 +158,7 @@ def measure_pipeline(
     video: Path, size: tuple[int, int] | None, limit: int, cfg: Config, face_size: int, workdir: Path
 ) -> TrackingResult:
     """The same comparison, the scheduled side being the JSON lines of ``emopipe run`` on the
-    video (lossless, paced at its frame rate: the detect stage's own timing). A scaled or cut
+    video (lossless, on media time: as fast as the pipeline goes, the same lines each run). A scaled or cut
     copy is written first, and the reference runs on the copy's frames."""
     cv2.setNumThreads(1)  # the reference's cost per frame on one core
     source = video

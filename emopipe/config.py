@@ -104,7 +104,9 @@ class CurveConfig:
 class CaptureConfig:
     metrics_port: int = 9101  # 0 = no /metrics
     subscribers: int = 1  # lossless: subscribers to wait for before the first frame (the sink)
-    pace: bool = True  # play files at their frame rate (false: as fast as downstream takes them)
+    # play files at their frame rate: "auto" in live runs (--realtime) only, so that a lossless
+    # analysis goes as fast as the pipeline does; "on": always; "off": never
+    pace: str = "auto"
     folder_fps: float = 5.0
     reconnect_backoff_s: float = 1.0
     reconnect_backoff_max_s: float = 30.0
@@ -308,6 +310,10 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     return cls(**values)
 
 
+#: keys that were true/false and now take words: an old config's true means "on", false "off"
+WAS_BOOL = {"capture.pace"}
+
+
 def _convert(hint: Any, value: Any, key: str) -> Any:
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _build(hint, value, key + ".")
@@ -318,6 +324,8 @@ def _convert(hint: Any, value: Any, key: str) -> Any:
         return [_convert(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if key in WAS_BOOL and isinstance(value, bool):  # the key's old form: true/false
+        return "on" if value else "off"
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
         raise ConfigError(f"'{key}' must be {hint.__name__}, got {value!r}")
     return value
@@ -356,6 +364,7 @@ def _check_positive(cfg: Config) -> None:
         "classify.workers": 1 <= cfg.classify.workers <= 10,
         "pipeline.mode": cfg.pipeline.mode in MODES,
         "capture.rtsp_transport": cfg.capture.rtsp_transport in ("tcp", "udp"),
+        "capture.pace": cfg.capture.pace in ("auto", "on", "off"),
         "detect.scan_interval_s": cfg.detect.scan_interval_s > 0,
         "detect.large_scan_interval_s": cfg.detect.large_scan_interval_s > 0,
         "detect.scan_scale_factor": cfg.detect.scan_scale_factor > 1.0,

@@ -19,8 +19,17 @@ Header keys present in every message:
     camera  str    camera id, [A-Za-z0-9_-]{1,64}
     seq     int    frame sequence number within the camera, from 0
                    (for "eos": the number of frames the camera produced)
-    ts      float  capture time, epoch seconds
+    ts      float  the frame's time, seconds: capture time (epoch) for cameras and live runs;
+                   for files analysed frame by frame (lossless), media time from the file's
+                   start (a folder's images: index / fps), so a run's lines do not depend on
+                   the machine's speed; the schedule, tracker and smoothing run on it
     sent    float  when the previous stage sent this message, epoch seconds
+
+Optional header keys (a message without them is read with the default):
+
+    wall    float  when capture read the frame, epoch seconds (default: ts); end-to-end latency
+    unread  int    "eos" only: frames of the source that could not be read (a damaged stretch
+                   skipped, or a file that ended before its declared length); default 0
     shape   [int]  shape of the payload array
     dtype   str    "uint8" | "float32", dtype of the payload array
 
@@ -90,6 +99,7 @@ class Frame:
     ts: float
     image: np.ndarray  # [H, W, 3] uint8 BGR
     sent: float = 0.0
+    wall: float = 0.0  # when capture read it (epoch); 0: the same as ts
 
 
 @dataclass(frozen=True)
@@ -101,6 +111,7 @@ class Faces:
     crops: np.ndarray  # [N, S, S] uint8, S = the emotion model's input_size
     tracks: tuple[int, ...] = ()  # one per box; () only for messages built without tracking
     sent: float = 0.0
+    wall: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -120,6 +131,7 @@ class Results:
     faces: tuple[FaceResult, ...]
     labels: tuple[str, ...]
     sent: float = 0.0
+    wall: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -128,6 +140,7 @@ class EndOfStream:
     seq: int  # number of frames the camera produced
     ts: float
     sent: float = 0.0
+    unread: int = 0  # frames of the source that could not be read (damaged, or the file ended early)
 
 
 Message = Frame | Faces | Results | EndOfStream
@@ -168,6 +181,10 @@ def encode(msg: Message, sent: float, jpeg_quality: int = 0) -> list[Any]:
         "ts": msg.ts,
         "sent": sent,
     }
+    if isinstance(msg, EndOfStream):
+        header["unread"] = msg.unread
+    else:
+        header["wall"] = msg.wall or msg.ts
     payload = _payload_and_fields(msg, header)
     if jpeg_quality and isinstance(msg, Frame):
         ok, jpeg = cv2.imencode(".jpg", msg.image, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
@@ -240,13 +257,14 @@ def decode(parts: Sequence[Any]) -> Message:
         "ts": _number(header, "ts"),
         "sent": _number(header, "sent"),
     }
+    if kind == "eos":
+        return EndOfStream(**common, unread=_count(header, "unread") if "unread" in header else 0)
+    common["wall"] = _number(header, "wall") if "wall" in header else common["ts"]
     if kind == "frame":
         return _decode_frame(common, header, array)
     if kind == "faces":
         return _decode_faces(common, header, array)
-    if kind == "results":
-        return _decode_results(common, header, array)
-    return EndOfStream(**common)
+    return _decode_results(common, header, array)
 
 
 def _buffer(part: Any) -> memoryview:

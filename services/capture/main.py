@@ -114,7 +114,8 @@ def run(cfg: Config, hub: Hub, stop: threading.Event, metrics: Metrics) -> int:
     wake = Waker()
     mailboxes = [Mailbox(2 if cfg.lossless else 1, cfg.lossless, wake) for _ in cfg.sources]
     readers = [
-        SourceReader(src, cfg.capture, box, stop, metrics) for src, box in zip(cfg.sources, mailboxes, strict=False)
+        SourceReader(src, cfg.capture, box, stop, metrics, media_time=cfg.lossless)
+        for src, box in zip(cfg.sources, mailboxes, strict=False)
     ]
     for reader in readers:
         reader.start()
@@ -179,7 +180,7 @@ def publish(item: Captured, hub: Hub, metrics: Metrics, ended: dict[str, EndOfSt
     """A frame to the sink (if it takes frames) and to the detect pool; end-of-stream to the sink."""
     pub = hub.detect.pub
     if item.image is None:
-        eos = EndOfStream(camera=item.camera, seq=item.seq, ts=item.ts)
+        eos = EndOfStream(camera=item.camera, seq=item.seq, ts=item.ts, unread=item.unread)
         ended[item.camera] = eos
         pub.send(eos)
         hub.end(eos)
@@ -198,7 +199,7 @@ def publish(item: Captured, hub: Hub, metrics: Metrics, ended: dict[str, EndOfSt
         )
         return
     start = time.perf_counter()
-    frame = Frame(camera=item.camera, seq=item.seq, ts=item.ts, image=item.image)
+    frame = Frame(camera=item.camera, seq=item.seq, ts=item.ts, image=item.image, wall=item.wall)
     parts = messages.encode(frame, sent=time.time(), jpeg_quality=hub.jpeg_quality)
     if pub.send_parts(parts):
         hub.frame(item.camera, item.seq, parts)

@@ -33,9 +33,11 @@ class Captured:
 
     camera: str
     seq: int
-    ts: float
+    ts: float  # media time (lossless file runs) or capture time
     image: np.ndarray | None
     read_s: float = 0.0
+    wall: float = 0.0  # when it was read (epoch)
+    unread: int = 0  # the end of a file: its frames that could not be read
 
     @property
     def is_end(self) -> bool:
@@ -105,6 +107,10 @@ def video_property(path: Path, prop: int) -> float:
         cap.release()
 
 
+#: a damaged file: reading goes on past this many unreadable frames in a row at most (then it has ended)
+MAX_UNREADABLE_RUN = 300
+
+
 def frame_rate(src: SourceConfig, cap_cfg: CaptureConfig, native: float) -> float:
     if src.fps > 0:
         return src.fps
@@ -158,10 +164,21 @@ def folder_images(src: SourceConfig) -> list[Path]:
 
 
 class SourceReader(threading.Thread):
-    """Reads one source at its own pace into a mailbox until it ends or ``stop`` is set."""
+    """Reads one source into a mailbox until it ends or ``stop`` is set.
+
+    With ``media_time`` (lossless runs on files), a frame's time is its place in the file
+    (OpenCV's position; a folder's images: index / fps), not the clock's: the run's lines
+    then do not depend on how fast the machine is. Files are played at their frame rate when
+    ``capture.pace`` says so ("auto": in live runs only)."""
 
     def __init__(
-        self, src: SourceConfig, cap_cfg: CaptureConfig, mailbox: Mailbox, stop: threading.Event, metrics: Metrics
+        self,
+        src: SourceConfig,
+        cap_cfg: CaptureConfig,
+        mailbox: Mailbox,
+        stop: threading.Event,
+        metrics: Metrics,
+        media_time: bool = False,
     ) -> None:
         super().__init__(name=f"source-{src.id}", daemon=True)
         self.src = src
@@ -169,7 +186,11 @@ class SourceReader(threading.Thread):
         self.mailbox = mailbox
         self.stop = stop
         self.metrics = metrics
+        self.media_time = media_time and not src.is_live
+        self.paced = cap_cfg.pace == "on" or (cap_cfg.pace == "auto" and not media_time)
         self.seq = 0
+        self.unread = 0  # frames of the file that could not be read (this play)
+        self.media_ts = 0.0  # the time of the frame being delivered (media_time)
         self.error: BaseException | None = None
 
     def run(self) -> None:
@@ -194,45 +215,110 @@ class SourceReader(threading.Thread):
                 break
             log.info("source %s: looping", self.src.id)
         if not self.stop.is_set():
-            log.info("source %s: ended after %d frames", self.src.id, self.seq)
-            self.mailbox.put(Captured(self.src.id, self.seq, time.time(), None), self.stop)
+            if self.unread:
+                log.error(
+                    "source %s: ended after %d frames; %d frame(s) of the file could not be read",
+                    self.src.id,
+                    self.seq,
+                    self.unread,
+                )
+            else:
+                log.info("source %s: ended after %d frames", self.src.id, self.seq)
+            now = time.time()
+            ts = self.media_ts if self.media_time else now
+            self.mailbox.put(Captured(self.src.id, self.seq, ts, None, wall=now, unread=self.unread), self.stop)
 
     def _play_once(self) -> None:
+        self.unread = 0
         if resolve_path(self.src.uri).is_dir():
-            frames, native = self._folder_frames(), 0.0
+            rate = frame_rate(self.src, self.cap_cfg, 0.0)
+            frames = ((image, read_s, index / rate) for index, image, read_s in self._folder_frames())
         else:
             cap = open_video(self.src)
-            native = cap.get(cv2.CAP_PROP_FPS)
-            frames = self._video_frames(cap)
-        interval = 1.0 / frame_rate(self.src, self.cap_cfg, native) if self.cap_cfg.pace else 0.0
+            rate = frame_rate(self.src, self.cap_cfg, cap.get(cv2.CAP_PROP_FPS))
+            frames = self._file_frames(cap, rate)
+        interval = 1.0 / rate if self.paced else 0.0
         due = time.monotonic()
-        for image, read_s in frames:
+        start_ts = self.media_ts + 1.0 / rate if self.seq else 0.0  # a loop's times go on from the last play's
+        for image, read_s, media_ts in frames:
             if self.stop.is_set():
                 return
+            self.media_ts = start_ts + media_ts
             self._deliver(image, read_s)
             due = max(due + interval, time.monotonic() - interval)  # a slow pipeline does not cause a burst
             self.stop.wait(max(0.0, due - time.monotonic()))
 
-    def _video_frames(self, cap: cv2.VideoCapture) -> Iterator[tuple[np.ndarray, float]]:
+    def _file_frames(self, cap: cv2.VideoCapture, rate: float) -> Iterator[tuple[np.ndarray, float, float]]:
+        """A file's frames with their media time; an unreadable stretch is skipped and counted
+        (OpenCV's decoder resumes at the next frame it can decode), and a file that ends before
+        the frame count it declares counts the rest as unread."""
+        declared = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        delivered = failed = 0
+        last_ts = -1.0
+        for image, read_s in self._video_frames(cap, stop_at_failure=False):
+            if image is None:
+                failed += 1
+                if declared <= 0 or delivered + self.unread + failed > declared or failed > MAX_UNREADABLE_RUN:
+                    break
+                continue
+            position = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+            # a container without times (position 0 after the first frame) counts frames instead
+            media_ts = position if position > last_ts else (delivered + self.unread + failed) / rate
+            if failed:
+                self._skipped(failed, last_ts, media_ts)
+                self.unread += failed
+                failed = 0
+            last_ts = media_ts
+            delivered += 1
+            yield image, read_s, media_ts
+        missing = declared - delivered - self.unread
+        if missing > 0:
+            log.error(
+                "source %s: the file ended after %d of the %d frames it declares",
+                self.src.id,
+                delivered + self.unread,
+                declared,
+            )
+            self.unread += missing
+            self.metrics.frames_dropped.labels(stage="capture", reason="read_error").inc(missing)
+
+    def _skipped(self, count: int, before: float, after: float) -> None:
+        log.error(
+            "source %s: %d frame(s) of the file could not be decoded, between %.3f s and %.3f s; skipped",
+            self.src.id,
+            count,
+            max(before, 0.0),
+            after,
+        )
+        self.metrics.frames_dropped.labels(stage="capture", reason="read_error").inc(count)
+
+    def _video_frames(
+        self, cap: cv2.VideoCapture, stop_at_failure: bool = True
+    ) -> Iterator[tuple[np.ndarray | None, float]]:
+        """Frames as read, with the seconds each read took; a failed read ends them, or with
+        ``stop_at_failure=False`` is yielded as None (the caller decides when to stop)."""
         try:
             while True:
                 start = time.perf_counter()
                 ok, image = cap.read()
                 if not ok or image is None:
-                    return
+                    if stop_at_failure:
+                        return
+                    image = None
                 yield image, time.perf_counter() - start
         finally:
             cap.release()
 
-    def _folder_frames(self) -> Iterator[tuple[np.ndarray, float]]:
-        for path in folder_images(self.src):
+    def _folder_frames(self) -> Iterator[tuple[int, np.ndarray, float]]:
+        for index, path in enumerate(folder_images(self.src)):
             start = time.perf_counter()
             image = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if image is None:
                 log.error("source %s: cannot read image %s, skipped", self.src.id, path)
                 self.metrics.frames_dropped.labels(stage="capture", reason="read_error").inc()
+                self.unread += 1
                 continue
-            yield image, time.perf_counter() - start
+            yield index, image, time.perf_counter() - start
 
     # ------------------------------------------------------------ live sources
 
@@ -293,7 +379,7 @@ class SourceReader(threading.Thread):
         delivered = False
         shape = None
         for image, read_s in self._video_frames(cap):
-            if self.stop.is_set():
+            if self.stop.is_set() or image is None:
                 break
             if shape is not None and image.shape != shape:
                 log.error("source %s: a frame of %s after frames of %s; reopening", self.src.id, image.shape, shape)
@@ -308,7 +394,8 @@ class SourceReader(threading.Thread):
 
     def _deliver(self, image: np.ndarray, read_s: float) -> None:
         self.metrics.camera_up.labels(camera=self.src.id).set(1)
-        item = Captured(self.src.id, self.seq, time.time(), image, read_s)
+        now = time.time()
+        item = Captured(self.src.id, self.seq, self.media_ts if self.media_time else now, image, read_s, wall=now)
         self.seq += 1
         if self.mailbox.put(item, self.stop):
             self.metrics.frames_dropped.labels(stage="capture", reason="stale").inc()

@@ -32,7 +32,7 @@ def classify(model: EmotionModel, faces: Faces) -> Results:
         )
         for box, track, row, k in zip(faces.boxes, faces.tracks or [0] * len(faces.boxes), probs, best, strict=False)
     )
-    return Results(camera=faces.camera, seq=faces.seq, ts=faces.ts, faces=results, labels=model.labels)
+    return Results(camera=faces.camera, seq=faces.seq, ts=faces.ts, faces=results, labels=model.labels, wall=faces.wall)
 
 
 _warned_sizes: set[tuple[int, ...]] = set()

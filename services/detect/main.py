@@ -59,14 +59,14 @@ class Detect:
             first = self.seen.get(frame.camera, 0) + 1
             self.seen[frame.camera] = first + len(boxes) - 1
             tracks = tuple(range(first, first + len(boxes)))
-            return Faces(frame.camera, frame.seq, frame.ts, boxes, crops, tracks)
+            return Faces(frame.camera, frame.seq, frame.ts, boxes, crops, tracks, wall=frame.wall)
         camera = self.cameras.get(frame.camera)
         if camera is None:
             camera = self.cameras[frame.camera] = CameraDetector.create(self.cfg, detector)
         faces = camera.process(gray, frame.ts)
         boxes = tuple(f.box for f in faces)
         crops = detector.crops(gray, boxes)
-        return Faces(frame.camera, frame.seq, frame.ts, boxes, crops, tuple(f.track for f in faces))
+        return Faces(frame.camera, frame.seq, frame.ts, boxes, crops, tuple(f.track for f in faces), wall=frame.wall)
 
 
 def make_handler(detect: Detect, metrics: Metrics) -> relay.Handler:

@@ -10,7 +10,7 @@ import logging
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -43,6 +43,7 @@ class Camera:
     tracks: int = 0
     bar: tqdm | None = None
     started: float = field(default_factory=time.monotonic)
+    media_s: float = 0.0  # media time of the newest frame written (lossless runs on files)
 
     def line(self, name: str) -> str:
         seconds = max(time.monotonic() - self.started, 1e-9)
@@ -59,7 +60,9 @@ class Progress:
         interval_s: float,
         stream: TextIO | None = None,
         terminal: bool | None = None,
+        media_time: bool = False,
     ) -> None:
+        self.media_time = media_time  # frames carry media time: the summary gives the speed against real time
         self.stream = stream or sys.stderr
         self.terminal = self.stream.isatty() if terminal is None else terminal
         self.interval_s = interval_s
@@ -81,11 +84,12 @@ class Progress:
                         nrows=max(size.lines, len(self.cameras) + 1),
                     )
 
-    def written(self, camera: str, faces: int) -> None:
+    def written(self, camera: str, faces: int, ts: float = 0.0) -> None:
         state = self.cameras.get(camera)
         if state is None:
             state = self.cameras[camera] = Camera(None)
         state.frames += 1
+        state.media_s = max(state.media_s, ts)
         state.faces += faces
         if state.bar is not None:
             state.bar.update(1)
@@ -99,22 +103,36 @@ class Progress:
         if camera in self.cameras:
             self.cameras[camera].tracks += 1
 
-    def summary(self, outputs: Sequence[tuple[str, str]], interrupted: bool = False) -> str:
+    def summary(
+        self, outputs: Sequence[tuple[str, str]], interrupted: bool = False, unread: Mapping[str, int] | None = None
+    ) -> str:
         """One line: frames, faces and tracks over every camera, the time taken, where the outputs
-        are; a run stopped before its files ended says so first, with how far it got."""
+        are; a run stopped before its files ended says so first, with how far it got, and one
+        whose files had frames that could not be read says how many, per camera."""
         frames = sum(c.frames for c in self.cameras.values())
         faces = sum(c.faces for c in self.cameras.values())
         tracks = sum(c.tracks for c in self.cameras.values())
         seconds = time.monotonic() - self.started
         where = "".join(f"; {what}: {path}" for what, path in outputs)
+        media = max((c.media_s for c in self.cameras.values()), default=0.0)
+        speed = f", {media / max(seconds, 1e-9):.1f}x real time" if self.media_time and media > 0 else ""
         if interrupted:
             total = sum(c.total or 0 for c in self.cameras.values())
             done = f"{frames} of {total}" if total else f"{frames}"
             return f"emopipe: interrupted after {done} frames: the output is incomplete{where}"
-        return (
+        line = (
             f"emopipe: {frames} frames, {faces} faces, {tracks} tracks from {len(self.cameras)} camera(s) "
-            f"in {seconds:.1f} s ({frames / max(seconds, 1e-9):.1f} FPS){where}"
+            f"in {seconds:.1f} s ({frames / max(seconds, 1e-9):.1f} FPS){speed}{where}"
         )
+        if unread:
+            damaged = ", ".join(
+                f"{camera}: {self.cameras[camera].frames} of {self.cameras[camera].frames + count} frames"
+                if camera in self.cameras
+                else f"{camera}: {count} frames unread"
+                for camera, count in sorted(unread.items())
+            )
+            line = f"emopipe: incomplete source(s), frames that could not be read were skipped ({damaged}); " + line[9:]
+        return line
 
     def close(self) -> None:
         for camera in self.cameras.values():

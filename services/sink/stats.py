@@ -31,7 +31,7 @@ class Board:
         with self._lock:
             self.labels = results.labels
             lines = self._lines.setdefault(results.camera, deque())
-            lines.append((now, now - results.ts))
+            lines.append((now, now - (results.wall or results.ts)))
             while lines and lines[0][0] < now - RATE_WINDOW_S:
                 lines.popleft()
             mix = self._mix.setdefault(results.camera, deque())
