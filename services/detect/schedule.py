@@ -123,9 +123,15 @@ class CameraDetector:
     def process(self, gray: np.ndarray, ts: float) -> list[TrackedFace]:
         height, width = gray.shape
         if (width, height) != self.size:
-            self._replan(width, height)
+            self.cut(width, height)  # a new size is a new picture: no box of the old one carries over
         found = self._redetect_tracks(gray, ts) + self._scan(gray, ts)
         return self.tracker.update(ts, same_faces_merged(found), width, height)
+
+    def cut(self, width: int, height: int) -> None:
+        """The picture changed as a whole: every track ends and the whole frame is scanned now."""
+        self.tracker.end_all()
+        self.last_ts = None
+        self._replan(width, height)
 
     def _replan(self, width: int, height: int) -> None:
         """Small faces (full resolution, most of the cost) and large ones (shrunk frames,

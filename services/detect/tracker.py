@@ -99,6 +99,10 @@ class Tracker:
                 self.next_id += 1
         return self._report(ts, width, height)
 
+    def end_all(self) -> None:
+        """Every track ends (a cut, a new frame size); new faces get new ids."""
+        self.tracks = []
+
     def _continue(self, track: Track, det: tuple[float, float, float, float], ts: float) -> None:
         dt = ts - track.seen
         if dt > 0:
