@@ -169,6 +169,7 @@ class SinkConfig:
 class ViewerConfig:
     host: str = "127.0.0.1"
     port: int = 8080  # 0 = no web viewer
+    max_clients: int = 64  # connections served at once (streams included); more are answered 503
 
 
 @dataclass(frozen=True)
@@ -401,6 +402,7 @@ def _check_positive(cfg: Config) -> None:
         "capture.reconnect_backoff_max_s": cfg.capture.reconnect_backoff_max_s >= cfg.capture.reconnect_backoff_s,
         "sink.record_fps": cfg.sink.record_fps > 0,
         "sink.match_timeout_s": cfg.sink.match_timeout_s > 0,
+        "viewer.max_clients": 1 <= cfg.viewer.max_clients <= 10_000,
     }
     for section in ("capture", "detect", "classify", "sink", "viewer"):
         port = getattr(getattr(cfg, section), "metrics_port" if section != "viewer" else "port")

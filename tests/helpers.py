@@ -11,11 +11,12 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +191,22 @@ def launch(config: Path, log: Path, *args: str) -> subprocess.Popen[bytes]:
             stdout=fh,
             stderr=subprocess.STDOUT,
         )
+
+
+def run_to_files(tmp: Path, model: Path, sources: Sequence[str], events: Path, tracks: Path) -> str:
+    """One complete `emopipe run` of the files ``sources`` (``ID=FILE``, lossless) writing ``events``
+    and ``tracks``; its log. A run that does not exit 0 within 120 s fails the caller."""
+    ipc = Path(tempfile.mkdtemp(prefix="ep-", dir="/tmp"))
+    config, log = tmp / f"{events.name}.toml", tmp / f"{events.name}.log"
+    config.write_text(pipeline_toml(ipc, [], classify={"model": model}))
+    proc = launch(config, log, *(f"--source={s}" for s in sources), "--events", str(events), "--tracks", str(tracks))
+    try:
+        code = proc.wait(120)
+    finally:
+        reap(proc, log)
+        shutil.rmtree(ipc, ignore_errors=True)
+    assert code == 0, log.read_text()[-3000:]
+    return log.read_text()
 
 
 def stage_pids(log: Path) -> dict[str, int]:

@@ -35,7 +35,7 @@ from services.sink.viewer import FrameStore, Viewer
 def read_all(src: SourceConfig, registry: CollectorRegistry) -> list[Captured]:
     stopper = threading.Event()
     box = Mailbox(1000, lossless=True, wake=threading.Event())
-    reader = SourceReader(src, CaptureConfig(pace=False), box, stopper, metrics.create(registry, "capture", [src.id]))
+    reader = SourceReader(src, CaptureConfig(pace="off"), box, stopper, metrics.create(registry, "capture", [src.id]))
     reader.start()
     reader.join(30)
     assert reader.error is None

@@ -1,5 +1,6 @@
 """Slow and many viewers: 20 clients reading the stream plus one that connects and never reads
-leave the sink's processed FPS within 10% of what it is with no viewer, and its memory flat."""
+leave the sink's processed FPS within 10% of what it is with no viewer, and its memory flat;
+threads and sockets stay bounded whatever the clients do."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import urllib.request
 from pathlib import Path
 
 import psutil
+from prometheus_client import CollectorRegistry
 
 from deploy import measure
-from helpers import fetch, free_port, launch, pipeline_toml, reap, stage_pids
+from helpers import fetch, free_port, launch, pipeline_toml, reap, stage_pids, wait_for
+from services.sink.viewer import CLIENT_TIMEOUT_S, FrameStore, Viewer
 
 VIEWERS = 20
 
@@ -126,3 +129,33 @@ def test_200_abandoned_requests_for_a_camera_no_one_has_leave_the_sink_bounded(
         assert sink.num_threads() <= threads + 2 and sink.num_fds() <= fds + 2
     finally:
         reap(proc, log)
+
+
+def test_clients_over_the_cap_are_answered_503_at_once_and_counted_and_threads_stay_bounded() -> None:
+    """Connections that never send a request (or streams left open) hold a thread each: at most
+    ``viewer.max_clients`` of them; the rest are refused at once, counted in a metric."""
+    registry = CollectorRegistry()
+    port = free_port()
+    viewer = Viewer(FrameStore(["cam0"]), "127.0.0.1", port, max_clients=8, registry=registry)
+    viewer.start()
+    before = threading.active_count()
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(8):
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        assert wait_for(lambda: registry.get_sample_value("emopipe_viewer_clients") == 8, 5)
+        answers = []
+        for _ in range(30):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+                conn.sendall(b"GET /stats.json HTTP/1.1\r\nHost: x\r\n\r\n")
+                answers.append(conn.recv(200))
+        assert all(a.startswith(b"HTTP/1.0 503") for a in answers), answers[:2]
+        assert registry.get_sample_value("emopipe_viewer_refused_total") == 30
+        assert threading.active_count() <= before + 8
+    finally:
+        for conn in idle:
+            conn.close()
+    # the idle ones gone, the viewer serves again
+    assert wait_for(lambda: registry.get_sample_value("emopipe_viewer_clients") == 0, CLIENT_TIMEOUT_S + 5)
+    assert b"cam0" in fetch(f"http://127.0.0.1:{port}/", time.monotonic() + 10)
+    viewer.close()

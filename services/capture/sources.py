@@ -7,7 +7,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,6 +163,85 @@ def folder_images(src: SourceConfig) -> list[Path]:
     return images
 
 
+@dataclass
+class Reading:
+    """What reading a file or folder met: the frames it could not read, each also told to ``dropped``."""
+
+    name: str  # the source, in log lines
+    dropped: Callable[[int], object] = lambda count: None
+    unread: int = 0
+
+    def skip(self, count: int) -> None:
+        self.unread += count
+        self.dropped(count)
+
+
+def timed_reads(cap: cv2.VideoCapture) -> Iterator[tuple[np.ndarray | None, float]]:
+    """Every read of ``cap`` with the seconds it took; a failed read gives None (the caller
+    decides whether it ends the source). Releases ``cap`` when the caller is done."""
+    try:
+        while True:
+            start = time.perf_counter()
+            ok, image = cap.read()
+            yield (image if ok else None), time.perf_counter() - start
+    finally:
+        cap.release()
+
+
+def file_frames(cap: cv2.VideoCapture, rate: float, reading: Reading) -> Iterator[tuple[np.ndarray, float, float]]:
+    """A video file's frames: (image, seconds the read took, media time). The media time is
+    OpenCV's position after the read (a container without times, whose position does not
+    advance: frames / ``rate``). An undecodable stretch is skipped, logged with where it is
+    and counted in ``reading`` (OpenCV's decoder resumes at the next frame it can decode, up
+    to the frame count the file declares); a file that ends before that count counts the rest."""
+    declared = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    delivered = failed = 0
+    last_ts = -1.0
+    for image, read_s in timed_reads(cap):
+        if image is None:
+            failed += 1
+            if declared <= 0 or delivered + reading.unread + failed > declared or failed > MAX_UNREADABLE_RUN:
+                break
+            continue
+        position = round(cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0, 6)
+        media_ts = position if position > last_ts else round((delivered + reading.unread + failed) / rate, 6)
+        if failed:
+            log.error(
+                "source %s: %d frame(s) of the file could not be decoded, between %.3f s and %.3f s; skipped",
+                reading.name,
+                failed,
+                max(last_ts, 0.0),
+                media_ts,
+            )
+            reading.skip(failed)
+            failed = 0
+        last_ts = media_ts
+        delivered += 1
+        yield image, read_s, media_ts
+    missing = declared - delivered - reading.unread
+    if missing > 0:
+        log.error(
+            "source %s: the file ended after %d of the %d frames it declares",
+            reading.name,
+            delivered + reading.unread,
+            declared,
+        )
+        reading.skip(missing)
+
+
+def folder_frames(src: SourceConfig, rate: float, reading: Reading) -> Iterator[tuple[np.ndarray, float, float]]:
+    """A folder's images in name order: (image, seconds the read took, index / ``rate``); an
+    image that cannot be read is skipped, named in the log and counted in ``reading``."""
+    for index, path in enumerate(folder_images(src)):
+        start = time.perf_counter()
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            log.error("source %s: cannot read image %s, skipped", src.id, path)
+            reading.skip(1)
+            continue
+        yield image, time.perf_counter() - start, round(index / rate, 6)
+
+
 class SourceReader(threading.Thread):
     """Reads one source into a mailbox until it ends or ``stop`` is set.
 
@@ -189,7 +268,7 @@ class SourceReader(threading.Thread):
         self.media_time = media_time and not src.is_live
         self.paced = cap_cfg.pace == "on" or (cap_cfg.pace == "auto" and not media_time)
         self.seq = 0
-        self.unread = 0  # frames of the file that could not be read (this play)
+        self.reading = Reading(src.id)  # what the current play of the file could not read
         self.media_ts = 0.0  # the time of the frame being delivered (media_time)
         self.error: BaseException | None = None
 
@@ -215,110 +294,48 @@ class SourceReader(threading.Thread):
                 break
             log.info("source %s: looping", self.src.id)
         if not self.stop.is_set():
-            if self.unread:
+            unread = self.reading.unread
+            if unread:
                 log.error(
                     "source %s: ended after %d frames; %d frame(s) of the file could not be read",
                     self.src.id,
                     self.seq,
-                    self.unread,
+                    unread,
                 )
             else:
                 log.info("source %s: ended after %d frames", self.src.id, self.seq)
             now = time.time()
             ts = self.media_ts if self.media_time else now
-            self.mailbox.put(Captured(self.src.id, self.seq, ts, None, wall=now, unread=self.unread), self.stop)
+            self.mailbox.put(Captured(self.src.id, self.seq, ts, None, wall=now, unread=unread), self.stop)
 
     def _play_once(self) -> None:
-        self.unread = 0
+        dropped = self.metrics.frames_dropped.labels(stage="capture", reason="read_error")
+        reading = Reading(self.src.id, dropped.inc)
         if resolve_path(self.src.uri).is_dir():
             rate = frame_rate(self.src, self.cap_cfg, 0.0)
-            frames = ((image, read_s, index / rate) for index, image, read_s in self._folder_frames())
+            frames = folder_frames(self.src, rate, reading)
         else:
             cap = open_video(self.src)
             rate = frame_rate(self.src, self.cap_cfg, cap.get(cv2.CAP_PROP_FPS))
-            frames = self._file_frames(cap, rate)
+            frames = file_frames(cap, rate, reading)
+        self.reading = reading
         interval = 1.0 / rate if self.paced else 0.0
         due = time.monotonic()
         start_ts = self.media_ts + 1.0 / rate if self.seq else 0.0  # a loop's times go on from the last play's
         for image, read_s, media_ts in frames:
             if self.stop.is_set():
                 return
-            self.media_ts = start_ts + media_ts
+            self.media_ts = round(start_ts + media_ts, 6)
             self._deliver(image, read_s)
             due = max(due + interval, time.monotonic() - interval)  # a slow pipeline does not cause a burst
             self.stop.wait(max(0.0, due - time.monotonic()))
 
-    def _file_frames(self, cap: cv2.VideoCapture, rate: float) -> Iterator[tuple[np.ndarray, float, float]]:
-        """A file's frames with their media time; an unreadable stretch is skipped and counted
-        (OpenCV's decoder resumes at the next frame it can decode), and a file that ends before
-        the frame count it declares counts the rest as unread."""
-        declared = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-        delivered = failed = 0
-        last_ts = -1.0
-        for image, read_s in self._video_frames(cap, stop_at_failure=False):
+    def _video_frames(self, cap: cv2.VideoCapture) -> Iterator[tuple[np.ndarray, float]]:
+        """A live source's frames as read, with the seconds each read took, until a read fails."""
+        for image, read_s in timed_reads(cap):
             if image is None:
-                failed += 1
-                if declared <= 0 or delivered + self.unread + failed > declared or failed > MAX_UNREADABLE_RUN:
-                    break
-                continue
-            position = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
-            # a container without times (position 0 after the first frame) counts frames instead
-            media_ts = position if position > last_ts else (delivered + self.unread + failed) / rate
-            if failed:
-                self._skipped(failed, last_ts, media_ts)
-                self.unread += failed
-                failed = 0
-            last_ts = media_ts
-            delivered += 1
-            yield image, read_s, media_ts
-        missing = declared - delivered - self.unread
-        if missing > 0:
-            log.error(
-                "source %s: the file ended after %d of the %d frames it declares",
-                self.src.id,
-                delivered + self.unread,
-                declared,
-            )
-            self.unread += missing
-            self.metrics.frames_dropped.labels(stage="capture", reason="read_error").inc(missing)
-
-    def _skipped(self, count: int, before: float, after: float) -> None:
-        log.error(
-            "source %s: %d frame(s) of the file could not be decoded, between %.3f s and %.3f s; skipped",
-            self.src.id,
-            count,
-            max(before, 0.0),
-            after,
-        )
-        self.metrics.frames_dropped.labels(stage="capture", reason="read_error").inc(count)
-
-    def _video_frames(
-        self, cap: cv2.VideoCapture, stop_at_failure: bool = True
-    ) -> Iterator[tuple[np.ndarray | None, float]]:
-        """Frames as read, with the seconds each read took; a failed read ends them, or with
-        ``stop_at_failure=False`` is yielded as None (the caller decides when to stop)."""
-        try:
-            while True:
-                start = time.perf_counter()
-                ok, image = cap.read()
-                if not ok or image is None:
-                    if stop_at_failure:
-                        return
-                    image = None
-                yield image, time.perf_counter() - start
-        finally:
-            cap.release()
-
-    def _folder_frames(self) -> Iterator[tuple[int, np.ndarray, float]]:
-        for index, path in enumerate(folder_images(self.src)):
-            start = time.perf_counter()
-            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if image is None:
-                log.error("source %s: cannot read image %s, skipped", self.src.id, path)
-                self.metrics.frames_dropped.labels(stage="capture", reason="read_error").inc()
-                self.unread += 1
-                continue
-            yield index, image, time.perf_counter() - start
+                return
+            yield image, read_s
 
     # ------------------------------------------------------------ live sources
 

@@ -1,7 +1,8 @@
 """sink: join frames with results, smooth each track's emotion, draw them, serve the viewer, write JSON lines.
 
 Exits by itself (0) once every configured camera has ended and every result is
-written; in lossless mode with a frame missing its line it exits EXIT_INCOMPLETE.
+written; in lossless mode with a frame missing its line it exits EXIT_INCOMPLETE, with a
+source that had frames it could not read EXIT_SOURCE_INCOMPLETE (every frame read has its line).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from emopipe.messages import EndOfStream, Frame, Message, Results
 from emopipe.metrics import Metrics
 from emopipe.relay import decode_batch
 from emopipe.throttle import ThrottledLog
-from services.sink.events import LineWriter, event
+from services.sink.events import EVENTS, TRACKS, LineWriter, event, open_writer
 from services.sink.join import CameraJoin, Joined
 from services.sink.outputs import Outputs, recording_fps
 from services.sink.progress import Progress
@@ -33,6 +34,7 @@ from services.sink.viewer import FrameStore, Viewer
 
 log = logging.getLogger("emopipe.sink")
 EXIT_INCOMPLETE = 3
+EXIT_SOURCE_INCOMPLETE = 4  # every frame read has its line, but a file had frames that could not be read
 EXIT_OUTPUT_FAILED = 5  # every line written, but --record or --show failed and was stopped
 #: lines that could not be written: counted each, logged now and then
 write_errors = ThrottledLog(log)
@@ -61,6 +63,7 @@ class Sink:
         self.outputs = outputs
         self.cameras = cfg.sink.cameras or cfg.cameras
         self.joins = {c: self._new_join(c) for c in self.cameras}
+        self.unread: dict[str, int] = {}  # per camera: frames its file had that could not be read
 
     def _new_join(self, camera: str) -> CameraJoin:
         return CameraJoin(camera, self.cfg.lossless, self.cfg.sink.match_timeout_s)
@@ -82,6 +85,8 @@ class Sink:
         if isinstance(msg, EndOfStream):
             if join.results_eos is None:
                 log.info("camera %s: results ended after %d frames", msg.camera, msg.seq)
+            if msg.unread:
+                self.unread[msg.camera] = msg.unread
             join.end_results(msg.seq)
         elif isinstance(msg, Results):
             self.metrics.transport_delay.labels(stage="sink", camera=msg.camera).observe(max(0.0, received - msg.sent))
@@ -130,9 +135,9 @@ class Sink:
                 for label in res.labels:
                     self.metrics.predictions.labels(camera=camera, emotion=label)
         smoothed = self.smoother.update(res)
-        self.write(self.events, event(res, smoothed))
+        self.write(self.events, event(res, smoothed), res.labels)
         if self.progress is not None:
-            self.progress.written(res.camera, len(res.faces))
+            self.progress.written(res.camera, len(res.faces), res.ts)
         if self.outputs.store is not None:
             self.outputs.store.board.record(res, smoothed)
         for face in smoothed:
@@ -140,15 +145,15 @@ class Sink:
         self.write_ended(res.camera, res.ts)
         if joined.frame is not None and self.outputs.wanted(res.camera):
             self.outputs.show(res.camera, annotate(joined.frame.image, res, smoothed))
-        self.metrics.end_to_end_latency.labels(camera=res.camera).observe(max(0.0, time.time() - res.ts))
+        self.metrics.end_to_end_latency.labels(camera=res.camera).observe(max(0.0, time.time() - (res.wall or res.ts)))
         self.metrics.stage_latency.labels(stage="sink", camera=res.camera).observe(time.perf_counter() - start)
         self.metrics.frames_processed.labels(stage="sink", camera=res.camera).inc()
 
-    def write(self, writer: LineWriter, line: dict[str, Any]) -> None:
+    def write(self, writer: LineWriter, line: dict[str, Any], labels: tuple[str, ...]) -> None:
         """A line that cannot be written (a full disk) is counted; live, the pipeline goes on
         (logged now and then); lossless, the sink stops naming the file (WriteError)."""
         try:
-            writer.write(line)
+            writer.write(line, labels)
         except OSError as exc:
             self.metrics.frames_dropped.labels(stage="sink", reason="write_error").inc()
             if self.cfg.lossless:
@@ -157,7 +162,9 @@ class Sink:
 
     def write_ended(self, camera: str, now: float | None) -> None:
         for state in self.smoother.ended(camera, now):
-            self.write(self.tracks, state.summary(self.smoother.labels))
+            self.write(self.tracks, state.summary(self.smoother.labels), self.smoother.labels)
+            if self.outputs.store is not None:
+                self.outputs.store.board.end_track(camera, state.track)
             if self.progress is not None:
                 self.progress.track_ended(camera)
 
@@ -177,6 +184,9 @@ class Sink:
             if incomplete:
                 log.error("frames without their line (written, produced): %s", incomplete)
                 return EXIT_INCOMPLETE
+        if self.unread:
+            log.error("files with frames that could not be read (every frame read has its line): %s", self.unread)
+            return EXIT_SOURCE_INCOMPLETE
         if self.outputs.failed:
             log.error("outputs that failed and were stopped (every line was written): %s", self.outputs.failed)
             return EXIT_OUTPUT_FAILED
@@ -191,11 +201,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     store: FrameStore | None = None
     with service.starting("sink"):
         metrics_mod.serve(metrics, cfg.sink.metrics_port, cfg.pipeline.metrics_host)
-        events = LineWriter(resolve_path(cfg.sink.events) if cfg.sink.events else None)
-        tracks = LineWriter(resolve_path(cfg.sink.tracks) if cfg.sink.tracks else None)
+        events = open_writer(resolve_path(cfg.sink.events) if cfg.sink.events else None, EVENTS)
+        tracks = open_writer(resolve_path(cfg.sink.tracks) if cfg.sink.tracks else None, TRACKS)
         if cfg.viewer.port:
             store = FrameStore(cameras)
-            viewer = Viewer(store, cfg.viewer.host, cfg.viewer.port)
+            viewer = Viewer(store, cfg.viewer.host, cfg.viewer.port, cfg.viewer.max_clients, metrics.registry)
             viewer.start()
             log.info("viewer on %s", viewer.url)
         fps = (
@@ -213,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         frames = bus.Subscriber(ctx, cfg.endpoints.frames, frame_topics, hwm, limit, keys=keys, link="frames")
         result_topics = bus.topics_for(["results", "eos"], cfg.sink.cameras)
         results = bus.Subscriber(ctx, cfg.endpoints.results, result_topics, hwm, limit, keys=keys, link="results")
-    progress = Progress([s for s in cfg.sources if s.id in cameras], cfg.sink.progress_s)
+    progress = Progress([s for s in cfg.sources if s.id in cameras], cfg.sink.progress_s, media_time=cfg.lossless)
     try:
         sink = Sink(cfg, metrics, events, outputs, tracks, progress)
         try:
@@ -227,7 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             tracks.close()
             progress.close()
             interrupted = cfg.all_sources_end and stop.is_set() and not sink.finished()
-            print(progress.summary(outputs.paths(events.path, tracks.path), interrupted), flush=True)
+            summary = progress.summary(outputs.paths(events.path, tracks.path), interrupted, sink.unread)
+            print(summary, flush=True)
         return code
     finally:
         frames.close(linger=0)
