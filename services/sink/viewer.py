@@ -1,10 +1,12 @@
 """The live web viewer: stdlib HTTP server, MJPEG per camera, no front-end build step.
 
-/                        index page, one <img> per camera
+/                        index page: a colour key, one <img> per camera (click: large) with its
+                         figures: each face's labelled probabilities and its last minute
 /stream/<camera>.mjpg    multipart/x-mixed-replace stream of annotated JPEGs
 /snapshot/<camera>.jpg   the latest annotated JPEG
 /stats.json              per camera: FPS, latency, the faces (track, smoothed label and
-                         probabilities) and the last minute's emotion mix (services/sink/stats.py)
+                         probabilities), the last minute's emotion mix and each live track's
+                         smoothed label per second of the last minute (services/sink/stats.py)
 """
 
 from __future__ import annotations
@@ -20,8 +22,14 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
-from services.sink.stats import Board
+import prometheus_client
+from prometheus_client import CollectorRegistry, Gauge
+
+from emopipe.config import ViewerConfig
+from emopipe.labels import COLOURS, EMOTIONS, OTHER_COLOUR
+from services.sink.stats import MIX_SECONDS, Board
 
 log = logging.getLogger(__name__)
 BOUNDARY = "emopipeframe"
@@ -31,6 +39,8 @@ _PATH = re.compile(r"^/(stream|snapshot)/([A-Za-z0-9_-]{1,64})\.(mjpg|jpg)$")
 #: a stream client is sent only the newest frame when it is ready for one (never a queue), and
 #: dropped once it has not read for this long (seconds)
 CLIENT_TIMEOUT_S = 10.0
+#: viewer connections served at once (viewer.max_clients): each holds a thread and a socket
+MAX_CLIENTS = ViewerConfig().max_clients
 #: a snapshot request keeps a camera's frames encoded this long (seconds)
 SNAPSHOT_INTEREST_S = 5.0
 
@@ -92,58 +102,102 @@ class FrameStore:
 
 _PAGE_STYLE = (
     "body{font-family:sans-serif;background:#111;color:#eee;margin:16px}"
-    "h1{font-size:1.4em;margin:0 0 12px}h1 small{font-weight:normal;color:#999;font-size:.6em}"
+    "header{display:flex;flex-wrap:wrap;align-items:baseline;gap:8px 24px;margin:0 0 12px}"
+    "h1{font-size:1.4em;margin:0}h1 small{font-weight:normal;color:#999;font-size:.6em}"
+    ".key{display:flex;flex-wrap:wrap;gap:4px 14px;list-style:none;padding:0;margin:0;font-size:.9em}"
+    ".key li{display:flex;align-items:center;gap:5px}.key i{display:inline-block;width:14px;height:14px;"
+    "border-radius:3px}.hint{color:#777;font-size:.8em}"
     "main{display:grid;grid-template-columns:repeat(auto-fill,minmax(360px,1fr));gap:16px}"
     "figure{margin:0;background:#1c1c1c;border:1px solid #333;border-radius:4px;overflow:hidden}"
     "figcaption{display:flex;justify-content:space-between;padding:6px 10px;font-weight:bold}"
     "figcaption span{font-weight:normal;font-size:.85em;color:#999}figcaption span.live{color:#3c3}"
-    "figcaption span.down{color:#f55}img{display:block;width:100%;height:auto;background:#000}"
+    "figcaption span.down{color:#f55}img{display:block;width:100%;height:auto;background:#000;cursor:zoom-in}"
+    "figure.big{position:fixed;inset:0;z-index:9;display:grid;border-radius:0;border:0;"
+    "grid-template:auto minmax(0,1fr)/minmax(0,1fr) 340px}figure.big figcaption{grid-column:1/3}"
+    "figure.big img{height:100%;object-fit:contain;cursor:zoom-out}figure.big .stats{overflow-y:auto}"
+    "body.zoomed{overflow:hidden}"
     ".stats{padding:6px 10px;font-size:.85em}.rate{color:#ccc}.faces{list-style:none;padding:0;margin:6px 0}"
-    ".faces li{display:flex;align-items:flex-end;gap:8px;margin:2px 0}.bar{display:inline-flex;align-items:flex-end;"
-    "height:18px;gap:1px}.bar i{display:inline-block;width:7px;background:#888}"
-    ".strip{display:flex;height:14px;border:1px solid #333}.strip i{flex:1;display:flex;flex-direction:column}"
-    ".strip b{display:block}.legend{color:#999;font-size:.8em;margin-top:3px}"
+    ".face{margin:8px 0 10px}.who{display:flex;align-items:center;gap:6px;font-weight:bold;margin-bottom:3px}"
+    ".who i{width:12px;height:12px;border-radius:50%}"
+    ".p{display:grid;grid-template-columns:64px 1fr 40px;align-items:center;gap:6px;height:15px;font-size:12px}"
+    ".p .n{color:#bbb}.p .v{text-align:right;font-variant-numeric:tabular-nums}"
+    ".p .b{height:10px;background:#262626;border-radius:2px;overflow:hidden}.p .b i{display:block;height:100%}"
+    ".hist,.strip{display:flex;height:12px;margin-top:4px;background:#262626;border-radius:2px;overflow:hidden}"
+    ".strip{height:14px}.strip i{flex:1;display:flex;flex-direction:column}.strip b{display:block}"
+    ".axis{display:flex;justify-content:space-between;color:#777;font-size:11px}"
 )
-# Under each stream, from /stats.json once a second: FPS, latency, the faces and the emotion mix.
-# (Started at the end of the body: the page's load event never fires while MJPEG streams are open.)
+# Under each stream, from /stats.json once a second: FPS, latency, each face's seven labelled probabilities
+# and its last minute, and the camera's emotion mix. (Started at the end of the body: the page's load event
+# never fires while MJPEG streams are open.)
 _STATS_SCRIPT = (
-    "var COLOURS={angry:'#e74c3c',disgust:'#27ae60',fear:'#8e44ad',happy:'#f1c40f',sad:'#3498db',"
-    "surprise:'#e67e22',neutral:'#95a5a6'};function colour(l){return COLOURS[l]||'#777'}"
+    f"var COLOURS={json.dumps(COLOURS)},HISTORY_S={MIX_SECONDS};"
+    f"function colour(l){{return COLOURS[l]||'{OTHER_COLOUR}'}}"
     "function el(tag,cls,text){var e=document.createElement(tag);if(cls)e.className=cls;"
     "if(text!==undefined)e.textContent=text;return e}"
-    "function showCamera(fig,c,labels){fig.querySelector('.rate').textContent="
+    "function swatch(l){var i=el('i');i.style.background=colour(l);return i}"
+    "function showKey(labels){var key=document.querySelector('.key');"
+    "if(key.dataset.labels===labels.join(','))return;key.dataset.labels=labels.join(',');key.textContent='';"
+    "labels.forEach(function(l){var li=el('li');li.appendChild(swatch(l));li.appendChild(document.createTextNode(l));"
+    "key.appendChild(li)})}"
+    # one cell per second of the last minute, runs of a label merged: [second, label] pairs in, a strip out
+    "function historyStrip(seconds,now){var slots=new Array(HISTORY_S).fill(null),runs=[],n=0;"
+    "seconds.forEach(function(s){var i=HISTORY_S-1-(now-s[0]);if(i>=0&&i<HISTORY_S){slots[i]=s[1];n++}});"
+    "slots.forEach(function(l){var last=runs[runs.length-1];if(last&&last[0]===l)last[1]++;else runs.push([l,1])});"
+    "var strip=el('div','hist');strip.dataset.seconds=n;strip.title='smoothed expression, last '+HISTORY_S+' s';"
+    "runs.forEach(function(r){var i=el('i');i.style.flex=r[1];if(r[0]){i.style.background=colour(r[0]);"
+    "i.title=r[0]+', '+r[1]+' s'}strip.appendChild(i)});return strip}"
+    "function showFace(f,labels,history,now){var li=el('li','face'),who=el('div','who');li.dataset.track=f.track;"
+    "who.appendChild(swatch(f.emotion));who.appendChild(el('span','label','#'+f.track+' '+f.emotion+' '"
+    "+f.confidence.toFixed(2)));li.appendChild(who);f.probabilities.forEach(function(p,i){var row=el('div','p'),"
+    "b=el('span','b'),fill=el('i');fill.style.width=(100*p).toFixed(1)+'%';fill.style.background=colour(labels[i]);"
+    "b.appendChild(fill);row.appendChild(el('span','n',labels[i]));row.appendChild(b);"
+    "row.appendChild(el('span','v',Math.round(100*p)+'%'));li.appendChild(row)});"
+    "if(f.track){li.appendChild(historyStrip(history[f.track]||[],now));var axis=el('div','axis');"
+    "axis.appendChild(el('span','','-'+HISTORY_S+' s'));axis.appendChild(el('span','','now'));li.appendChild(axis)}"
+    "return li}"
+    "function showCamera(fig,c,labels,now){fig.querySelector('.rate').textContent="
     "c.fps.toFixed(1)+' FPS \u00b7 '+(c.latency_ms===null?'-':c.latency_ms)+' ms end to end';"
-    "var ol=fig.querySelector('.faces');ol.textContent='';c.faces.forEach(function(f){var li=el('li','face');"
-    "li.appendChild(el('span','label','#'+f.track+' '+f.emotion+' '+f.confidence.toFixed(2)));var bar=el('span','bar');"
-    "f.probabilities.forEach(function(p,i){var b=el('i');b.style.height=Math.max(1,Math.round(p*18))+'px';"
-    "b.style.background=colour(labels[i]);b.title=labels[i]+' '+p.toFixed(2);bar.appendChild(b)});"
-    "li.appendChild(bar);ol.appendChild(li)});var strip=fig.querySelector('.strip');strip.textContent='';"
+    "var ol=fig.querySelector('.faces');ol.textContent='';c.faces.forEach(function(f){"
+    "ol.appendChild(showFace(f,labels,c.history||{},now))});var strip=fig.querySelector('.strip');strip.textContent='';"
     "c.mix.forEach(function(m){var col=el('i'),n=0;for(var k in m)n+=m[k];labels.forEach(function(l){if(m[l]){"
     "var b=el('b');b.style.height=(100*m[l]/n)+'%';b.style.background=colour(l);col.appendChild(b)}});"
     "strip.appendChild(col)})}"
     "function poll(){fetch('/stats.json').then(function(r){return r.json()}).then(function(s){"
+    "if(s.labels.length)showKey(s.labels);"
     "for(var cam in s.cameras){var fig=document.getElementById('cam-'+cam);if(fig)showCamera(fig,s.cameras[cam],"
-    "s.labels)}}).catch(function(e){document.querySelectorAll('.rate').forEach(function(r){"
+    "s.labels,s.now)}}).catch(function(e){document.querySelectorAll('.rate').forEach(function(r){"
     "r.textContent='figures unavailable: '+e})}).then(function(){setTimeout(poll,1000)})}"
 )
 # Each <img> reports its stream's state in its caption; a failed stream is retried every 3 s.
+# A click on a camera shows it large, with its figures beside it; another click or Esc goes back.
 _PAGE_SCRIPT = (
     "function setState(img,cls,text){var s=img.parentNode.querySelector('figcaption span');"
     "s.className=cls;s.textContent=text}"
     "function streamUp(img){setState(img,'live','live')}"
     "function streamDown(img){setState(img,'down','stream down, retrying');"
     "setTimeout(function(){img.src=img.src.split('?')[0]+'?retry='+Date.now()},3000)}"
+    "function enlarge(fig){var big=document.querySelector('figure.big');if(big)big.classList.remove('big');"
+    "if(fig&&fig!==big)fig.classList.add('big');document.body.classList.toggle('zoomed',!!(fig&&fig!==big))}"
+    "document.addEventListener('keydown',function(e){if(e.key==='Escape')enlarge(null)});"
 )
+
+
+def legend(labels: Sequence[str]) -> str:
+    """The colour key: each expression's swatch and name (the page redraws it for a model with other labels)."""
+    return "".join(
+        f'<li><i style="background:{COLOURS.get(label, OTHER_COLOUR)}"></i>{html.escape(label)}</li>'
+        for label in labels
+    )
 
 
 def index_page(cameras: Sequence[str]) -> bytes:
     figures = "\n".join(
         f'<figure id="cam-{html.escape(c)}"><figcaption>{html.escape(c)} <span>waiting for frames</span></figcaption>'
-        f'<img src="/stream/{html.escape(c)}.mjpg" alt="camera {html.escape(c)}" '
-        'onload="streamUp(this)" onerror="streamDown(this)">'
+        f'<img src="/stream/{html.escape(c)}.mjpg" alt="camera {html.escape(c)}" title="click: large / back" '
+        'onload="streamUp(this)" onerror="streamDown(this)" onclick="enlarge(this.parentNode)">'
         '<div class="stats"><span class="rate">waiting for results</span><ol class="faces"></ol>'
         '<div class="strip" title="emotion mix over the last minute"></div>'
-        '<div class="legend">emotion mix, last 60 s</div></div></figure>'
+        f'<div class="axis"><span>emotion mix, last {MIX_SECONDS} s</span><span>now</span></div></div></figure>'
         for c in cameras
     )
     count = f"{len(cameras)} camera{'s' if len(cameras) != 1 else ''}"
@@ -152,7 +206,9 @@ def index_page(cameras: Sequence[str]) -> bytes:
         "<meta name='viewport' content='width=device-width,initial-scale=1'>"
         f"<title>emopipe live ({count})</title><style>{_PAGE_STYLE}</style>"
         f"<script>{_PAGE_SCRIPT}{_STATS_SCRIPT}</script></head>"
-        f"<body><h1>emopipe live <small>{count}, annotated frames</small></h1>"
+        f"<body><header><h1>emopipe live <small>{count}, annotated frames</small></h1>"
+        f'<ul class="key" data-labels="{",".join(EMOTIONS)}">{legend(EMOTIONS)}</ul>'
+        '<span class="hint">click a camera to enlarge it; Esc goes back</span></header>'
         f"<main>{figures or '<p>no cameras yet</p>'}</main><script>poll()</script></body></html>"
     ).encode()
 
@@ -248,14 +304,66 @@ def make_handler(store: FrameStore) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+BUSY = (
+    b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\nRetry-After: 5\r\n"
+    b"Connection: close\r\n\r\ntoo many viewer clients; try again later\n"
+)
+
+
+class BoundedServer(ThreadingHTTPServer):
+    """A thread per client up to ``max_clients`` at once; a client over that is answered 503
+    from the accepting thread at once and closed, so no number of clients (streams left open,
+    connections that never send a request) takes more threads or sockets than the cap."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_clients: int) -> None:
+        super().__init__(address, handler)
+        self.slots = threading.BoundedSemaphore(max_clients)
+        self.clients = Gauge("emopipe_viewer_clients", "Viewer connections being served.", registry=None)
+        self.refused = prometheus_client.Counter(
+            "emopipe_viewer_refused_total", "Viewer connections refused: too many.", registry=None
+        )
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            self.refused.inc()
+            log.debug("viewer: refused a client: too many at once")
+            try:
+                request.settimeout(0.5)
+                request.sendall(BUSY)
+            except OSError as exc:
+                log.debug("viewer: a refused client hung up first: %s", exc)
+            self.shutdown_request(request)
+            return
+        self.clients.inc()
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.clients.dec()
+            self.slots.release()
+
+
 class Viewer:
-    def __init__(self, store: FrameStore, host: str, port: int) -> None:
+    def __init__(
+        self,
+        store: FrameStore,
+        host: str,
+        port: int,
+        max_clients: int = MAX_CLIENTS,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
         self.store = store
         try:
-            self.server = ThreadingHTTPServer((host, port), make_handler(store))
+            self.server = BoundedServer((host, port), make_handler(store), max_clients)
         except OSError as exc:
             raise OSError(f"cannot serve the viewer on {host}:{port}: {exc.strerror or exc}") from exc
-        self.server.daemon_threads = True
+        if registry is not None:
+            registry.register(self.server.clients)
+            registry.register(self.server.refused)
         self.thread = threading.Thread(target=self.server.serve_forever, name="viewer", daemon=True)
 
     @property
