@@ -39,6 +39,7 @@ REMOVED = {
 
 
 MODES = ("auto", "live", "lossless")
+DETECTORS = ("haar", "yunet")  # detect.detector
 
 
 class ConfigError(ValueError):
@@ -124,6 +125,10 @@ class DetectConfig:
     min_size: int = 40  # pixels of the full frame
     downscale: float = 1.0  # every_frame only: detect on the frame shrunk by this factor
     threads: int = 3  # cameras detected in parallel, one OpenCV thread each (measured on 2 cores: BENCHMARKS.md)
+    # "haar": OpenCV's frontal-face cascade (the paper's) with the keys below; "yunet": OpenCV's CNN
+    # face detector on a shrunk copy of every frame, tracked (services/detect/yunet.py; BENCHMARKS.md)
+    detector: str = "haar"
+    yunet_score: float = 0.7  # "yunet": a face needs at least this score
     # Scheduled detection (services/detect/schedule.py); defaults measured in BENCHMARKS.md
     every_frame: bool = False  # the paper's way: the full-frame cascade on every frame
     scan_interval_s: float = 0.5  # the whole frame is scanned once this often: a new face is found this fast
@@ -132,6 +137,9 @@ class DetectConfig:
     scan_tile: int = 240  # tile side (pixels of the shrunk frame) of the rolling scan's jobs
     scan_max_jobs: int = 1  # scan jobs per frame at most (bounds the cost of a frame)
     idle_rescan_s: float = 2.0  # a tile without motion is still rescanned this often
+    # a frame where over this fraction of the (1/8 size) picture changed is a shot cut: every
+    # track ends and the whole frame is scanned at once (1: never)
+    cut_fraction: float = 0.5
     motion_fraction: float = 0.01  # a tile with less than this fraction of changed pixels is not rescanned
     track_margin: float = 0.35  # re-detect a track within its box grown by this fraction of its size per side
     track_redetect_s: float = 0.06  # re-detect a track this often (0: every frame); it coasts in between
@@ -362,6 +370,8 @@ def _check_positive(cfg: Config) -> None:
         "detect.downscale": cfg.detect.downscale >= 1.0,
         "detect.threads": cfg.detect.threads >= 1,
         "detect.workers": 1 <= cfg.detect.workers <= 10,
+        "detect.detector": cfg.detect.detector in DETECTORS,
+        "detect.yunet_score": 0 < cfg.detect.yunet_score < 1,
         "classify.workers": 1 <= cfg.classify.workers <= 10,
         "pipeline.mode": cfg.pipeline.mode in MODES,
         "capture.rtsp_transport": cfg.capture.rtsp_transport in ("tcp", "udp"),
@@ -373,6 +383,7 @@ def _check_positive(cfg: Config) -> None:
         "detect.scan_max_jobs": cfg.detect.scan_max_jobs >= 1,
         "detect.idle_rescan_s": cfg.detect.idle_rescan_s >= 0,
         "detect.motion_fraction": 0 <= cfg.detect.motion_fraction < 1,
+        "detect.cut_fraction": 0 < cfg.detect.cut_fraction <= 1,
         "detect.track_margin": cfg.detect.track_margin >= 0,
         "detect.track_redetect_s": 0 <= cfg.detect.track_redetect_s <= cfg.detect.track_hold_s,
         "detect.max_tracks": cfg.detect.max_tracks >= 0,

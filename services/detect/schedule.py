@@ -6,14 +6,16 @@ A full-frame scan at 640x480 costs 45-120 ms, most of it in the smallest faces. 
   is about ``TRACK_FACE`` pixels (cheap whatever the face's size), every
   ``track_redetect_s`` (between two, the track coasts on its motion);
 * the full scan is cut into jobs, one per (size band, tile): band k finds faces of
-  ``min_size * 2**k`` to ``min_size * 2**(k+1)`` pixels on the frame shrunk by ``2**k``,
+  ``min_size * 2**k`` to ``min_size * 2**(k+1) * BAND_OVERLAP`` pixels on the frame shrunk by ``2**k``,
   in tiles that overlap by the band's largest face so no face falls between two tiles.
   Jobs run in turn so the whole frame is scanned once every ``scan_interval_s`` of
   capture time for small faces (band 0: most of the cost) and every
   ``large_scan_interval_s`` for larger ones (shrunk frames: cheap), at most
   ``scan_max_jobs`` of each per frame;
 * a job whose region has not changed since it last ran (motion gating on a tiny grey
-  copy of the frame) is skipped, unless it last ran ``idle_rescan_s`` ago.
+  copy of the frame) is skipped, unless it last ran ``idle_rescan_s`` ago;
+* a shot cut (over ``cut_fraction`` of the tiny copy changed from one frame to the next)
+  or a new frame size ends every track and scans the whole frame at once.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ MOTION_SHRINK = 8
 MOTION_LEVEL = 12
 #: detections overlapping a kept one by more than this are the same face
 SAME_FACE_IOU = 0.3
+#: a band also looks for faces this much larger than its top, so a face at the edge of two
+#: bands (the scan steps 1.2 between sizes) is looked for in both: it was missed in both
+BAND_OVERLAP = 1.25
 
 
 @dataclass(frozen=True)
@@ -57,9 +62,9 @@ def plan_scan(width: int, height: int, min_size: int, tile: int) -> list[ScanJob
         shrink = 2.0**band
         lo = min_size * 2**band
         last = 2 * lo >= min(width, height)
-        hi = 0 if last else 2 * lo
+        hi = 0 if last else round(2 * lo * BAND_OVERLAP)
         side = max(1, round(tile * shrink))
-        overlap = 2 * lo
+        overlap = round(2 * lo * BAND_OVERLAP)  # no face of the band falls between two tiles
         jobs.extend(ScanJob(r, shrink, lo, hi) for r in tiles(width, height, side, overlap))
         if last:
             break
@@ -114,6 +119,7 @@ class CameraDetector:
     last_ts: float | None = None
     last_run: list[float] = field(default_factory=list)
     references: list[np.ndarray | None] = field(default_factory=list)
+    last_tiny: np.ndarray | None = None  # the previous frame's motion copy (cut detection)
 
     @classmethod
     def create(cls, cfg: DetectConfig, detector: FaceDetector) -> CameraDetector:
@@ -122,10 +128,20 @@ class CameraDetector:
 
     def process(self, gray: np.ndarray, ts: float) -> list[TrackedFace]:
         height, width = gray.shape
-        if (width, height) != self.size:
-            self.cut(width, height)  # a new size is a new picture: no box of the old one carries over
-        found = self._redetect_tracks(gray, ts) + self._scan(gray, ts)
+        tiny = cv2.resize(gray, None, fx=1 / MOTION_SHRINK, fy=1 / MOTION_SHRINK, interpolation=cv2.INTER_AREA)
+        if (width, height) != self.size or self._is_cut(tiny):
+            self.cut(width, height)  # a new picture: no box of the old one carries over
+        self.last_tiny = tiny
+        found = self._redetect_tracks(gray, ts) + self._scan(gray, tiny, ts)
         return self.tracker.update(ts, same_faces_merged(found), width, height)
+
+    def _is_cut(self, tiny: np.ndarray) -> bool:
+        """A shot cut: most of the frame changed at once (a moving camera changes a third at most)."""
+        last = self.last_tiny
+        if last is None or last.shape != tiny.shape or self.cfg.cut_fraction >= 1.0:
+            return False
+        changed = np.count_nonzero(cv2.absdiff(tiny, last) > MOTION_LEVEL)
+        return bool(changed > self.cfg.cut_fraction * tiny.size)
 
     def cut(self, width: int, height: int) -> None:
         """The picture changed as a whole: every track ends and the whole frame is scanned now."""
@@ -164,11 +180,10 @@ class CameraDetector:
             found.extend(self.detector.find(gray, region, shrink, low, high))
         return found
 
-    def _scan(self, gray: np.ndarray, ts: float) -> list[Box]:
+    def _scan(self, gray: np.ndarray, tiny: np.ndarray, ts: float) -> list[Box]:
         dt = max(0.0, ts - self.last_ts) if self.last_ts is not None else 0.0
         first = self.last_ts is None
         self.last_ts = ts
-        tiny = cv2.resize(gray, None, fx=1 / MOTION_SHRINK, fy=1 / MOTION_SHRINK, interpolation=cv2.INTER_AREA)
         found: list[Box] = []
         for queue in self.queues:
             for index in queue.due(dt, len(queue.jobs) if first else self.cfg.scan_max_jobs):
