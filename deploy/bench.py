@@ -12,6 +12,9 @@
 3. Detection recall against the full-frame cascade on every frame (scale 1.1, 5 neighbours,
    40x40), every frame in order as in lossless mode, with the config's scheduled
    detection; and label flicker (label changes per track-second), raw against smoothed.
+4. File analysis: ``emopipe run --source VIDEO --events FILE`` on one copy of the video,
+   lossless (every frame, as fast as the pipeline goes), timed from the command's start to
+   its exit (start-up included): the speed as a multiple of real time.
 
 With ``--workers``, step 2 runs twice in the same command: one worker per stage, then the
 workers asked for, and the report gives the ratio of their throughputs. ``--every-frame``
@@ -40,6 +43,7 @@ import cv2
 import numpy as np
 import psutil
 
+from deploy import measure
 from deploy.measure import bench_config, bench_video, frames_of, machine, progress, video_fps, video_size
 from deploy.recall import TrackingResult, measure_tracking
 from emopipe import config as config_mod
@@ -210,6 +214,27 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values) * 1000, q))
 
 
+@dataclass(frozen=True)
+class FileAnalysis:
+    frames: int
+    media_s: float  # the video's length
+    wall_s: float  # emopipe run's start to exit
+
+    @property
+    def speed(self) -> float:
+        return self.media_s / self.wall_s
+
+
+def file_analysis(base: Config, video: Path, workdir: Path) -> FileAnalysis:
+    """``emopipe run`` on the video once, lossless, timed from start to exit."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    progress("file analysis: emopipe run, lossless")
+    start = time.monotonic()
+    lines = measure.run_pipeline(bench_config(base, video, 1, workdir, live=False), workdir, str(video))
+    wall = time.monotonic() - start
+    return FileAnalysis(len(lines), len(lines) / video_fps(video), wall)
+
+
 def report(
     video: Path,
     paper_fps: float,
@@ -218,6 +243,7 @@ def report(
     cfg: Config,
     args: argparse.Namespace,
     baseline: PipelineResult | None = None,
+    analysis: FileAnalysis | None = None,
 ) -> str:
     total = pipe.total
     width, height = video_size(video)
@@ -282,6 +308,14 @@ def report(
         f" smoothed label changes per track-second (smooth_s = {cfg.sink.smooth_s:g}).",
         "",
     ]
+    if analysis is not None:
+        rows += [
+            f"File analysis (`emopipe run` on the video, lossless, one camera): {analysis.frames} frames"
+            f" ({analysis.media_s:.1f} s of video) in {analysis.wall_s:.1f} s from start to exit,"
+            f" **{analysis.speed:.1f}x real time** ({analysis.frames / analysis.wall_s:.0f} frames/s,"
+            " start-up included).",
+            "",
+        ]
     return "\n".join(rows)
 
 
@@ -345,8 +379,9 @@ def run(args: argparse.Namespace) -> int:
             baseline = run_pipeline(cfg, args.warmup, args.seconds, Path(tmp))
         cfg = bench_config(base, video, args.cameras, Path(tmp), args.transport, workers)
         pipe = run_pipeline(cfg, args.warmup, args.seconds, Path(tmp))
+        analysis = file_analysis(base, video, Path(tmp) / "file")
     progress("")
-    text = report(video, paper_fps, pipe, tracking, cfg, args, baseline)
+    text = report(video, paper_fps, pipe, tracking, cfg, args, baseline, analysis)
     print(text)
     if args.markdown:
         Path(args.markdown).write_text(text)

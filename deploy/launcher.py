@@ -7,6 +7,7 @@
     emopipe keys DIR
     emopipe bench [--cameras N] [--source VIDEO] [--seconds S] [--markdown FILE] [--smoke]
     emopipe recall [VIDEO ...] [--frames N] [--size WxH|native] [--config FILE] [--pipeline] [--markdown FILE]
+                   [--json FILE]
     emopipe report EVENTS [--tracks TRACKS] --out FILE.html
 
 ``run`` resolves the config (file + command-line options), writes it to a temporary
@@ -314,7 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("dir")
     bench_mod.add_arguments(commands.add_parser("bench", help="measure the paper's loop and the pipeline here"))
     recall_mod.add_arguments(
-        commands.add_parser("recall", help="measure scheduled detection's recall of the full-frame cascade on videos")
+        commands.add_parser(
+            "recall", help="measure detection's recall of the full-frame cascade and its YuNet-confirmed boxes"
+        )
     )
     evaluate_mod.add_arguments(
         commands.add_parser("evaluate", help="the pipeline's accuracy on labelled videos and stills (LABELS.csv)")

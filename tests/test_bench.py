@@ -38,3 +38,9 @@ def test_bench_smoke_reports_fps_latency_usage_recall_and_flicker_for_two_camera
     assert int(recall.group(2)) <= int(recall.group(3))
     flicker = re.search(r"Label flicker: ([0-9.]+) raw against ([0-9.]+) smoothed", text)
     assert flicker and float(flicker.group(2)) <= float(flicker.group(1))
+    analysis = re.search(
+        r"lossless, one camera\): (\d+) frames \(([0-9.]+) s of video\) in ([0-9.]+) s.*\*\*([0-9.]+)x real", text
+    )
+    assert analysis and int(analysis.group(1)) == 480  # the bench clip: every frame has its line
+    media, wall, speed = (float(analysis.group(i)) for i in (2, 3, 4))
+    assert media == 16.0 and abs(speed - media / wall) < 0.2

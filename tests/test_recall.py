@@ -2,23 +2,38 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from deploy import measure
 from deploy.recall import TrackingResult, measure_tracking
 from emopipe import config as config_mod
 from services.classify.model import EmotionModel
 
+#: video, frames, FPS; the cascade's boxes, found, recall, extra; the confirmed ones, found, recall, extra;
+#: unconfirmed / YuNet only; detect ms (scheduled, full-frame); flicker raw / smoothed
 ROW = re.compile(
-    r"^\| (\S+) \| (\d+) \| (\d+) \| (\d+) \| (\d+) \| ([0-9.]+)% \| (\d+) \| ([0-9.]+) \| ([0-9.]+)"
-    r" \| ([0-9.]+) / ([0-9.]+) \|$",
+    r"^\| (\S+) \| (\d+) \| (\d+) \| (\d+) \| (\d+) \| ([0-9.]+)% \| (\d+)"
+    r" \| (\d+) \| (\d+) \| ([0-9.]+)% \| (\d+) \| (\d+) / (\d+)"
+    r" \| ([0-9.]+) \| ([0-9.]+) \| ([0-9.]+) / ([0-9.]+) \|$",
     re.M,
 )
 #: the columns up to the scheduled detect cost, which is "-" through the pipeline
-ROW_START = re.compile(r"^\| (\S+) \| (\d+) \| (\d+) \| (\d+) \| (\d+) \| ([0-9.]+)% \| (\d+) \| (-|[0-9.]+) \|", re.M)
+ROW_START = re.compile(
+    r"^\| (\S+) \| (\d+) \| (\d+) \| (\d+) \| (\d+) \| ([0-9.]+)% \| (\d+)"
+    r" \| (\d+) \| (\d+) \| ([0-9.]+)% \| (\d+) \| (\d+) / (\d+) \| (-|[0-9.]+) \|",
+    re.M,
+)
+TOTAL = re.compile(
+    r"All videos: recall ([0-9.]+)% \((\d+)/(\d+) boxes\), (\d+) extra boxes, (\d+) frames\."
+    r" Confirmed: recall ([0-9.]+)% \((\d+)/(\d+) boxes\), (\d+) extra boxes;"
+    r" (\d+) of the cascade's boxes unconfirmed, (\d+) YuNet faces it lacks\."
+)
 
 
 def recall(*args: str) -> subprocess.CompletedProcess[str]:
@@ -28,25 +43,45 @@ def recall(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_recall_reports_each_video_and_all_of_them_with_consistent_counts(carphone: Path, tmp_path: Path) -> None:
-    markdown = tmp_path / "recall.md"
-    proc = recall(str(carphone), str(carphone), "--frames", "40", "--markdown", str(markdown))
+    markdown, report = tmp_path / "recall.md", tmp_path / "recall.json"
+    proc = recall(str(carphone), str(carphone), "--frames", "40", "--markdown", str(markdown), "--json", str(report))
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = markdown.read_text()
     assert text in proc.stdout
     rows = ROW.findall(text)
     assert [r[0] for r in rows] == ["carphone", "carphone"]
-    for _, frames, fps, reference, found, percent, _extra, scheduled_ms, full_ms, raw, smoothed in rows:
+    for row in rows:
+        _, frames, fps, reference, found, percent, _extra, confirmed, c_found, c_percent = row[:10]
+        _c_extra, unconfirmed, _yunet_only, scheduled_ms, full_ms, raw, smoothed = row[10:]
         assert int(frames) == 40 and int(fps) == 30  # the clip plays at 30 FPS
         assert 0 < int(found) <= int(reference)  # the face is found, never more than there is
         assert abs(float(percent) - 100 * int(found) / int(reference)) < 0.06
+        assert 0 < int(confirmed) <= int(reference) and int(unconfirmed) == int(reference) - int(confirmed)
+        assert int(c_found) <= int(confirmed) and abs(float(c_percent) - 100 * int(c_found) / int(confirmed)) < 0.06
         assert 0.0 < float(scheduled_ms) < float(full_ms)  # the point of scheduling
         assert float(smoothed) <= float(raw)
-    assert rows[0][1:7] == rows[1][1:7]  # the same video in order gives the same boxes
-    total = re.search(r"All videos: recall ([0-9.]+)% \((\d+)/(\d+) boxes\), (\d+) extra boxes, (\d+) frames", text)
+    assert rows[0][1:13] == rows[1][1:13]  # the same video in order gives the same boxes, both references
+    total = TOTAL.search(text)
     assert total is not None
     assert (int(total.group(2)), int(total.group(3))) == (2 * int(rows[0][4]), 2 * int(rows[0][3]))
     assert int(total.group(4)) == 2 * int(rows[0][6]) and int(total.group(5)) == 80
-    assert "scaled to 640x480" in text
+    assert (int(total.group(7)), int(total.group(8)), int(total.group(9))) == (
+        2 * int(rows[0][8]),
+        2 * int(rows[0][7]),
+        2 * int(rows[0][10]),
+    )
+    assert (int(total.group(10)), int(total.group(11))) == (2 * int(rows[0][11]), 2 * int(rows[0][12]))
+    assert "scaled to 640x480" in text and 'detect.detector = "haar"' in text
+    data = json.loads(report.read_text())
+    first = data["videos"][0]
+    assert data["detector"] == "haar" and data["size"] == [640, 480] and len(data["videos"]) == 2
+    counts = ("frames", "reference_boxes", "covered", "extra_boxes", "confirmed_boxes", "confirmed_covered")
+    assert [first[k] for k in counts] == [int(rows[0][i]) for i in (1, 3, 4, 6, 7, 8)]
+    assert [first[k] for k in ("confirmed_extra", "unconfirmed", "yunet_only")] == [
+        int(rows[0][i]) for i in (10, 11, 12)
+    ]
+    assert first["confirmed_recall"] == pytest.approx(int(rows[0][8]) / int(rows[0][7]), abs=1e-4)
+    assert data["all"]["confirmed_boxes"] == int(total.group(8)) and data["all"]["frames"] == 80
 
 
 def test_recall_names_a_missing_video_and_one_that_is_not_a_video(tmp_path: Path) -> None:
@@ -110,6 +145,27 @@ def test_recall_through_the_pipeline_matches_the_detect_code_run_in_process(carp
     assert "from the JSON lines of `emopipe run`" in proc.stdout
     in_process, pipeline = rows[False], rows[True]
     assert in_process[1] == pipeline[1] == "120" and in_process[3] == pipeline[3]  # the same frames and reference
+    assert in_process[7] == pipeline[7]  # and the same confirmed reference
     assert abs(int(in_process[4]) - int(pipeline[4])) <= 2
     assert float(pipeline[5]) >= 90.0
-    assert in_process[7] != "-" and pipeline[7] == "-"  # the stage's cost is not measured through the pipeline
+    assert in_process[13] != "-" and pipeline[13] == "-"  # the stage's cost is not measured through the pipeline
+
+
+def test_recall_of_yunet_detection_keeps_the_cascade_as_its_reference(carphone: Path, tmp_path: Path) -> None:
+    """detect.detector = "yunet" is measured against the same references as the cascade's schedule:
+    the full-frame cascade (not YuNet) and its YuNet-confirmed boxes; on carphone's first 60 frames
+    at 640x480 (2026-12-07): 57/64 and 57/57, the unconfirmed 7 the cascade's false positives."""
+    config = tmp_path / "yunet.toml"
+    config.write_text('[detect]\ndetector = "yunet"\n')
+    reports = {}
+    for name, extra in (("haar", []), ("yunet", ["--config", str(config)])):
+        out = tmp_path / f"{name}.json"
+        proc = recall(str(carphone), "--frames", "60", "--json", str(out), *extra)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert f'detect.detector = "{name}"' in proc.stdout
+        reports[name] = json.loads(out.read_text())["videos"][0]
+    haar, yunet = reports["haar"], reports["yunet"]
+    for key in ("reference_boxes", "confirmed_boxes", "yunet_only", "unconfirmed"):
+        assert haar[key] == yunet[key], key  # the references do not depend on the detector measured
+    assert yunet["confirmed_recall"] >= 0.95 and yunet["recall"] >= 0.85
+    assert yunet["confirmed_extra"] <= 0.1 * yunet["confirmed_boxes"]

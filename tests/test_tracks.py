@@ -74,9 +74,8 @@ def test_a_face_that_turns_away_mid_motion_is_looked_for_where_it_was_heading_an
 def test_the_scan_plan_covers_every_face_size_and_position_once_per_cycle() -> None:
     jobs = plan_scan(W, H, min_size=40, tile=240)
     bands = sorted({(j.min_size, j.max_size, j.shrink) for j in jobs})
-    # each band reaches a quarter into the next: a face at the edge is looked for in both
-    assert bands == [(40, 100, 1.0), (80, 200, 2.0), (160, 400, 4.0), (320, 0, 8.0)]
-    for x, y, size in [(0, 0, 40), (630 - 45, 440 - 45, 45), (300, 200, 99), (170, 90, 150), (0, 0, 470)]:
+    assert bands == [(40, 80, 1.0), (80, 160, 2.0), (160, 320, 4.0), (320, 0, 8.0)]
+    for x, y, size in [(0, 0, 40), (630 - 45, 440 - 45, 45), (300, 200, 79), (170, 90, 150), (0, 0, 470)]:
         fits = [
             j
             for j in jobs

@@ -61,12 +61,16 @@ class FaceDetector:
 
     def crops(self, gray: np.ndarray, boxes: list[Box] | tuple[Box, ...]) -> np.ndarray:
         """[N, S, S] uint8 grey crops of ``boxes``, S = ``face_size``."""
-        size = self.face_size
-        crops = np.zeros((len(boxes), size, size), dtype=np.uint8)
-        for i, box in enumerate(boxes):
-            patch = gray[box.y : box.y + box.h, box.x : box.x + box.w]
-            crops[i] = cv2.resize(patch, (size, size), interpolation=cv2.INTER_AREA)
-        return crops
+        return grey_crops(gray, boxes, self.face_size)
+
+
+def grey_crops(gray: np.ndarray, boxes: list[Box] | tuple[Box, ...], size: int) -> np.ndarray:
+    """[N, size, size] uint8 crops of ``boxes`` (inside the frame) from a grey frame."""
+    crops = np.zeros((len(boxes), size, size), dtype=np.uint8)
+    for i, box in enumerate(boxes):
+        patch = gray[box.y : box.y + box.h, box.x : box.x + box.w]
+        crops[i] = cv2.resize(patch, (size, size), interpolation=cv2.INTER_AREA)
+    return crops
 
 
 def clip_box(x: float, y: float, w: float, h: float, width: int, height: int) -> Box | None:

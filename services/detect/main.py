@@ -1,4 +1,4 @@
-"""detect: find and track faces in every frame, publish their boxes, track ids and grey crops.
+"""detect: find and track faces in every frame (Haar cascade or YuNet), publish their boxes, track ids and grey crops.
 
 The crops are the size the emotion model takes: detect reads it from the model's metadata
 (``classify.model``, the file classify serves), so no config repeats it.
@@ -11,6 +11,7 @@ import threading
 from collections.abc import Sequence
 
 import cv2
+import numpy as np
 from prometheus_client import CollectorRegistry
 
 from emopipe import metrics as metrics_mod
@@ -19,26 +20,36 @@ from emopipe.config import DetectConfig, resolve_path
 from emopipe.messages import Box, Faces, Frame, Message
 from emopipe.metrics import Metrics
 from services.classify.model import ModelError, input_size
-from services.detect.detector import FaceDetector
+from services.detect.detector import FaceDetector, grey_crops
 from services.detect.schedule import CameraDetector
+from services.detect.tracker import TrackedFace
+from services.detect.yunet import Point, YuNetCamera
 
 log = logging.getLogger("emopipe.detect")
 
 
 class Detect:
-    """Per-camera scheduled detection and tracking (or, with ``every_frame``, the paper's full scan).
+    """Per-camera face detection and tracking: ``detect.detector`` "haar" (scheduled, or with
+    ``every_frame`` the paper's full scan) or "yunet" (YuNet on every frame, tracked; with
+    ``every_frame``, untracked).
 
-    Each camera has its own cascade (an OpenCV cascade is not safe to share between threads,
-    and ``detect.threads`` runs cameras in parallel); the first is loaded at once, so a
-    missing cascade stops the stage before it serves."""
+    Each camera has its own detector (neither an OpenCV cascade nor a YuNet net is safe to share
+    between threads, and ``detect.threads`` runs cameras in parallel); the first is loaded at once,
+    so a missing cascade or model stops the stage before it serves."""
 
     def __init__(self, cfg: DetectConfig, face_size: int) -> None:
         self.cfg = cfg
         self.face_size = face_size
         self.detectors: dict[str, FaceDetector] = {}
-        self.spare: FaceDetector | None = FaceDetector(cfg, face_size)
         self.lock = threading.Lock()  # two cameras' first frames may come at once
         self.cameras: dict[str, CameraDetector] = {}
+        self.yunet: dict[str, YuNetCamera] = {}
+        self.spare: FaceDetector | None = None
+        self.spare_yunet: YuNetCamera | None = None
+        if cfg.detector == "yunet":
+            self.spare_yunet = YuNetCamera.create(cfg)
+        else:
+            self.spare = FaceDetector(cfg, face_size)
         self.seen: dict[str, int] = {}  # every_frame: a new id per box (no tracking)
 
     def detector(self, camera: str) -> FaceDetector:
@@ -49,24 +60,54 @@ class Detect:
                 self.detectors[camera] = found
             return found
 
+    def yunet_camera(self, camera: str) -> YuNetCamera:
+        with self.lock:
+            found = self.yunet.get(camera)
+            if found is None:
+                found, self.spare_yunet = self.spare_yunet or YuNetCamera.create(self.cfg), None
+                self.yunet[camera] = found
+            return found
+
+    def landmarks(self, camera: str) -> dict[int, tuple[Point, Point, Point, Point, Point]]:
+        """With "yunet", the five landmarks (eyes, nose tip, mouth corners; frame pixels) of each face
+        found in the camera's latest frame, by track id (for alignment); "haar" has none."""
+        found = self.yunet.get(camera)
+        return dict(found.landmarks) if found is not None else {}
+
     def __call__(self, frame: Frame) -> Faces:
         gray = cv2.cvtColor(frame.image, cv2.COLOR_BGR2GRAY)
+        if self.cfg.detector == "yunet":
+            return self._yunet(frame, gray)
         detector = self.detector(frame.camera)
         if self.cfg.every_frame:
             height, width = gray.shape
             boxes = tuple(detector.find(gray, Box(0, 0, width, height), self.cfg.downscale, self.cfg.min_size))
-            crops = detector.crops(gray, boxes)
-            first = self.seen.get(frame.camera, 0) + 1
-            self.seen[frame.camera] = first + len(boxes) - 1
-            tracks = tuple(range(first, first + len(boxes)))
-            return Faces(frame.camera, frame.seq, frame.ts, boxes, crops, tracks, wall=frame.wall)
+            return self._untracked(frame, gray, boxes)
         camera = self.cameras.get(frame.camera)
         if camera is None:
             camera = self.cameras[frame.camera] = CameraDetector.create(self.cfg, detector)
-        faces = camera.process(gray, frame.ts)
+        return self._tracked(frame, gray, camera.process(gray, frame.ts))
+
+    def _yunet(self, frame: Frame, gray: np.ndarray) -> Faces:
+        camera = self.yunet_camera(frame.camera)
+        if not self.cfg.every_frame:
+            return self._tracked(frame, gray, camera.process(frame.image, frame.ts))
+        found = camera.detector.find(frame.image)
+        faces = self._untracked(frame, gray, tuple(f.box for f in found))
+        camera.landmarks = {t: f.landmarks for t, f in zip(faces.tracks, found, strict=True)}
+        return faces
+
+    def _tracked(self, frame: Frame, gray: np.ndarray, faces: list[TrackedFace]) -> Faces:
         boxes = tuple(f.box for f in faces)
-        crops = detector.crops(gray, boxes)
+        crops = grey_crops(gray, boxes, self.face_size)
         return Faces(frame.camera, frame.seq, frame.ts, boxes, crops, tuple(f.track for f in faces), wall=frame.wall)
+
+    def _untracked(self, frame: Frame, gray: np.ndarray, boxes: tuple[Box, ...]) -> Faces:
+        crops = grey_crops(gray, boxes, self.face_size)
+        first = self.seen.get(frame.camera, 0) + 1
+        self.seen[frame.camera] = first + len(boxes) - 1
+        tracks = tuple(range(first, first + len(boxes)))
+        return Faces(frame.camera, frame.seq, frame.ts, boxes, crops, tracks, wall=frame.wall)
 
 
 def make_handler(detect: Detect, metrics: Metrics) -> relay.Handler:

@@ -6,7 +6,7 @@ A full-frame scan at 640x480 costs 45-120 ms, most of it in the smallest faces. 
   is about ``TRACK_FACE`` pixels (cheap whatever the face's size), every
   ``track_redetect_s`` (between two, the track coasts on its motion);
 * the full scan is cut into jobs, one per (size band, tile): band k finds faces of
-  ``min_size * 2**k`` to ``min_size * 2**(k+1) * BAND_OVERLAP`` pixels on the frame shrunk by ``2**k``,
+  ``min_size * 2**k`` to ``min_size * 2**(k+1)`` pixels on the frame shrunk by ``2**k``,
   in tiles that overlap by the band's largest face so no face falls between two tiles.
   Jobs run in turn so the whole frame is scanned once every ``scan_interval_s`` of
   capture time for small faces (band 0: most of the cost) and every
@@ -41,9 +41,6 @@ MOTION_SHRINK = 8
 MOTION_LEVEL = 12
 #: detections overlapping a kept one by more than this are the same face
 SAME_FACE_IOU = 0.3
-#: a band also looks for faces this much larger than its top, so a face at the edge of two
-#: bands (the scan steps 1.2 between sizes) is looked for in both: it was missed in both
-BAND_OVERLAP = 1.25
 
 
 @dataclass(frozen=True)
@@ -62,9 +59,9 @@ def plan_scan(width: int, height: int, min_size: int, tile: int) -> list[ScanJob
         shrink = 2.0**band
         lo = min_size * 2**band
         last = 2 * lo >= min(width, height)
-        hi = 0 if last else round(2 * lo * BAND_OVERLAP)
+        hi = 0 if last else 2 * lo
         side = max(1, round(tile * shrink))
-        overlap = round(2 * lo * BAND_OVERLAP)  # no face of the band falls between two tiles
+        overlap = 2 * lo
         jobs.extend(ScanJob(r, shrink, lo, hi) for r in tiles(width, height, side, overlap))
         if last:
             break
