@@ -183,7 +183,12 @@ def assert_click_enlarges(url: str, tmp_path: Path, camera: str) -> None:
     assert image is not None
     ((x, y, w, h),) = content_regions(image[:, : WINDOW[0] - 340])  # the picture, left of its figures
     assert w > 0.9 * (WINDOW[0] - 340) and h > 0.8 * WINDOW[1], f"the picture is not shown large: {(x, y, w, h)}"
-    assert green_pixels(image[y : y + h, x : x + w]) > 2000, f"no large annotated picture in {shot}"
+    # the camera's picture (whether this frame has a face box depends on the frame: the grid's
+    # screenshot checks the annotation), not an empty or black area
+    picture = image[y : y + h, x : x + w]
+    assert float(picture.std()) > 20.0 and np.count_nonzero(picture.max(axis=2) > 60) > 0.3 * w * h, (
+        f"no large camera picture in {shot}"
+    )
 
 
 def test_browser_renders_both_cameras_live_annotated_streams_with_their_captions(
