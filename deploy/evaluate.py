@@ -43,6 +43,7 @@ import numpy as np
 
 from deploy.measure import progress, run_config, run_pipeline
 from emopipe import config as config_mod
+from emopipe.api import PaddedStill
 from emopipe.config import Config, SourceConfig
 from emopipe.labels import EMOTIONS
 
@@ -69,7 +70,6 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".mpg", ".mpeg", ".m4
 NO_FACE = "no face"
 CANVAS = 640  # stills: a square canvas of four quarters
 STILLS_FPS = 10.0  # a quarter comes round every 0.4 s, longer than a track is held (0.3 s)
-SMALL_STILL = 160  # stills smaller than this (pixels, longest side) are scaled up to it first
 
 
 class LabelsError(ValueError):
@@ -177,16 +177,7 @@ def readable(item: Item) -> str | None:
 def pad_still(image: np.ndarray) -> np.ndarray:
     """A still made square and padded with its own size again around it (small ones scaled up
     to SMALL_STILL first), so the detector sees a whole head with room around it."""
-    h, w = image.shape[:2]
-    if max(h, w) < SMALL_STILL:
-        scale = SMALL_STILL / max(h, w)
-        image = cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_CUBIC)
-        h, w = image.shape[:2]
-    side = max(h, w)
-    top, left = (side - h) // 2, (side - w) // 2
-    square = cv2.copyMakeBorder(image, top, side - h - top, left, side - w - left, cv2.BORDER_CONSTANT)
-    pad = side // 2
-    return cv2.copyMakeBorder(square, pad, pad, pad, pad, cv2.BORDER_CONSTANT)
+    return PaddedStill.of(image).image
 
 
 def still_canvas(image: np.ndarray, quarter: int) -> np.ndarray:

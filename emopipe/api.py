@@ -64,7 +64,7 @@ ConfigLike = Config | str | os.PathLike[str] | None
 #: a source's frames, each with its time in seconds
 Frames = Generator[tuple[np.ndarray, float], None, None]
 
-#: a still smaller than this (pixels, longest side) is scaled up to it first (deploy/evaluate.py's SMALL_STILL)
+#: a still smaller than this (pixels, longest side) is scaled up to it first
 SMALL_STILL = 160
 #: the camera id of ``analyze_image``'s picture
 IMAGE_CAMERA = "image"
@@ -293,7 +293,7 @@ def analyze_image(
     A missing file raises FileNotFoundError, one OpenCV cannot read SourceError, an array of
     another shape or type ValueError."""
     picture = _picture(image)
-    still = _Still.of(picture)
+    still = PaddedStill.of(picture)
     stages = _Stages(resolve_config(config, overrides), every_frame=True)
     found = stages(Frame(IMAGE_CAMERA, 0, 0.0, still.image))
     height, width = picture.shape[:2]
@@ -326,17 +326,17 @@ def _picture(image: np.ndarray | str | os.PathLike[str]) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class _Still:
+class PaddedStill:
     """A picture as the detector sees a still: scaled up to SMALL_STILL if smaller, made square
     and padded with half its side on each side (black), the picture's corner at ``offset``.
-    The image is deploy/evaluate.py's ``pad_still`` (tests/test_api.py checks it pixel for pixel)."""
+    ``emopipe evaluate`` frames its stills with it too (deploy/evaluate.py's ``pad_still``)."""
 
     image: np.ndarray
     scale: float
     offset: tuple[int, int]  # x, y
 
     @classmethod
-    def of(cls, picture: np.ndarray) -> _Still:
+    def of(cls, picture: np.ndarray) -> PaddedStill:
         h, w = picture.shape[:2]
         scale = 1.0
         if max(h, w) < SMALL_STILL:

@@ -209,6 +209,35 @@ def run_to_files(tmp: Path, model: Path, sources: Sequence[str], events: Path, t
     return log.read_text()
 
 
+def run_source(
+    tmp: Path, model: Path, source: Path, name: str = "run", **sections: dict[str, object]
+) -> dict[str, Any]:
+    """`emopipe run --source FILE --events NAME.jsonl` (lossless) with a config of ``sections``;
+    its status, config, events text and lines, and log. Waits 120 s at most."""
+    ipc = Path(tempfile.mkdtemp(prefix="ep-", dir="/tmp"))
+    config = tmp / f"{name}.toml"
+    config.write_text(pipeline_toml(ipc, [], classify={"model": model}, **sections))
+    events, log = tmp / f"{name}.jsonl", tmp / f"{name}.log"
+    proc = launch(config, log, "--source", str(source), "--events", str(events))
+    try:
+        code = proc.wait(120)
+    finally:
+        reap(proc, log)
+        shutil.rmtree(ipc, ignore_errors=True)
+    text = events.read_text() if events.exists() else ""
+    lines = [json.loads(line) for line in text.splitlines()]
+    return {"code": code, "config": config, "text": text, "lines": lines, "log": log.read_text()}
+
+
+def json_and_csv_runs(tmp: Path, model: Path, sources: Sequence[str]) -> dict[str, Path]:
+    """The same run twice, writing JSON lines then CSV: ``out.jsonl``, ``tracks.jsonl``,
+    ``out.csv``, ``tracks.csv`` in ``tmp``."""
+    files = {name: tmp / name for name in ("out.jsonl", "tracks.jsonl", "out.csv", "tracks.csv")}
+    run_to_files(tmp, model, sources, files["out.jsonl"], files["tracks.jsonl"])
+    run_to_files(tmp, model, sources, files["out.csv"], files["tracks.csv"])
+    return files
+
+
 def stage_pids(log: Path) -> dict[str, int]:
     return {name: int(pid) for name, pid in re.findall(r"started ([\w#]+) \(pid (\d+)\)", log.read_text())}
 

@@ -4,10 +4,8 @@ against `emopipe run`'s own JSON lines."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +15,10 @@ import pytest
 
 import emopipe
 from deploy.evaluate import pad_still
-from emopipe.api import _Still
+from emopipe.api import PaddedStill
 from emopipe.config import ConfigError, from_dict
 from emopipe.labels import EMOTIONS
-from helpers import REPO, launch, pipeline_toml, reap
+from helpers import REPO, run_source
 from services.capture.sources import SourceError
 from services.detect.tracker import iou
 from services.sink.events import event_columns
@@ -30,18 +28,9 @@ RUN_TIMEOUT_S = 120
 
 def run_pipeline(tmp: Path, video: Path, model: Path, **sections: dict[str, object]) -> dict[str, Any]:
     """`emopipe run --source VIDEO --events FILE` (lossless: a file) with a config; its lines and that config."""
-    ipc = Path(tempfile.mkdtemp(prefix="ep-", dir="/tmp"))
-    config = tmp / "run.toml"
-    config.write_text(pipeline_toml(ipc, [], classify={"model": model}, **sections))
-    events, log = tmp / "out.jsonl", tmp / "run.log"
-    proc = launch(config, log, "--source", str(video), "--events", str(events))
-    try:
-        code = proc.wait(RUN_TIMEOUT_S)
-    finally:
-        reap(proc, log)
-        shutil.rmtree(ipc, ignore_errors=True)
-    assert code == 0, log.read_text()[-3000:]
-    return {"config": config, "lines": [json.loads(line) for line in events.read_text().splitlines()]}
+    run = run_source(tmp, model, video, "run", **sections)
+    assert run["code"] == 0, run["log"][-3000:]
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -197,11 +186,26 @@ def test_analyze_image_finds_a_tightly_cropped_face_in_the_crops_pixels(carphone
 
 
 @pytest.mark.parametrize("shape", [(144, 176), (61, 61), (300, 120), (100, 159)])
-def test_analyze_image_pads_a_still_exactly_as_emopipe_evaluate_does(
+def test_a_still_is_scaled_up_when_small_made_square_and_padded_with_half_its_side_around(
     shape: tuple[int, int], carphone_frames: list[np.ndarray]
 ) -> None:
+    """The framing `analyze_image` and `emopipe evaluate` (its pad_still) give a still."""
     picture = cv2.resize(carphone_frames[39], (shape[1], shape[0]))
-    assert np.array_equal(_Still.of(picture).image, pad_still(picture))
+    still = PaddedStill.of(picture)
+    assert np.array_equal(still.image, pad_still(picture))
+    scale = max(1.0, 160 / max(shape))
+    h, w = round(shape[0] * scale), round(shape[1] * scale)
+    side = max(h, w)
+    full = side + 2 * (side // 2)
+    assert still.image.shape == (full, full, 3) and still.scale == pytest.approx(scale)
+    x, y = still.offset
+    assert (x, y) == ((side - w) // 2 + side // 2, (side - h) // 2 + side // 2)
+    inner = still.image[y : y + h, x : x + w]
+    expected = picture if scale == 1.0 else cv2.resize(picture, (w, h), interpolation=cv2.INTER_CUBIC)
+    assert np.array_equal(inner, expected)
+    outside = still.image.copy()
+    outside[y : y + h, x : x + w] = 0
+    assert not outside.any(), "black around the picture"
 
 
 # ---------------------------------------------------------------- bad inputs

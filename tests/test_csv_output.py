@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from helpers import run_to_files
+from helpers import json_and_csv_runs
 from services.classify.model import EmotionModel
 from services.sink.events import EVENTS, TRACKS, CsvWriter, event_columns, track_columns
 
@@ -43,12 +43,8 @@ def labels(model_path: Path) -> tuple[str, ...]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory, carphone: Path, model_path: Path) -> dict[str, Path]:
-    tmp = tmp_path_factory.mktemp("csv")
-    files = {name: tmp / name for name in ("out.jsonl", "tracks.jsonl", "out.csv", "tracks.csv")}
     sources = [f"{camera}={carphone}" for camera in SOURCES]
-    run_to_files(tmp, model_path, sources, files["out.jsonl"], files["tracks.jsonl"])
-    run_to_files(tmp, model_path, sources, files["out.csv"], files["tracks.csv"])
-    return files
+    return json_and_csv_runs(tmp_path_factory.mktemp("csv"), model_path, sources)
 
 
 def face_record(row: dict[str, str], labels: tuple[str, ...]) -> dict[str, Any]:

@@ -4,11 +4,8 @@
 
 from __future__ import annotations
 
-import json
 import re
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from helpers import launch, pipeline_toml, reap
+from helpers import run_source
 
 imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
 
@@ -54,23 +51,7 @@ def damaged(good: Path, out: Path, noise: bool) -> Path:
 
 
 def run(source: Path, tmp: Path, model_path: Path, name: str) -> dict[str, Any]:
-    ipc = Path(tempfile.mkdtemp(prefix="ep-", dir="/tmp"))
-    config = tmp / f"{name}.toml"
-    config.write_text(pipeline_toml(ipc, [], classify={"model": model_path}))
-    events, log = tmp / f"{name}.jsonl", tmp / f"{name}.log"
-    proc = launch(config, log, "--source", str(source), "--events", str(events))
-    try:
-        code = proc.wait(RUN_TIMEOUT_S)
-    finally:
-        reap(proc, log)
-        shutil.rmtree(ipc, ignore_errors=True)
-    text = events.read_text()
-    return {
-        "code": code,
-        "text": text,
-        "lines": [json.loads(line) for line in text.splitlines()],
-        "log": log.read_text(),
-    }
+    return run_source(tmp, model_path, source, name)
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from test_viewer_browser import CHROMIUM, browse
 
 from deploy import launcher
 from emopipe.labels import COLOURS
-from helpers import REPO, run_to_files
+from helpers import REPO, json_and_csv_runs
 
 SOURCES = ("a", "b")
 # Once the page has loaded, each image's natural size goes into an attribute --dump-dom shows.
@@ -39,12 +39,8 @@ SIZE_PROBE = (
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory, carphone: Path, model_path: Path) -> dict[str, Path]:
-    tmp = tmp_path_factory.mktemp("report")
-    files = {name: tmp / name for name in ("out.jsonl", "tracks.jsonl", "out.csv", "tracks.csv")}
     sources = [f"{camera}={carphone}" for camera in SOURCES]
-    run_to_files(tmp, model_path, sources, files["out.jsonl"], files["tracks.jsonl"])
-    run_to_files(tmp, model_path, sources, files["out.csv"], files["tracks.csv"])
-    return files
+    return json_and_csv_runs(tmp_path_factory.mktemp("report"), model_path, sources)
 
 
 def report(*args: str) -> subprocess.CompletedProcess[str]:
