@@ -37,6 +37,7 @@ import numpy as np
 from emopipe import config as config_mod
 from emopipe.config import Config, ConfigError, SourceConfig, resolve_path
 from emopipe.messages import Box, FaceResult, Frame, Results, check_camera_id
+from emopipe.redact import redact
 from services.capture.sources import (
     Reading,
     SourceError,
@@ -44,6 +45,7 @@ from services.capture.sources import (
     folder_frames,
     folder_images,
     frame_rate,
+    live_frames,
     open_video,
 )
 from services.classify.main import classify
@@ -241,7 +243,9 @@ def _open(source: Source, camera: str, cfg: Config) -> Frames:
     if path.is_dir():
         return _folder_frames(dataclasses.replace(src, uri=str(path)), cfg)
     if not path.is_file():
-        raise FileNotFoundError(f"source {uri}: no such file or folder ({path.absolute()})")
+        # a URL of a scheme not taken for a stream is looked for as a path: shown redacted
+        where = "" if "://" in uri else f" ({path.absolute()})"
+        raise FileNotFoundError(f"source {redact(uri)}: no such file or folder{where}")
     cap = open_video(dataclasses.replace(src, uri=str(path)))
     return _file_frames(cap, frame_rate(src, cfg.capture, cap.get(cv2.CAP_PROP_FPS)), src)
 
@@ -255,23 +259,17 @@ def _file_frames(cap: cv2.VideoCapture, rate: float, src: SourceConfig) -> Frame
 def _folder_frames(src: SourceConfig, cfg: Config) -> Frames:
     """A folder's images in name order, each at index / fps (``capture.folder_fps``); an image
     that cannot be read is skipped with an error naming it, as the capture stage does."""
-    images = folder_frames(src, frame_rate(src, cfg.capture, 0.0), Reading(src.id))
-    folder_images(src)  # raises SourceError now if the folder holds no images
+    paths = folder_images(src)  # raises SourceError now if the folder holds no images
+    images = folder_frames(paths, frame_rate(src, cfg.capture, 0.0), Reading(src.id))
     return ((image, ts) for image, _, ts in images)
 
 
 def _live_frames(cap: cv2.VideoCapture, src: SourceConfig) -> Frames:
     count = 0
-    try:
-        while True:
-            ok, image = cap.read()
-            if not ok or image is None:
-                log.warning("source %s: the camera stopped delivering frames after %d", src.id, count)
-                return
-            count += 1
-            yield image, time.time()
-    finally:
-        cap.release()
+    for image, _ in live_frames(cap):
+        count += 1
+        yield image, time.time()
+    log.warning("source %s: the camera stopped delivering frames after %d", src.id, count)
 
 
 # ---------------------------------------------------------------- one picture

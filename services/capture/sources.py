@@ -188,6 +188,14 @@ def timed_reads(cap: cv2.VideoCapture) -> Iterator[tuple[np.ndarray | None, floa
         cap.release()
 
 
+def live_frames(cap: cv2.VideoCapture) -> Iterator[tuple[np.ndarray, float]]:
+    """A camera's or stream's frames as read, with the seconds each read took, until a read fails."""
+    for image, read_s in timed_reads(cap):
+        if image is None:
+            return
+        yield image, read_s
+
+
 def file_frames(cap: cv2.VideoCapture, rate: float, reading: Reading) -> Iterator[tuple[np.ndarray, float, float]]:
     """A video file's frames: (image, seconds the read took, media time). The media time is
     OpenCV's position after the read (a container without times, whose position does not
@@ -229,14 +237,14 @@ def file_frames(cap: cv2.VideoCapture, rate: float, reading: Reading) -> Iterato
         reading.skip(missing)
 
 
-def folder_frames(src: SourceConfig, rate: float, reading: Reading) -> Iterator[tuple[np.ndarray, float, float]]:
-    """A folder's images in name order: (image, seconds the read took, index / ``rate``); an
+def folder_frames(paths: list[Path], rate: float, reading: Reading) -> Iterator[tuple[np.ndarray, float, float]]:
+    """A folder's images (``folder_images``): (image, seconds the read took, index / ``rate``); an
     image that cannot be read is skipped, named in the log and counted in ``reading``."""
-    for index, path in enumerate(folder_images(src)):
+    for index, path in enumerate(paths):
         start = time.perf_counter()
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is None:
-            log.error("source %s: cannot read image %s, skipped", src.id, path)
+            log.error("source %s: cannot read image %s, skipped", reading.name, path)
             reading.skip(1)
             continue
         yield image, time.perf_counter() - start, round(index / rate, 6)
@@ -313,7 +321,7 @@ class SourceReader(threading.Thread):
         reading = Reading(self.src.id, dropped.inc)
         if resolve_path(self.src.uri).is_dir():
             rate = frame_rate(self.src, self.cap_cfg, 0.0)
-            frames = folder_frames(self.src, rate, reading)
+            frames = folder_frames(folder_images(self.src), rate, reading)
         else:
             cap = open_video(self.src)
             rate = frame_rate(self.src, self.cap_cfg, cap.get(cv2.CAP_PROP_FPS))
@@ -329,13 +337,6 @@ class SourceReader(threading.Thread):
             self._deliver(image, read_s)
             due = max(due + interval, time.monotonic() - interval)  # a slow pipeline does not cause a burst
             self.stop.wait(max(0.0, due - time.monotonic()))
-
-    def _video_frames(self, cap: cv2.VideoCapture) -> Iterator[tuple[np.ndarray, float]]:
-        """A live source's frames as read, with the seconds each read took, until a read fails."""
-        for image, read_s in timed_reads(cap):
-            if image is None:
-                return
-            yield image, read_s
 
     # ------------------------------------------------------------ live sources
 
@@ -395,8 +396,8 @@ class SourceReader(threading.Thread):
         """Read until the source fails; True if it delivered at least one frame."""
         delivered = False
         shape = None
-        for image, read_s in self._video_frames(cap):
-            if self.stop.is_set() or image is None:
+        for image, read_s in live_frames(cap):
+            if self.stop.is_set():
                 break
             if shape is not None and image.shape != shape:
                 log.error("source %s: a frame of %s after frames of %s; reopening", self.src.id, image.shape, shape)

@@ -30,7 +30,7 @@ class FaceDetector:
         gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
         height, width = gray.shape
         boxes = self.find(gray, Box(0, 0, width, height), self.cfg.downscale, self.cfg.min_size)
-        return tuple(boxes), self.crops(gray, boxes)
+        return tuple(boxes), grey_crops(gray, boxes, self.face_size)
 
     def find(
         self, gray: np.ndarray, region: Box, shrink: float, min_size: int, max_size: int = 0, scale_factor: float = 0.0
@@ -58,10 +58,6 @@ class FaceDetector:
             for x, y, w, h in found
         )
         return [b for b in boxes if b is not None]
-
-    def crops(self, gray: np.ndarray, boxes: list[Box] | tuple[Box, ...]) -> np.ndarray:
-        """[N, S, S] uint8 grey crops of ``boxes``, S = ``face_size``."""
-        return grey_crops(gray, boxes, self.face_size)
 
 
 def grey_crops(gray: np.ndarray, boxes: list[Box] | tuple[Box, ...], size: int) -> np.ndarray:
