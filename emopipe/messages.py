@@ -2,11 +2,20 @@
 
 Schema version: 2 (``SCHEMA_VERSION``; 2 added face tracks). A receiver rejects any other version.
 
-Each message is one ZeroMQ multipart message of exactly three parts::
+Each message is one ZeroMQ multipart message of three parts::
 
     part 0  topic    ASCII  "<kind>.<camera>."   e.g. b"frame.cam0."
     part 1  header   msgpack map (see below)
     part 2  payload  raw array bytes, C order, sent without copying (may be empty)
+
+except a "results" message that carries its frame's pixels (capture sends it so to a sink
+that shows or records the camera): six parts, the results' three, then the frame's three
+exactly as capture encoded them for detect (raw or JPEG)::
+
+    parts 0-2  results  topic b"results.<camera>.", header, probabilities
+    parts 3-5  frame    topic b"frame.<camera>.", header, image (same camera and seq)
+
+so the sink gets one ordered stream per camera and never has to join two.
 
 The topic starts with the kind and carries the camera id, and ends with a dot so
 that a subscriber takes one camera with the prefix ``b"frame.cam0."`` (which is not
@@ -55,7 +64,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import cv2
@@ -132,6 +141,9 @@ class Results:
     labels: tuple[str, ...]
     sent: float = 0.0
     wall: float = 0.0
+    # the frame's pixels, when the sink asked for them (six parts on the wire); not compared
+    # or printed: an image has no single truth value and is no use in a log line
+    frame: Frame | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -171,7 +183,10 @@ def check_camera_id(camera: str) -> None:
 
 def encode(msg: Message, sent: float, jpeg_quality: int = 0) -> list[Any]:
     """Return ``[topic, header, payload]``; the payload is the array's own buffer (a frame,
-    with ``jpeg_quality`` 1..100: its JPEG bytes)."""
+    with ``jpeg_quality`` 1..100: its JPEG bytes). Results with a frame: the six parts of
+    ``with_frame``, the frame encoded with ``jpeg_quality``."""
+    if isinstance(msg, Results) and msg.frame is not None:
+        return with_frame(encode(replace(msg, frame=None), sent), encode(msg.frame, sent, jpeg_quality))
     kind = kind_of(msg)
     header: dict[str, Any] = {
         "v": SCHEMA_VERSION,
@@ -226,16 +241,25 @@ def with_tracks(parts: Sequence[Any], tracks: Sequence[int]) -> list[Any]:
     return [parts[0], msgpack.packb(header), parts[2]]
 
 
+def with_frame(results: Sequence[Any], frame: Sequence[Any]) -> list[Any]:
+    """Encoded results followed by their encoded frame (as capture sent it to detect: the
+    image buffer is not copied, a JPEG is not encoded again): one six-part message."""
+    return [*results, *frame]
+
+
 # ---------------------------------------------------------------- decoding
 
 
 def decode(parts: Sequence[Any]) -> Message:
-    """Decode ``[topic, header, payload]`` (bytes or zmq.Frame parts).
+    """Decode ``[topic, header, payload]`` (bytes or zmq.Frame parts), or six parts: results
+    and their frame.
 
     Raises MessageError with reason "malformed", "oversized" or "version".
     """
+    if len(parts) == 6:
+        return _decode_results_with_frame(parts)
     if len(parts) != 3:
-        raise MessageError("malformed", f"expected 3 parts, got {len(parts)}")
+        raise MessageError("malformed", f"expected 3 parts (6 for results with their frame), got {len(parts)}")
     topic_bytes, header_bytes, payload = (_buffer(p) for p in parts)
     if len(header_bytes) > MAX_HEADER_BYTES:
         raise MessageError("oversized", f"header of {len(header_bytes)} bytes")
@@ -265,6 +289,21 @@ def decode(parts: Sequence[Any]) -> Message:
     if kind == "faces":
         return _decode_faces(common, header, array)
     return _decode_results(common, header, array)
+
+
+def _decode_results_with_frame(parts: Sequence[Any]) -> Results:
+    results = decode(parts[:3])
+    if not isinstance(results, Results):
+        raise MessageError("malformed", f"a 6-part message must be results and a frame, not {kind_of(results)}")
+    frame = decode(parts[3:])
+    if not isinstance(frame, Frame):
+        raise MessageError("malformed", f"results followed by {kind_of(frame)}, not by their frame")
+    if (frame.camera, frame.seq) != (results.camera, results.seq):
+        raise MessageError(
+            "malformed",
+            f"results of camera {results.camera} frame {results.seq} carry frame {frame.seq} of camera {frame.camera}",
+        )
+    return replace(results, frame=frame)
 
 
 def _buffer(part: Any) -> memoryview:

@@ -138,3 +138,62 @@ def test_a_jpeg_frame_that_lies_about_its_size_or_does_not_decode_is_refused_bef
         messages.decode([small[0], msgpack.packb(cut_header), cut])
     with pytest.raises(MessageError, match="unknown frame codec"):
         messages.decode([small[0], msgpack.packb({**header, "codec": "png"}), bytes(small[2])])
+
+
+def results_with_frame(seq: int, image: np.ndarray, frame_seq: int | None = None, camera: str = "cam0") -> Results:
+    probs = (0.1, 0.0, 0.0, 0.7, 0.1, 0.0, 0.1)
+    face = FaceResult(Box(1, 2, 3, 4), "happy", 0.7, probs, track=5)
+    pixels = Frame(camera, seq if frame_seq is None else frame_seq, 9.0, image)
+    return Results("cam0", seq, 9.0, (face,), LABELS, frame=pixels)
+
+
+def test_results_with_their_raw_frame_are_six_parts_that_round_trip_the_pixels_unchanged() -> None:
+    image = np.arange(6 * 8 * 3, dtype=np.uint8).reshape(6, 8, 3)
+    parts = messages.encode(results_with_frame(4, image), sent=123.5)
+    assert [bytes(parts[0]), bytes(parts[3])] == [b"results.cam0.", b"frame.cam0."] and len(parts) == 6
+    out = messages.decode([bytes(p) for p in parts])
+    assert isinstance(out, Results) and isinstance(out.frame, Frame)
+    assert (out.seq, out.faces[0].track, out.frame.camera, out.frame.seq) == (4, 5, "cam0", 4)
+    np.testing.assert_array_equal(out.frame.image, image)
+    alone = messages.decode([bytes(p) for p in parts[:3]])  # the results' own three parts
+    assert isinstance(alone, Results) and alone.frame is None and alone == out
+
+
+def test_results_with_their_jpeg_frame_round_trip_close_to_the_pixels(carphone_frames: list[np.ndarray]) -> None:
+    image = carphone_frames[10]
+    parts = messages.encode(results_with_frame(7, image), sent=1.0, jpeg_quality=90)
+    assert msgpack.unpackb(parts[4])["codec"] == "jpeg" and len(parts[5]) < image.nbytes / 4
+    out = messages.decode([bytes(p) for p in parts])
+    assert isinstance(out, Results) and out.frame is not None and out.frame.seq == 7
+    assert out.frame.image.shape == image.shape and cv2.PSNR(out.frame.image, image) > 30
+
+
+def test_with_frame_sends_the_frame_parts_capture_encoded_without_copying_them() -> None:
+    image = np.zeros((2, 2, 3), dtype=np.uint8)
+    frame_parts = messages.encode(Frame("cam0", 0, 0.0, image), sent=0.0)
+    plain = Results("cam0", 0, 0.0, (), LABELS)
+    parts = messages.with_frame(messages.encode(plain, sent=0.0), frame_parts)
+    assert parts[3:] == frame_parts and parts[5] is frame_parts[2]
+
+
+@pytest.mark.parametrize(
+    ("msg", "named"),
+    [
+        (results_with_frame(4, np.zeros((4, 4, 3), np.uint8), frame_seq=5), "frame 4 carry frame 5 of camera cam0"),
+        (results_with_frame(4, np.zeros((4, 4, 3), np.uint8), camera="cam1"), "frame 4 carry frame 4 of camera cam1"),
+    ],
+)
+def test_results_carrying_another_frame_are_refused_naming_both(msg: Results, named: str) -> None:
+    with pytest.raises(MessageError, match=named) as info:
+        messages.decode([bytes(p) for p in messages.encode(msg, sent=0.0)])
+    assert info.value.reason == "malformed"
+
+
+def test_six_parts_that_are_not_results_and_their_frame_are_refused_naming_what_they_are() -> None:
+    eos = [bytes(p) for p in messages.encode(EndOfStream("cam0", 3, 0.0), 0.0)]
+    frame = [bytes(p) for p in messages.encode(Frame("cam0", 0, 0.0, np.zeros((4, 4, 3), np.uint8)), 0.0)]
+    res = [bytes(p) for p in messages.encode(Results("cam0", 0, 0.0, (), LABELS), 0.0)]
+    with pytest.raises(MessageError, match="must be results and a frame, not eos"):
+        messages.decode(eos + frame)
+    with pytest.raises(MessageError, match="results followed by results, not by their frame"):
+        messages.decode(res + res)
