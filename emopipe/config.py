@@ -35,6 +35,7 @@ LIVE_URL = re.compile(r"^(rtsp|rtsps|rtmp|http|https|udp|tcp)://", re.IGNORECASE
 #: Keys of earlier versions, with what replaced them.
 REMOVED = {
     "detect.face_size": "detect crops faces at the model's input_size, read from classify.model's metadata",
+    "sink.match_timeout_s": "the sink no longer joins frames and results: each results message carries its frame",
 }
 
 
@@ -79,9 +80,10 @@ class EndpointsConfig:
     # to each (fan-in from a stage scaled out over several processes or hosts).
     # {runtime}: a directory only this user may open (emopipe.bus.runtime_dir); tcp:// between hosts.
     # capture binds all three (services/capture/hub.py); the workers and the sink connect
-    frames: str = "ipc://{runtime}/frames"  # detect workers take frames here; the sink subscribes to them
+    frames: str = "ipc://{runtime}/frames"  # detect workers take frames here
     faces: str = "ipc://{runtime}/faces"  # classify workers take faces here
-    results: str = "ipc://{runtime}/results"  # the sink takes each camera's results here, in frame order
+    # the sink takes each camera's results here, in frame order, with their frames' pixels while it draws them
+    results: str = "ipc://{runtime}/results"
 
 
 @dataclass(frozen=True)
@@ -166,7 +168,6 @@ class SinkConfig:
     record: str = ""  # annotated video file; "" = none (several cameras: name.<camera>.ext)
     record_fps: float = 25.0  # --record of a live camera plays at this rate (a file or folder at its own)
     show: bool = False  # OpenCV window per camera
-    match_timeout_s: float = 2.0  # live: a frame without results after this is dropped
     tracks: str = ""  # JSON lines file, one line per ended face track; "" = none
     smooth_s: float = 1.0  # time constant of each track's exponential average of probabilities
     jpeg_quality: int = 80
@@ -412,7 +413,6 @@ def _check_positive(cfg: Config) -> None:
         "capture.reconnect_backoff_s": cfg.capture.reconnect_backoff_s > 0,
         "capture.reconnect_backoff_max_s": cfg.capture.reconnect_backoff_max_s >= cfg.capture.reconnect_backoff_s,
         "sink.record_fps": cfg.sink.record_fps > 0,
-        "sink.match_timeout_s": cfg.sink.match_timeout_s > 0,
         "viewer.max_clients": 1 <= cfg.viewer.max_clients <= 10_000,
     }
     for section in ("capture", "detect", "classify", "sink", "viewer"):

@@ -22,8 +22,6 @@ DROP_REASONS = (
     "malformed",
     "oversized",
     "version",
-    "unmatched",
-    "no_frame",
     "read_error",
     "wrong_size",
     "write_error",

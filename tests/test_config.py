@@ -115,6 +115,8 @@ def test_unknown_environment_override_is_an_error_naming_the_key() -> None:
 def test_a_removed_key_is_an_error_saying_what_replaced_it() -> None:
     with pytest.raises(ConfigError, match=r"key 'detect\.face_size' was removed: .*input_size.*classify\.model"):
         config.from_dict({"detect": {"face_size": 48}})
+    with pytest.raises(ConfigError, match=r"key 'sink\.match_timeout_s' was removed: .*carries its frame"):
+        config.from_dict({"sink": {"match_timeout_s": 2.0}})
 
 
 def test_several_files_are_read_in_order_a_later_ones_keys_win_section_by_section(tmp_path: Path) -> None:
@@ -149,7 +151,6 @@ def test_an_explicit_mode_wins_over_what_the_sources_say() -> None:
         ("pipeline", "stop_timeout_s", -1.0),
         ("pipeline", "restart_backoff_s", -1.0),
         ("pipeline", "max_restarts", -1),
-        ("sink", "match_timeout_s", -2.0),
         ("capture", "reconnect_backoff_s", -1.0),
         ("bus", "eos_repeat_s", 0.0),
     ],

@@ -22,9 +22,24 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+import zmq
 
+from emopipe import bus, messages
 from emopipe.labels import EMOTIONS
-from helpers import REPO, alive, fetch, free_port, green_pixels, launch, pipeline_toml, reap, stage_pids
+from emopipe.messages import EndOfStream, Results
+from helpers import (
+    REPO,
+    alive,
+    fetch,
+    free_port,
+    green_pixels,
+    launch,
+    pipeline_toml,
+    reap,
+    stage_pids,
+    start_stage,
+    stop,
+)
 
 RUN_TIMEOUT_S = 120
 
@@ -183,8 +198,59 @@ def test_file_run_records_every_annotated_frame_per_camera_at_the_sources_rate(
         size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
         fps = cap.get(cv2.CAP_PROP_FPS)
         cap.release()
-        assert (count, size) == (len(carphone_frames), (176, 144)), camera
+        lines = [e for e in file_run["events"] if e["camera"] == camera]
+        assert (count, len(lines), size) == (len(carphone_frames), len(carphone_frames), (176, 144)), camera
         assert fps == pytest.approx(source_fps, rel=0.01), camera  # it played 17% slow at a fixed 25
+
+
+def results_link(
+    ipc: Path, video: Path, model: Path, topics: list[bytes], **sections: dict[str, object]
+) -> list[list[bytes]]:
+    """A lossless run of the real capture, detect and classify processes on ``video`` (camera
+    cam0), with the test in the sink's place subscribing to ``topics`` on the results link:
+    every message it got, up to and with cam0's end-of-stream."""
+    config = ipc / "c.toml"
+    config.write_text(pipeline_toml(ipc, [("cam0", video, False)], classify={"model": model}, **sections))
+    ctx = zmq.Context()
+    sink = bus.Subscriber(ctx, f"ipc://{ipc}/results", topics, hwm=8)
+    procs = [start_stage(stage, config, ipc / f"{stage}.log") for stage in ("capture", "detect", "classify")]
+    got: list[list[bytes]] = []
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while not (got and got[-1][0].startswith(b"eos.")) and time.monotonic() < deadline:
+            got.extend([part.bytes for part in parts] for parts in sink.receive(100))
+    finally:
+        codes = [stop(proc) for proc in procs]
+        sink.close()
+        ctx.term()
+    assert got and got[-1][0] == b"eos.cam0.", (ipc / "capture.log").read_text()[-3000:]
+    assert codes == [0, 0, 0]
+    return got
+
+
+@pytest.mark.parametrize("pixels", [False, True], ids=["results-only", "with-pixels"])
+def test_capture_sends_the_sink_one_message_per_frame_in_order_with_pixels_only_if_it_asks(
+    ipc_dir: Path, carphone: Path, model_path: Path, carphone_frames: list[np.ndarray], pixels: bool
+) -> None:
+    """A sink that draws nothing (no viewer, --record or --show) subscribes to results and
+    end-of-stream only, and gets no pixels; one that subscribes to ``frame.cam0.`` too gets each
+    frame after its results (here JPEG, as ``bus.frames_jpeg_quality`` sends them to detect)."""
+    topics = [b"results.cam0.", b"eos.cam0.", *([b"frame.cam0."] if pixels else [])]
+    got = results_link(ipc_dir, carphone, model_path, topics, bus={"frames_jpeg_quality": 90} if pixels else {})
+    decoded = [messages.decode(parts) for parts in got]
+    results = [msg for msg in decoded if isinstance(msg, Results)]
+    total = len(carphone_frames)
+    assert isinstance(decoded[-1], EndOfStream) and decoded[-1].seq == total
+    assert [r.seq for r in results] == list(range(total)) and len(decoded) == total + 1  # one end-of-stream
+    assert {len(parts) for parts in got[:-1]} == ({6} if pixels else {3})
+    if pixels:
+        assert all(r.frame is not None and r.frame.seq == r.seq for r in results)
+        psnr = [cv2.PSNR(r.frame.image, carphone_frames[r.seq]) for r in results if r.frame is not None]
+        assert len(psnr) == total and min(psnr) > 30
+    else:
+        assert all(r.frame is None for r in results)
+        received = sum(len(part) for parts in got for part in parts)
+        assert received < total * carphone_frames[0].nbytes / 20, received  # a 176x144 frame is 76 KB
 
 
 def test_realtime_file_run_also_ends_by_itself_with_increasing_frames(

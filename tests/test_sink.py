@@ -1,4 +1,4 @@
-"""sink: the frame/results join, the JSON lines, the drawing and the web viewer."""
+"""sink: its one ordered input, the JSON lines, the drawing and the web viewer."""
 
 from __future__ import annotations
 
@@ -20,10 +20,19 @@ from emopipe import messages
 from emopipe import metrics as metrics_mod
 from emopipe.config import SourceConfig
 from emopipe.messages import Box, EndOfStream, FaceResult, Frame, Results
-from helpers import free_port, garbage_like, pipeline_toml, publisher, scrape_value, start_stage, stop, wait_for
+from helpers import (
+    free_port,
+    garbage_like,
+    green_pixels,
+    pipeline_toml,
+    publisher,
+    scrape_value,
+    start_stage,
+    stop,
+    wait_for,
+)
 from services.sink.events import LineWriter, event
-from services.sink.join import CameraJoin, Joined
-from services.sink.main import Sink
+from services.sink.main import EXIT_INCOMPLETE, EXIT_SOURCE_INCOMPLETE, Sink
 from services.sink.outputs import Outputs
 from services.sink.progress import expected_frames, format_seconds
 from services.sink.render import annotate, encode_jpeg
@@ -44,103 +53,83 @@ def results(seq: int, faces: int = 1) -> Results:
     return Results("cam0", seq, 100.0 + seq, (face,) * faces, LABELS)
 
 
-def test_join_releases_in_sequence_order_whichever_path_arrives_first() -> None:
-    join = CameraJoin("cam0", lossless=True, timeout_s=1.0)
-    join.add_results(results(0), now=0)
-    join.add_results(results(1), now=0)
-    assert join.release(now=0).joined == []  # frames not here yet: wait, however long
-    join.add_frame(frame(0), now=5)
-    join.add_frame(frame(1), now=5)
-    out = join.release(now=100)
-    assert [(j.results.seq, j.frame is not None) for j in out.joined] == [(0, True), (1, True)]
+def sink_of(cfg: config_mod.Config, outputs: Outputs, events: LineWriter | None = None) -> Sink:
+    return Sink(cfg, metrics_mod.create(CollectorRegistry(), "sink", cfg.cameras), events or LineWriter(None), outputs)
 
 
-def test_live_join_without_frames_wanted_releases_results_at_once_and_counts_no_frame_missing() -> None:
-    join = CameraJoin("cam0", lossless=False, timeout_s=1.0)
-    join.add_frame(frame(0), now=0)
-    join.add_results(results(0), now=0)
-    assert [j.frame is not None for j in join.release(now=0).joined] == [True]
-    join.want_frames(False)  # nothing shows or records the camera: the sink stops taking its frames
-    join.add_results(results(1), now=1)
-    join.add_frame(frame(2), now=1)  # one still on its way when the sink unsubscribed
-    join.add_results(results(2), now=1)
-    out = join.release(now=1)  # no waiting for frames
-    assert [(j.results.seq, j.frame is not None) for j in out.joined] == [(1, False), (2, True)]
-    assert out.missing_frames == 0 and out.unmatched_frames == 0
-    join.want_frames(True)  # a viewer opened the stream: frames come again from the next one
-    join.add_results(results(3), now=2)
-    out = join.release(now=2)
-    assert [(j.results.seq, j.frame) for j in out.joined] == [(3, None)] and out.missing_frames == 0
-    join.add_results(results(4), now=3)
-    join.add_frame(frame(4), now=3.1)
-    join.add_results(results(5), now=3.1)
-    out = join.release(now=3.2)  # from the first frame on, results wait for theirs again
-    assert [(j.results.seq, j.frame is not None) for j in out.joined] == [(4, True)]
-    assert join.release(now=5).missing_frames == 1  # 5's frame did not come within the timeout
-
-
-def test_live_sink_takes_a_cameras_frames_only_until_its_first_and_while_a_viewer_watches_it() -> None:
-    cfg = config_mod.from_dict(
-        {"pipeline": {"realtime": True}, "sources": [{"id": c, "uri": "clip.mp4"} for c in ("cam0", "cam1")]}
+def two_cameras(**sections: dict[str, object]) -> config_mod.Config:
+    return config_mod.from_dict(
+        {"sources": [{"id": c, "uri": "clip.mp4"} for c in ("cam0", "cam1")], **sections}  # type: ignore[dict-item]
     )
+
+
+@pytest.mark.parametrize("mode", ["live", "lossless"])
+def test_sink_asks_for_a_cameras_pixels_only_until_its_first_and_while_a_viewer_watches_it(mode: str) -> None:
+    cfg = two_cameras(pipeline={"mode": mode})
     store = FrameStore(cfg.cameras)
-    outputs = Outputs(cfg.sink, cfg.cameras, store)
-    sink = Sink(cfg, metrics_mod.create(CollectorRegistry(), "sink", cfg.cameras), LineWriter(None), outputs)
-    eos = [b"eos.cam0.", b"eos.cam1."]
-    assert sink.frame_topics() == [*eos, b"frame.cam0.", b"frame.cam1."]  # the viewer has no picture yet
+    sink = sink_of(cfg, Outputs(cfg.sink, cfg.cameras, store))
+    plain = [b"results.", b"eos."]
+    assert sink.topics() == [*plain, b"frame.cam0.", b"frame.cam1."]  # the viewer has no picture yet
     for camera in cfg.cameras:
-        sink.on_frame_message(dataclasses.replace(frame(0), camera=camera))
         store.put(camera, b"jpeg")  # the first frame was drawn
-    assert sink.frame_topics() == eos  # nothing shows or records them: no pixels
+    assert sink.topics() == plain  # nothing shows or records them: no pixels, lossless too
     store.watch("cam1", 1)  # a viewer opened cam1's stream
-    assert sink.frame_topics() == [*eos, b"frame.cam1."]
+    assert sink.topics() == [*plain, b"frame.cam1."]
     store.watch("cam1", -1)
-    assert sink.frame_topics() == eos
-    lossless = config_mod.replace(cfg, "pipeline", realtime=False)
-    sink = Sink(lossless, metrics_mod.create(CollectorRegistry(), "sink", cfg.cameras), LineWriter(None), outputs)
-    assert sink.frame_topics() == [b"frame.", b"eos."]  # every frame, always
+    assert sink.topics() == plain
 
 
-def test_lossless_join_is_done_and_complete_only_after_both_ends_of_stream() -> None:
-    join = CameraJoin("cam0", lossless=True, timeout_s=1.0)
+def test_sink_asks_for_every_cameras_pixels_with_record_and_for_none_without_an_output() -> None:
+    cfg = two_cameras(sink={"cameras": ["cam1"], "record": "out.mp4"})
+    assert sink_of(cfg, Outputs(cfg.sink, ["cam1"], None)).topics() == [b"results.cam1.", b"eos.cam1.", b"frame.cam1."]
+    cfg = two_cameras()
+    assert sink_of(cfg, Outputs(cfg.sink, cfg.cameras, None)).topics() == [b"results.", b"eos."]
+    nowhere = config_mod.from_dict({"sink": {"show": True}})  # no camera known here: every camera's
+    assert sink_of(nowhere, Outputs(nowhere.sink, [], None)).topics() == [b"results.", b"eos.", b"frame."]
+
+
+def test_sink_writes_each_result_as_it_comes_and_a_camera_is_done_with_its_end_of_stream(tmp_path: Path) -> None:
+    cfg = two_cameras()
+    events = LineWriter(tmp_path / "out.jsonl")
+    sink = sink_of(cfg, Outputs(cfg.sink, cfg.cameras, None), events)
     for seq in range(3):
-        join.add_frame(frame(seq))
-        join.add_results(results(seq, faces=seq % 2))
-    assert len(join.release().joined) == 3
-    assert not join.done
-    join.end_results(3)
-    join.end_frames(3)
-    join.release()
-    assert join.done and join.complete and join.written == 3
+        sink.on_message(results(seq, faces=seq % 2), received=time.time())
+    sink.on_message(EndOfStream("cam0", 3, 103.0), received=time.time())
+    assert not sink.finished()  # cam1 has not ended
+    sink.on_message(EndOfStream("cam1", 0, 0.0, unread=2), received=time.time())  # no frame read at all
+    events.close()
+    lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [(e["camera"], e["frame"], len(e["faces"])) for e in lines] == [
+        ("cam0", 0, 0),
+        ("cam0", 1, 1),
+        ("cam0", 2, 0),
+    ]
+    assert sink.finished() and (sink.states["cam0"].written, sink.states["cam0"].produced) == (3, 3)
+    assert sink.unread == {"cam1": 2} and sink.exit_code() == EXIT_SOURCE_INCOMPLETE
 
 
-def test_lossless_join_reports_incomplete_when_results_are_missing() -> None:
-    join = CameraJoin("cam0", lossless=True, timeout_s=1.0)
-    join.add_frame(frame(0))
-    join.add_frame(frame(1))
-    join.add_results(results(1))
-    out = join.release()
-    assert [j.results.seq for j in out.joined] == [1] and out.unmatched_frames == 1
-    join.end_frames(2)
-    join.end_results(2)
-    join.release()
-    assert join.done and not join.complete
+def test_lossless_sink_exits_incomplete_when_a_frame_the_camera_produced_has_no_line() -> None:
+    cfg = config_mod.from_dict({"sources": [{"id": "cam0", "uri": "clip.mp4"}]})
+    sink = sink_of(cfg, Outputs(cfg.sink, cfg.cameras, None))
+    sink.on_message(results(0), received=time.time())
+    sink.on_message(results(2), received=time.time())  # capture gave frame 1 up
+    sink.on_message(EndOfStream("cam0", 3, 103.0), received=time.time())
+    assert sink.finished() and not sink.states["cam0"].complete
+    assert sink.exit_code() == EXIT_INCOMPLETE
 
 
-def test_live_join_drops_frames_whose_results_do_not_come_within_the_timeout() -> None:
-    join = CameraJoin("cam0", lossless=False, timeout_s=1.0)
-    join.add_frame(frame(0), now=0)
-    assert join.release(now=0.5).unmatched_frames == 0
-    assert join.release(now=1.5).unmatched_frames == 1
-    assert join.frames == {}
-
-
-def test_live_join_writes_results_whose_frame_was_dropped_without_a_frame() -> None:
-    join = CameraJoin("cam0", lossless=False, timeout_s=1.0)
-    join.add_results(results(0), now=0)
-    join.add_frame(frame(1), now=0)  # frame 0 was overtaken: it will never come
-    out = join.release(now=0)
-    assert [(j.results.seq, j.frame) for j in out.joined] == [(0, None)] and out.missing_frames == 1
+def test_sink_draws_the_frame_a_result_carries_and_writes_the_line_of_one_without() -> None:
+    cfg = config_mod.from_dict({"pipeline": {"realtime": True}, "sources": [{"id": "cam0", "uri": "clip.mp4"}]})
+    store = FrameStore(cfg.cameras)
+    sink = sink_of(cfg, Outputs(cfg.sink, cfg.cameras, store))
+    sink.on_message(results(0), received=time.time())  # no pixels: nothing to draw
+    assert store.latest("cam0") is None and sink.states["cam0"].written == 1
+    sink.on_message(dataclasses.replace(results(1), frame=frame(1)), received=time.time())
+    version, jpeg = store.latest("cam0") or (0, b"")
+    drawn = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert drawn is not None and drawn.shape == (60, 80, 3) and version == 1
+    assert green_pixels(drawn) > 50  # the face's box
+    assert sink.states["cam0"].written == 2
 
 
 def test_events_are_one_json_object_per_frame_in_the_specified_shape(tmp_path: Path) -> None:
@@ -270,10 +259,10 @@ def test_sink_ends_a_tracks_viewer_history_when_the_track_ends() -> None:
     )
     start = time.time()
     for i in range(10):
-        sink.emit(Joined(tracked("cam0", start + i / 10, {1: "happy", 2: "sad"})[0], None))
+        sink.emit(tracked("cam0", start + i / 10, {1: "happy", 2: "sad"})[0])
     assert sorted(store.board.snapshot()["cameras"]["cam0"]["history"]) == ["1", "2"]
     later = start + 1 + cfg.detect.track_timeout_s + 1  # track 1 unseen longer than the timeout: ended
-    sink.emit(Joined(tracked("cam0", later, {2: "sad"})[0], None))
+    sink.emit(tracked("cam0", later, {2: "sad"})[0])
     history = store.board.snapshot()["cameras"]["cam0"]["history"]
     assert list(history) == ["2"] and {label for _, label in history["2"]} == {"sad"}
 
@@ -304,35 +293,37 @@ def test_a_line_left_unfinished_by_a_killed_sink_is_cut_before_appending(tmp_pat
     assert path.read_text() == ""
 
 
-def test_sink_process_writes_every_real_frame_among_garbage_on_both_inputs_and_counts_each(
+def test_sink_process_writes_every_real_frame_among_garbage_and_mismatched_frames_and_counts_each(
     ipc_dir: Path, carphone: Path, zmq_ctx: zmq.Context
 ) -> None:
+    """Its one input carries results alone and results with their frame (six parts); results
+    that carry another frame's pixels are dropped as malformed, like any garbage."""
     port, events = free_port(), ipc_dir / "events.jsonl"
     config = ipc_dir / "c.toml"
     sink = {"metrics_port": port, "events": events}
     config.write_text(pipeline_toml(ipc_dir, [("cam0", carphone, False)], sink=sink))
     proc = start_stage("sink", config, ipc_dir / "sink.log")
-    frames, results_pub = (publisher(zmq_ctx, f"ipc://{ipc_dir}/{name}") for name in ("frames", "results"))
+    results_pub = publisher(zmq_ctx, f"ipc://{ipc_dir}/results")
     rng = np.random.default_rng(0)
     count, repeat = 20, 100
     try:
         for seq in range(count):
-            frames.send(frame(seq))
-            results_pub.send(results(seq))
-            for pub, good in ((frames, frame(seq)), (results_pub, results(seq))):
-                for parts in garbage_like(messages.encode(good, sent=time.time()), rng) * repeat:
-                    pub.send_parts(parts)
+            good = messages.encode(
+                dataclasses.replace(results(seq), frame=frame(seq)) if seq % 2 else results(seq), 1.0
+            )
+            results_pub.send_parts(good)
+            other = messages.encode(dataclasses.replace(results(seq), frame=frame(seq + 1)), sent=time.time())
+            for parts in [*garbage_like(good[:3], rng), other] * repeat:
+                results_pub.send_parts(parts)
         malformed = 'emopipe_frames_dropped_total{reason="malformed",stage="sink"}'
-        assert wait_for(lambda: scrape_value(port, malformed) == 2 * count * 4 * repeat, 30), (
+        assert wait_for(lambda: scrape_value(port, malformed) == count * 5 * repeat, 30), (
             scrape_value(port, malformed),
             (ipc_dir / "sink.log").read_text()[-3000:],
         )
-        for pub in (frames, results_pub):
-            pub.send(EndOfStream("cam0", count, 200.0))
+        results_pub.send(EndOfStream("cam0", count, 200.0))
         assert proc.wait(60) == 0, (ipc_dir / "sink.log").read_text()
     finally:
         stop(proc)
-        frames.close()
         results_pub.close()
     lines = [json.loads(line) for line in events.read_text().splitlines()]
     assert [e["frame"] for e in lines] == list(range(count))

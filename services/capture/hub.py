@@ -1,16 +1,23 @@
 """capture's hub: hands its cameras' work to the detect and classify workers and sends
-each camera's results on to the sink in frame order.
+each camera's results on to the sink in frame order, one message per frame.
 
 Capture owns each frame until it is answered, so the lossless promise (every frame gets
-exactly one line, whichever worker dies) is kept in one place:
+exactly one line, whichever worker dies) is kept in one place, and the sink gets one
+ordered stream per camera (nothing to join):
 
     frame ──▶ detect pool (sticky by camera) ──▶ faces ──▶ classify pool (least busy)
-          ──▶ results, released per camera in frame order ──▶ sink
+          ──▶ results (+ the frame's pixels, if the sink asked), per camera in frame order
+          ──▶ end-of-stream once the camera's last frame is out ──▶ sink
 
-The workers connect: ``endpoints.frames`` takes detect workers (and the sink, which
-subscribes to frames for the viewer), ``endpoints.faces`` classify workers, and
-``endpoints.results`` the sink. A camera's track ids are the hub's own (a camera that
-moves to another detect worker starts new tracks there; ids never repeat).
+The workers connect: ``endpoints.frames`` takes detect workers, ``endpoints.faces``
+classify workers, and ``endpoints.results`` the sink. The sink asks for a camera's pixels
+by subscribing to ``frame.<camera>.`` there as well (while something shows or records the
+camera); then the hub keeps each frame's encoded parts from ``frame`` until its results go
+out (or it is given up) and sends them after the results (``messages.with_frame``). Lossless,
+what it keeps is bounded by the window that bounds the frames on their way
+(``max_open`` a camera, ``room``); live, by the pools' timeouts and newest-wins. A camera's
+track ids are the hub's own (a camera that moves to another detect worker starts new
+tracks there; ids never repeat).
 """
 
 from __future__ import annotations
@@ -57,6 +64,8 @@ class Hub:
         self.closed: set[str] = set()  # results end-of-stream sent
         self.track_ids: dict[tuple[str, bytes], dict[int, int]] = {}
         self.last_track: Counter[str] = Counter()
+        #: the encoded frames of open seqs whose camera's pixels the sink wants, sent with their results
+        self.pixels: dict[str, dict[int, list[object]]] = {}
 
     def room(self, camera: str) -> bool:
         """Whether to take the camera's next frame now (lossless: not too many on their way)."""
@@ -64,7 +73,13 @@ class Hub:
 
     def frame(self, camera: str, seq: int, parts: list[object]) -> None:
         self.open.setdefault(camera, deque()).append(seq)
+        if self.wants_pixels(camera):
+            self.pixels.setdefault(camera, {})[seq] = parts
         self.detect.submit(camera, seq, parts)
+
+    def wants_pixels(self, camera: str) -> bool:
+        """Whether a sink subscribed to the camera's frames on the results link (it shows or records them)."""
+        return self.results.subscriber_count(messages.topic("frame", camera)) > 0
 
     def end(self, eos: EndOfStream) -> None:
         self.ended[eos.camera] = eos
@@ -104,6 +119,7 @@ class Hub:
 
     def _give_up(self, given: Given) -> None:
         self.gone.setdefault(given.work.camera, set()).add(given.work.seq)
+        self.pixels.get(given.work.camera, {}).pop(given.work.seq, None)
         self.metrics.frames_dropped.labels(stage="capture", reason=given.reason).inc()
 
     def _track_ids(self, faces: Faces, member: bytes) -> tuple[int, ...]:
@@ -130,12 +146,15 @@ class Hub:
         for camera, seqs in self.open.items():
             answered = self.answered.get(camera, {})
             gone = self.gone.get(camera, set())
+            pixels = self.pixels.get(camera, {})
             while seqs:
                 seq = seqs[0]
                 if seq in gone:
                     gone.discard(seq)
                 elif seq in answered:
-                    if not self.results.send_parts(answered.pop(seq)):
+                    parts = answered.pop(seq)
+                    frame = pixels.pop(seq, None)
+                    if not self.results.send_parts(parts if frame is None else messages.with_frame(parts, frame)):
                         return False
                 else:
                     break

@@ -1,4 +1,4 @@
-"""capture: read every configured source and publish its frames (and end-of-stream)."""
+"""capture: read every configured source and hand its frames (and end-of-stream) to the hub."""
 
 from __future__ import annotations
 
@@ -107,10 +107,9 @@ def bind(
 
 
 def run(cfg: Config, hub: Hub, stop: threading.Event, metrics: Metrics) -> int:
-    for camera in cfg.cameras:  # lossless: start reading only once the sink listens
-        for pub, kind in ((hub.detect.pub, "frame"), (hub.results, "results")):
-            if not pub.wait_subscribed(messages.topic(kind, camera)):
-                return 0
+    for camera in cfg.cameras:  # lossless: start reading only once the sink listens (detect's work waits for workers)
+        if not hub.results.wait_subscribed(messages.topic("results", camera)):
+            return 0
     wake = Waker()
     mailboxes = [Mailbox(2 if cfg.lossless else 1, cfg.lossless, wake) for _ in cfg.sources]
     readers = [
@@ -144,7 +143,6 @@ def publish_until_stopped(
     readers: list[SourceReader],
     wake: Waker,
 ) -> int:
-    ended: dict[str, EndOfStream] = {}
     last_repeat = time.monotonic()
     poller = zmq.Poller()
     poller.register(wake.fd, zmq.POLLIN)
@@ -156,14 +154,11 @@ def publish_until_stopped(
         for src, box in zip(cfg.sources, mailboxes, strict=True):
             if hub.room(src.id):
                 for item in box.take_all():
-                    publish(item, hub, metrics, ended, cfg.bus.max_message_mb << 20)
+                    publish(item, hub, metrics, cfg.bus.max_message_mb << 20)
         if not hub.pump():
             return 0
-        if ended and time.monotonic() - last_repeat > cfg.bus.eos_repeat_s:
-            # live, it may have been dropped; a restarted stage may have missed it
-            for eos in ended.values():
-                hub.detect.pub.send(eos)
-            hub.repeat_ends()
+        if hub.closed and time.monotonic() - last_repeat > cfg.bus.eos_repeat_s:
+            hub.repeat_ends()  # live, it may have been dropped; a restarted sink may have missed it
             last_repeat = time.monotonic()
         failed = [r for r in readers if r.error is not None]
         if failed:
@@ -176,13 +171,11 @@ def publish_until_stopped(
 oversized = ThrottledLog(log)
 
 
-def publish(item: Captured, hub: Hub, metrics: Metrics, ended: dict[str, EndOfStream], max_bytes: int) -> None:
-    """A frame to the sink (if it takes frames) and to the detect pool; end-of-stream to the sink."""
-    pub = hub.detect.pub
+def publish(item: Captured, hub: Hub, metrics: Metrics, max_bytes: int) -> None:
+    """A frame to the hub (the detect pool; the sink gets it with its results); end-of-stream
+    to the hub, which sends it to the sink after the camera's last results."""
     if item.image is None:
         eos = EndOfStream(camera=item.camera, seq=item.seq, ts=item.ts, unread=item.unread)
-        ended[item.camera] = eos
-        pub.send(eos)
         hub.end(eos)
         log.info("camera %s: end of stream after %d frames", item.camera, item.seq)
         return
@@ -201,9 +194,6 @@ def publish(item: Captured, hub: Hub, metrics: Metrics, ended: dict[str, EndOfSt
     start = time.perf_counter()
     frame = Frame(camera=item.camera, seq=item.seq, ts=item.ts, image=item.image, wall=item.wall)
     parts = messages.encode(frame, sent=time.time(), jpeg_quality=hub.jpeg_quality)
-    if pub.send_parts(parts):
-        hub.frame(item.camera, item.seq, parts)
-        metrics.stage_latency.labels(stage="capture", camera=item.camera).observe(
-            item.read_s + time.perf_counter() - start
-        )
-        metrics.frames_processed.labels(stage="capture", camera=item.camera).inc()
+    hub.frame(item.camera, item.seq, parts)
+    metrics.stage_latency.labels(stage="capture", camera=item.camera).observe(item.read_s + time.perf_counter() - start)
+    metrics.frames_processed.labels(stage="capture", camera=item.camera).inc()

@@ -1,8 +1,14 @@
-"""sink: join frames with results, smooth each track's emotion, draw them, serve the viewer, write JSON lines.
+"""sink: take each camera's results in frame order, smooth each track's emotion, write JSON
+lines, draw the results on their frames, serve the viewer.
 
-Exits by itself (0) once every configured camera has ended and every result is
-written; in lossless mode with a frame missing its line it exits EXIT_INCOMPLETE, with a
-source that had frames it could not read EXIT_SOURCE_INCOMPLETE (every frame read has its line).
+One input: capture's results link, one message per frame in order, then one end-of-stream
+per camera. A results message carries its frame's pixels only while the sink subscribes to
+``frame.<camera>.`` (``Sink.topics``: the viewer, --record or --show use the camera), so
+frames that are never drawn are never sent.
+
+Exits by itself (0) once every configured camera has ended; in lossless mode with a frame
+missing its line (capture gave it up) it exits EXIT_INCOMPLETE, with a source that had frames
+it could not read EXIT_SOURCE_INCOMPLETE (every frame read has its line).
 """
 
 from __future__ import annotations
@@ -20,12 +26,12 @@ from emopipe import bus, curve, messages, service
 from emopipe import metrics as metrics_mod
 from emopipe.bus import Subscriber
 from emopipe.config import Config, resolve_path
-from emopipe.messages import EndOfStream, Frame, Message, Results
+from emopipe.messages import EndOfStream, Message, Results
 from emopipe.metrics import Metrics
 from emopipe.relay import decode_batch
 from emopipe.throttle import ThrottledLog
+from services.sink.camera import CameraState
 from services.sink.events import EVENTS, TRACKS, LineWriter, event, open_writer
-from services.sink.join import CameraJoin, Joined
 from services.sink.outputs import Outputs, recording_fps
 from services.sink.progress import Progress
 from services.sink.render import annotate
@@ -62,74 +68,35 @@ class Sink:
         self.smoother = Smoother(cfg.sink.smooth_s, cfg.detect.track_timeout_s)
         self.outputs = outputs
         self.cameras = cfg.sink.cameras or cfg.cameras
-        self.joins = {c: self._new_join(c) for c in self.cameras}
+        self.states = {c: CameraState() for c in self.cameras}
         self.unread: dict[str, int] = {}  # per camera: frames its file had that could not be read
 
-    def _new_join(self, camera: str) -> CameraJoin:
-        return CameraJoin(camera, self.cfg.lossless, self.cfg.sink.match_timeout_s)
-
-    def join_for(self, camera: str) -> CameraJoin:
-        if camera not in self.joins:
-            self.joins[camera] = self._new_join(camera)
-        return self.joins[camera]
-
-    def on_frame_message(self, msg: Message) -> None:
-        join = self.join_for(msg.camera)
+    def on_message(self, msg: Message, received: float) -> None:
+        state = self.states.setdefault(msg.camera, CameraState())
         if isinstance(msg, EndOfStream):
-            join.end_frames(msg.seq)
-        elif isinstance(msg, Frame):
-            join.add_frame(msg)
-
-    def on_results_message(self, msg: Message, received: float) -> None:
-        join = self.join_for(msg.camera)
-        if isinstance(msg, EndOfStream):
-            if join.results_eos is None:
-                log.info("camera %s: results ended after %d frames", msg.camera, msg.seq)
+            if state.produced is None:
+                log.info("camera %s: ended after %d frames", msg.camera, msg.seq)
             if msg.unread:
                 self.unread[msg.camera] = msg.unread
-            join.end_results(msg.seq)
+            state.produced = msg.seq
         elif isinstance(msg, Results):
             self.metrics.transport_delay.labels(stage="sink", camera=msg.camera).observe(max(0.0, received - msg.sent))
-            join.add_results(msg)
+            self.emit(msg)
+            state.written += 1
 
-    def frame_topics(self) -> list[bytes]:
-        """What to take from capture. Live, a camera's frames only while something shows or
-        records them (the viewer: until it has a first frame, then while a stream is open or
-        a snapshot was asked for), so 921 KB a frame are not copied for nothing; its
-        end-of-stream always. Lossless, or with no camera listed, every frame."""
-        if self.cfg.lossless or not self.cameras:
-            return bus.topics_for(["frame", "eos"], self.cfg.sink.cameras)
-        topics = bus.topics_for(["eos"], self.cameras)
-        for camera in self.cameras:
-            join = self.join_for(camera)
-            wanted = self.outputs.wanted(camera)
-            join.want_frames(wanted)
-            if wanted:
-                topics.append(messages.topic("frame", camera))
-        return topics
+    def topics(self) -> list[bytes]:
+        """What to take from capture: results and end-of-stream, and a camera's pixels
+        (``frame.<camera>.``) only while something shows or records it (the viewer: until it
+        has a first frame, then while a stream is open or a snapshot was asked for), so 921 KB
+        a frame are not sent for nothing. With no camera listed, every camera's pixels if
+        anything draws at all."""
+        topics = bus.topics_for(["results", "eos"], self.cfg.sink.cameras)
+        if not self.cameras:
+            return [*topics, messages.topic("frame")] if self.outputs.drawing else topics
+        return topics + [messages.topic("frame", c) for c in self.cameras if self.outputs.wanted(c)]
 
-    def release(self) -> None:
-        for camera, join in self.joins.items():
-            out = join.release()
-            for joined in out.joined:
-                self.emit(joined)
-            self._count_drop("unmatched", out.unmatched_frames, camera)
-            self._count_drop("no_frame", out.missing_frames, camera)
-
-    def _count_drop(self, reason: str, count: int, camera: str) -> None:
-        if count:
-            log.log(
-                logging.ERROR if self.cfg.lossless else logging.DEBUG,
-                "camera %s: %d frame(s) dropped (%s)",
-                camera,
-                count,
-                reason,
-            )
-            self.metrics.frames_dropped.labels(stage="sink", reason=reason).inc(count)
-
-    def emit(self, joined: Joined) -> None:
+    def emit(self, res: Results) -> None:
         start = time.perf_counter()
-        res = joined.results
         if res.labels != self.smoother.labels:  # every label exists (at zero) once the model's are known
             for camera in self.cameras:
                 for label in res.labels:
@@ -143,8 +110,8 @@ class Sink:
         for face in smoothed:
             self.metrics.predictions.labels(camera=res.camera, emotion=face.emotion).inc()
         self.write_ended(res.camera, res.ts)
-        if joined.frame is not None and self.outputs.wanted(res.camera):
-            self.outputs.show(res.camera, annotate(joined.frame.image, res, smoothed))
+        if res.frame is not None and self.outputs.wanted(res.camera):
+            self.outputs.show(res.camera, annotate(res.frame.image, res, smoothed))
         self.metrics.end_to_end_latency.labels(camera=res.camera).observe(max(0.0, time.time() - (res.wall or res.ts)))
         self.metrics.stage_latency.labels(stage="sink", camera=res.camera).observe(time.perf_counter() - start)
         self.metrics.frames_processed.labels(stage="sink", camera=res.camera).inc()
@@ -170,17 +137,17 @@ class Sink:
 
     def end_tracks(self) -> None:
         """Every camera that ended: its tracks have ended too."""
-        for camera, join in self.joins.items():
-            if join.done:
+        for camera, state in self.states.items():
+            if state.done:
                 self.write_ended(camera, None)
 
     def finished(self) -> bool:
-        """Every expected camera ended and was fully released (only when all sources end)."""
-        return self.cfg.all_sources_end and bool(self.cameras) and all(self.joins[c].done for c in self.cameras)
+        """Every expected camera ended (only when all sources end): its end-of-stream follows its last results."""
+        return self.cfg.all_sources_end and bool(self.cameras) and all(self.states[c].done for c in self.cameras)
 
     def exit_code(self) -> int:
         if self.cfg.lossless:
-            incomplete = {c: (j.written, j.frames_eos) for c, j in self.joins.items() if not j.complete}
+            incomplete = {c: (s.written, s.produced) for c, s in self.states.items() if not s.complete}
             if incomplete:
                 log.error("frames without their line (written, produced): %s", incomplete)
                 return EXIT_INCOMPLETE
@@ -216,19 +183,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         outputs = Outputs(cfg.sink, cameras, store, fps)
     ctx = zmq.Context()
     hwm = cfg.bus.lossless_hwm if cfg.lossless else cfg.bus.live_hwm * 4
-    limit = cfg.bus.max_message_mb
+    progress = Progress([s for s in cfg.sources if s.id in cameras], cfg.sink.progress_s, media_time=cfg.lossless)
+    sink = Sink(cfg, metrics, events, outputs, tracks, progress)
     with service.starting("sink"):
         keys = curve.load(cfg.curve.keys)
-        frame_topics = bus.topics_for(["frame", "eos"], cfg.sink.cameras)
-        frames = bus.Subscriber(ctx, cfg.endpoints.frames, frame_topics, hwm, limit, keys=keys, link="frames")
-        result_topics = bus.topics_for(["results", "eos"], cfg.sink.cameras)
-        results = bus.Subscriber(ctx, cfg.endpoints.results, result_topics, hwm, limit, keys=keys, link="results")
-    progress = Progress([s for s in cfg.sources if s.id in cameras], cfg.sink.progress_s, media_time=cfg.lossless)
+        # subscribed to the pixels from the start: a lossless run's first frames are recorded too
+        results = bus.Subscriber(
+            ctx, cfg.endpoints.results, sink.topics(), hwm, cfg.bus.max_message_mb, keys=keys, link="results"
+        )
     try:
-        sink = Sink(cfg, metrics, events, outputs, tracks, progress)
         try:
-            code = run(sink, frames, results, stop)
-            for camera in sink.joins:  # stopped or ended: every track still open ends here
+            code = run(sink, results, stop)
+            for camera in sink.states:  # stopped or ended: every track still open ends here
                 sink.write_ended(camera, None)
         except WriteError as exc:
             log.error("%s", exc)
@@ -241,7 +207,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(summary, flush=True)
         return code
     finally:
-        frames.close(linger=0)
         results.close(linger=0)
         ctx.term()
         events.close()
@@ -250,21 +215,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             viewer.close()
 
 
-def run(sink: Sink, frames: Subscriber, results: Subscriber, stop: threading.Event) -> int:
-    poller = zmq.Poller()
-    for sock in frames.sockets + results.sockets:
-        poller.register(sock, zmq.POLLIN)
+def run(sink: Sink, results: Subscriber, stop: threading.Event) -> int:
     while not stop.is_set():
-        frames.set_topics(sink.frame_topics())
-        poller.poll(100)
+        results.set_topics(sink.topics())
+        raw = results.receive(100)
         received = time.time()
-        for msg in decode_batch("sink", frames.receive(0), Frame, sink.metrics):
-            sink.on_frame_message(msg)
-        for msg in decode_batch("sink", results.receive(0), Results, sink.metrics):
-            sink.on_results_message(msg, received)
-        sink.release()
+        for msg in decode_batch("sink", raw, Results, sink.metrics):
+            sink.on_message(msg, received)
         sink.end_tracks()
         if sink.finished():
-            log.info("every camera ended; %s", {c: j.written for c, j in sink.joins.items()})
+            log.info("every camera ended; lines: %s", {c: s.written for c, s in sink.states.items()})
             return sink.exit_code()
     return 0

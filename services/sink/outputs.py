@@ -54,6 +54,11 @@ class Outputs:
         self.writers: dict[str, cv2.VideoWriter] = {}
         self.failed: dict[str, str] = {}  # output ("record", "show") -> why it was stopped
 
+    @property
+    def drawing(self) -> bool:
+        """Whether anything draws frames at all (a viewer, --record, --show)."""
+        return bool(self.cfg.record or self.cfg.show or self.store is not None)
+
     def wanted(self, camera: str) -> bool:
         """Whether anything would use an annotated frame of ``camera`` now."""
         return bool(self.cfg.record or self.cfg.show or (self.store is not None and self.store.wanted(camera)))
