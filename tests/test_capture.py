@@ -294,9 +294,7 @@ def test_a_network_camera_killed_and_restarted_reconnects_while_the_other_keeps_
 
 
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs Debian's ffmpeg (.ci/run installs it)")
-def test_a_network_camera_that_stalls_without_closing_is_noticed_and_reopened(
-    ipc_dir: Path, carphone: Path
-) -> None:
+def test_a_network_camera_that_stalls_without_closing_is_noticed_and_reopened(ipc_dir: Path, carphone: Path) -> None:
     with network_camera(ipc_dir, carphone, [], stall_timeout_s=1.0) as net:
         base = scrape_value(net.port, net.reconnects)
         net.server.send_signal(signal.SIGSTOP)  # the connection stays open, no data comes
