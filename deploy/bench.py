@@ -47,12 +47,13 @@ from deploy import measure
 from deploy.measure import bench_config, bench_video, frames_of, machine, progress, video_fps, video_size
 from deploy.recall import TrackingResult, measure_tracking
 from emopipe import config as config_mod
+from emopipe import topology
 from emopipe.config import Config
 from emopipe.metrics import worker_ports
 from services.classify.model import EmotionModel
 from services.detect.detector import FaceDetector
 
-STAGES = ("capture", "detect", "classify", "sink")
+STAGES = topology.names()
 _DROPPED = re.compile(r'^emopipe_frames_dropped_total\{reason="([a-z_]+)",stage="([a-z]+)"\} ([0-9.e+]+)$')
 
 

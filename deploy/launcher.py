@@ -43,20 +43,21 @@ from deploy import recall as recall_mod
 from deploy import report as report_mod
 from deploy.prometheus import server as prometheus_server
 from emopipe import config as config_mod
-from emopipe import curve, sample_video
+from emopipe import curve, sample_video, topology
 from emopipe import metrics as metrics_mod
 from emopipe.config import Config, ConfigError, SourceConfig, resolve_path
+from emopipe.messages import CAMERA_ID
 from emopipe.redact import redact
 from emopipe.service import EXIT_CONFIG, install_stop_handlers, setup_logging
 from services.sink.outputs import record_path
 
 log = logging.getLogger("emopipe.launcher")
 #: start order (downstream first, so subscribers are ready); stop order is the reverse
-START_ORDER = ("sink", "classify", "detect", "capture")
-SOURCE_WITH_ID = re.compile(r"^([A-Za-z0-9_-]{1,64})=(.+)$")
+START_ORDER = topology.start_order()
+SOURCE_WITH_ID = re.compile(rf"^({CAMERA_ID.pattern})=(.+)$")
 LOOKS_NAMED = re.compile(r"^([^=/:\\]+)=(.+)$")  # ID=SRC with an id of any characters (no path or URL before '=')
 #: the stages that run as pools of workers (``<stage>.workers``, ``--workers STAGE=N``)
-POOLED = ("detect", "classify")
+POOLED = topology.names(topology.pools())
 STABLE_AFTER_S = 30.0  # a stage that ran this long gets its backoff reset
 #: a stage that exits this soon after its start, twice in a row with the same status, fails at
 #: start-up for a reason a restart will not mend: the run stops with its error
@@ -132,7 +133,7 @@ def addresses(cfg: Config) -> list[str]:
     lines = []
     if cfg.viewer.port:
         lines.append(f"viewer:  http://{cfg.viewer.host}:{cfg.viewer.port}/")
-    for stage in ("capture", "detect", "classify", "sink"):
+    for stage in topology.names():
         section = getattr(cfg, stage)
         ports = (
             metrics_mod.worker_ports(section.metrics_port, section.workers)

@@ -1,29 +1,31 @@
-"""ZeroMQ socket helpers: publishers bind, subscribers connect.
+"""The bus's fan-out: publishers bind, subscribers connect (the sink takes each camera's
+results this way). Handing work to pools of workers is another protocol:
+``emopipe/workpool/protocol.py``.
 
 A publisher is a ROUTER socket and each subscriber a DEALER (one per address), not
 PUB/SUB: subscriptions travel as application messages (``[SUBSCRIBE, prefix, ...]``, the
-subscriber's whole set, repeated every ``RESUBSCRIBE_S``), so the publisher decides what
-it keeps. With XPUB, libzmq (4.3.5) kept every subscription a peer sent, about 1.4 KB
-each, until that peer left: 300,000 random ones grew capture by 450 MB. Here a peer has
-at most ``MAX_TOPICS_PER_PEER`` prefixes, each one a pipeline stage makes (``frame.``,
-``frame.cam0.``; see ``topics_for``), and there are at most ``MAX_PEERS`` peers; anything
-else is refused, counted, and logged at most once every ``REFUSED_LOG_EVERY_S``. A SUB or
-XSUB peer cannot connect at all (libzmq refuses the socket type in the handshake).
+subscriber's whole set, repeated every ``RESUBSCRIBE_S`` so that a restarted publisher
+learns them again), so the publisher decides what it keeps. With XPUB, libzmq (4.3.5)
+kept every subscription a peer sent, about 1.4 KB each, until that peer left: 300,000
+random ones grew capture by 450 MB. Here a peer has at most ``MAX_TOPICS_PER_PEER``
+prefixes, each one a pipeline stage makes (``results.``, ``results.cam0.``; see
+``topics_for``), and there are at most ``MAX_PEERS`` peers; anything else is refused,
+counted, and logged at most once every ``REFUSED_LOG_EVERY_S``. A SUB or XSUB peer cannot
+connect at all (libzmq refuses the socket type in the handshake).
 
 Two delivery modes, chosen per pipeline (``Config.lossless``):
 
 * lossless (files, analysed completely): a full queue to a subscriber makes sending
   wait (back-pressure: the pipeline slows down) instead of dropping;
 * live (cameras, URLs, ``--realtime``): small high-water marks; a full queue drops the
-  message for that subscriber, counted (``reason="hwm"``), and the receiving stage keeps
-  only the newest frame per camera (``emopipe.relay.Lanes``).
+  message for that subscriber, counted (``reason="hwm"``).
 
 The publisher learns that a subscriber left when a send to it fails
 (``ZMQ_ROUTER_MANDATORY``: ``EHOSTUNREACH``); a restarted publisher learns its
 subscribers again within ``RESUBSCRIBE_S``.
 
 An endpoint may list several addresses separated by commas: a publisher binds each,
-a subscriber connects to each (fan-in from a stage scaled out over several processes).
+a subscriber connects to each (fan-in from several capture processes).
 
 Lossless, before a topic's first message the publisher waits until the expected number
 of subscribers has subscribed, so nobody misses the start of a stream.
@@ -41,7 +43,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,11 +53,13 @@ import zmq
 
 from emopipe import messages
 from emopipe.curve import Keys
-from emopipe.messages import Message
+from emopipe.messages import EndOfStream, Message, MessageError
 from emopipe.throttle import ThrottledLog
 
 if TYPE_CHECKING:
     from prometheus_client.metrics import Counter as CounterChild
+
+    from emopipe.metrics import Metrics
 
 log = logging.getLogger(__name__)
 #: in an endpoint: the private directory of runtime_dir()
@@ -66,25 +70,14 @@ WANTED = re.compile(
 )
 #: the first part of a subscriber's message to its publisher
 SUBSCRIBE = b"SUBSCRIBE"
-#: a subscriber repeats its subscriptions this often (a restarted publisher learns them again);
-#: for a pool's worker this is its heartbeat
+#: a subscriber repeats its subscriptions this often (a restarted publisher learns them again)
 RESUBSCRIBE_S = 0.25
-#: a worker not heard from for this long has left (its work goes to the others)
-LIVENESS_S = 1.0
-#: in a subscription, the part that makes the peer a worker of a pool: ``@`` and the pool's name
-POOL = re.compile(rb"@([a-z]{1,16})")
-#: a worker's queues (its work is bounded by the pool's window, emopipe.pool)
-WORKER_HWM = 64
-#: answers from workers waiting to be taken, at most (more are refused)
-MAX_ANSWERS = 10_000
 MAX_PEERS = 128
 MAX_TOPICS_PER_PEER = 512
 #: with MAX_PEERS peers, one that has not resubscribed for this long makes room for a new one
 STALE_PEER_S = 5.0
-#: what a publisher accepts from a peer: subscriptions are small; a pool's workers also answer
-#: (a frame's face crops: 2,304 bytes a face at 48x48, so 4 MB is over 1,700 faces)
+#: what a publisher accepts from a peer: subscriptions are small
 MAX_INCOMING_BYTES = 64 << 10
-MAX_ANSWER_BYTES = 4 << 20
 #: handled per call, so a flood cannot hold up sending
 EVENTS_PER_PUMP = 10_000
 REFUSED_LOG_EVERY_S = 10.0
@@ -97,8 +90,7 @@ class SubscriberTimeoutError(RuntimeError):
 @dataclass
 class Peer:
     prefixes: tuple[bytes, ...]
-    seen: float  # monotonic time of its latest subscription message (or, for a worker, answer)
-    pool: str | None = None  # a worker of this stage's pool: it gets only the work handed to it
+    seen: float  # monotonic time of its latest subscription message
 
     def wants(self, topic: bytes) -> bool:
         return any(topic.startswith(p) for p in self.prefixes)
@@ -122,16 +114,14 @@ class Publisher:
         dropped: CounterChild | None = None,
         keys: Keys | None = None,
         link: str = "",
-        pools: tuple[str, ...] = (),
     ) -> None:
         self.sock = ctx.socket(zmq.ROUTER)
-        self.pools = pools  # the pools whose workers this publisher hands work to
         if keys is not None:
             keys.serve(self.sock, link)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, hwm)
         self.sock.setsockopt(zmq.RCVHWM, 100)
-        self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_ANSWER_BYTES if pools else MAX_INCOMING_BYTES)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_INCOMING_BYTES)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a full queue: EAGAIN; a peer that left: EHOSTUNREACH
         for address in addresses(endpoint):
             try:
@@ -150,8 +140,6 @@ class Publisher:
         self._refused_log = ThrottledLog(log, REFUSED_LOG_EVERY_S)
         self._dropped_log = ThrottledLog(log, REFUSED_LOG_EVERY_S)
         self._ready: set[bytes] = set()
-        #: what workers of a pool sent back: (identity, parts), oldest first
-        self.answers: deque[tuple[bytes, list[zmq.Frame]]] = deque()
 
     @property
     def subscriptions(self) -> Counter[bytes]:
@@ -189,29 +177,10 @@ class Publisher:
             identity, body = parts[0], parts[1:]
             if body and body[0] == SUBSCRIBE:
                 self._subscribe(identity, body[1:])
-                continue
-            peer = self.peers.get(identity)
-            if peer is None or peer.pool is None:
-                self.refuse(identity, b"|".join(body)[:80], "a message that is not a subscription")
-            elif len(self.answers) >= MAX_ANSWERS:
-                self.refuse(identity, b"", f"an answer over {MAX_ANSWERS} waiting")
             else:
-                peer.seen = time.monotonic()
-                self.answers.append((identity, body))
+                self.refuse(identity, b"|".join(body)[:80], "a message that is not a subscription")
 
     def _subscribe(self, identity: bytes, prefixes: list[bytes]) -> None:
-        pool = None
-        if prefixes and prefixes[0].startswith(b"@"):
-            found = POOL.fullmatch(prefixes[0])
-            if found is None:
-                self.refuse(identity, prefixes[0], "a pool name that is not [a-z]{1,16}")
-                return
-            pool, prefixes = found.group(1).decode(), prefixes[1:]
-            if pool not in self.pools:
-                self.refuse(
-                    identity, prefixes[0] if prefixes else b"", f"a worker of pool {pool!r}, not one of {self.pools}"
-                )
-                return
         wanted: list[bytes] = []
         bad: list[bytes] = []
         for prefix in prefixes:
@@ -230,7 +199,7 @@ class Publisher:
         if identity not in self.peers and len(self.peers) >= MAX_PEERS and not self._forget_stalest(now):
             self.refuse(identity, b"", f"a peer over {MAX_PEERS}")
             return
-        self.peers[identity] = Peer(kept, now, pool)
+        self.peers[identity] = Peer(kept, now)
 
     def _forget_stalest(self, now: float) -> bool:
         identity, peer = min(self.peers.items(), key=lambda item: item[1].seen)
@@ -255,16 +224,7 @@ class Publisher:
 
     def subscriber_count(self, topic: bytes) -> int:
         self.pump_subscriptions()
-        return sum(1 for peer in self.peers.values() if peer.pool is None and peer.wants(topic))
-
-    def members(self, pool: str, topic: bytes | None = None) -> list[bytes]:
-        """The workers of ``pool`` heard from within LIVENESS_S (that want ``topic``, if given)."""
-        now = time.monotonic()
-        return [
-            identity
-            for identity, peer in self.peers.items()
-            if peer.pool == pool and now - peer.seen < LIVENESS_S and (topic is None or peer.wants(topic))
-        ]
+        return sum(1 for peer in self.peers.values() if peer.wants(topic))
 
     def send_to(self, identity: bytes, parts: Sequence[Any]) -> bool | None:
         """Hand an encoded message to one peer: True if sent, False if its queue is full,
@@ -307,7 +267,7 @@ class Publisher:
         done: set[bytes] = set()
         while True:
             full = []
-            wanting = [i for i, p in self.peers.items() if p.pool is None and p.wants(topic) and i not in done]
+            wanting = [i for i, p in self.peers.items() if p.wants(topic) and i not in done]
             for identity in wanting:
                 sent = self.send_to(identity, parts)
                 if sent:
@@ -332,7 +292,7 @@ class Publisher:
         """A peer that left is forgotten. Lossless, its topics wait for their subscribers again
         before the next message, rather than going to nobody until its successor subscribes."""
         peer = self.peers.pop(identity, None)
-        if peer is None or not self.lossless or peer.pool is not None:  # a worker's work: emopipe.pool
+        if peer is None or not self.lossless:
             return
         again = {t for t in self._ready if peer.wants(t)}
         if again:
@@ -375,20 +335,17 @@ class Subscriber:
         topics: Iterable[bytes],
         hwm: int,
         max_message_mb: int = 64,
-        pool: str | None = None,
         keys: Keys | None = None,
         link: str = "",
     ) -> None:
         self.topics = list(topics)
-        self.pool = pool  # a worker: it gets only the work its publisher hands it, and answers it
         self.addresses = addresses(endpoint)
         self.sockets: list[zmq.Socket] = []
         for address in self.addresses:
             sock = ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
-            # a pool's worker is handed at most the pool's window of work, so its queues may be longer
-            sock.setsockopt(zmq.RCVHWM, max(hwm, WORKER_HWM) if pool else hwm)
-            sock.setsockopt(zmq.SNDHWM, max(hwm, WORKER_HWM) if pool else 2)  # subscriptions wait to connect
+            sock.setsockopt(zmq.RCVHWM, hwm)
+            sock.setsockopt(zmq.SNDHWM, 2)  # subscriptions wait to connect
             sock.setsockopt(zmq.MAXMSGSIZE, max_message_mb << 20)
             if keys is not None:
                 keys.connect(sock, link)
@@ -403,10 +360,9 @@ class Subscriber:
     def subscribe(self) -> None:
         """Send the subscriptions to every publisher (queued until connected, two at most)."""
         self._subscribed = time.monotonic()
-        head = [SUBSCRIBE, f"@{self.pool}".encode()] if self.pool else [SUBSCRIBE]
         for address, sock in zip(self.addresses, self.sockets, strict=True):
             try:
-                sock.send_multipart([*head, *self.topics], zmq.NOBLOCK)
+                sock.send_multipart([SUBSCRIBE, *self.topics], zmq.NOBLOCK)
             except zmq.Again:
                 log.debug("%s: not connected, subscriptions already queued", address)
 
@@ -418,7 +374,7 @@ class Subscriber:
             self.subscribe()
 
     def keep_subscribed(self) -> None:
-        """Subscribe again if RESUBSCRIBE_S has passed (a worker's heartbeat)."""
+        """Subscribe again if RESUBSCRIBE_S has passed."""
         if time.monotonic() - self._subscribed >= RESUBSCRIBE_S:
             self.subscribe()
 
@@ -436,35 +392,16 @@ class Subscriber:
 
     def receive(self, timeout_ms: int, limit: int = 1000) -> list[list[zmq.Frame]]:
         """Wait up to ``timeout_ms`` for a message, then take whatever else is queued."""
-        return [parts for _, parts in self.receive_from(timeout_ms, limit)]
-
-    def receive_from(self, timeout_ms: int, limit: int = 1000) -> list[tuple[int, list[zmq.Frame]]]:
-        """As ``receive``, each message with the index of the address it came from (to answer it)."""
-        batch: list[tuple[int, list[zmq.Frame]]] = []
+        batch: list[list[zmq.Frame]] = []
         if not self.poll(timeout_ms):
             return batch
-        for origin, sock in enumerate(self.sockets):
+        for sock in self.sockets:
             while len(batch) < limit:
                 try:
-                    batch.append((origin, sock.recv_multipart(zmq.NOBLOCK, copy=False)))
+                    batch.append(sock.recv_multipart(zmq.NOBLOCK, copy=False))
                 except zmq.Again:
                     break
         return batch
-
-    def answer(self, origin: int, parts: Sequence[Any], stop: threading.Event | None = None) -> bool:
-        """A worker's answer to the publisher at address ``origin``. With ``stop`` (lossless) a
-        full queue makes it wait (heartbeats go on meanwhile); without, a full queue drops it:
-        False."""
-        sock = self.sockets[origin]
-        while True:
-            try:
-                sock.send_multipart(parts, zmq.NOBLOCK, copy=False)
-                return True
-            except zmq.Again:
-                if stop is None or stop.is_set():
-                    return False
-                self.keep_subscribed()
-                sock.poll(10, zmq.POLLOUT)
 
     def recv_multipart(self, timeout_ms: int = 60_000) -> list[bytes]:
         """One message (for tests and tools); TimeoutError if none comes within ``timeout_ms``."""
@@ -519,3 +456,47 @@ def topics_for(kinds: Sequence[str], cameras: Sequence[str]) -> list[bytes]:
     if not cameras:
         return [messages.topic(k) for k in kinds]
     return [messages.topic(k, c) for k in kinds for c in cameras]
+
+
+# ---------------------------------------------------------------- what a stage received
+
+#: bad messages are counted each; their log lines are throttled (a flood does not fill the disk)
+bad_messages = ThrottledLog(log)
+
+
+def decode_batch(stage: str, raw: list[list[zmq.Frame]], expected: type, metrics: Metrics) -> list[Message]:
+    """Decode received messages (of the ``expected`` type or end-of-stream); each bad one is
+    logged, named and counted as a drop."""
+    decoded: list[Message] = []
+    for parts in raw:
+        msg = decode_one(stage, parts, expected, metrics)
+        if msg is not None:
+            decoded.append(msg)
+    return decoded
+
+
+def decode_one(
+    stage: str, parts: list[zmq.Frame], expected: type, metrics: Metrics, eos: bool = True
+) -> Message | None:
+    """One message of the ``expected`` type (or, with ``eos``, end-of-stream); None if it is
+    not one (logged, counted)."""
+    try:
+        msg = messages.decode(parts)
+    except MessageError as exc:
+        topic = bytes(parts[0].buffer) if parts else b""
+        bad_messages.event(exc.reason, logging.ERROR, "%s: dropped message %r: %s", stage, topic[:80], exc)
+        metrics.frames_dropped.labels(stage=stage, reason=exc.reason).inc()
+        return None
+    if not isinstance(msg, (expected, EndOfStream) if eos else expected):
+        bad_messages.event(
+            "unexpected",
+            logging.ERROR,
+            "%s: dropped %s message for %s: expected %s",
+            stage,
+            messages.kind_of(msg),
+            msg.camera,
+            expected.__name__,
+        )
+        metrics.frames_dropped.labels(stage=stage, reason="malformed").inc()
+        return None
+    return msg

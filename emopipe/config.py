@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
+from emopipe import topology
 from emopipe.messages import CAMERA_ID, MAX_PAYLOAD_BYTES
 
 if sys.version_info >= (3, 11):
@@ -41,6 +42,8 @@ REMOVED = {
 
 MODES = ("auto", "live", "lossless")
 DETECTORS = ("haar", "yunet")  # detect.detector
+#: the stages that run as pools of workers: ``<stage>.workers``, ``--workers STAGE=N``
+POOLS = topology.names(topology.pools())
 
 
 class ConfigError(ValueError):
@@ -79,19 +82,22 @@ class EndpointsConfig:
     # Several addresses separated by commas: a publisher binds each, a subscriber connects
     # to each (fan-in from a stage scaled out over several processes or hosts).
     # {runtime}: a directory only this user may open (emopipe.bus.runtime_dir); tcp:// between hosts.
-    # capture binds all three (services/capture/hub.py); the workers and the sink connect
-    frames: str = "ipc://{runtime}/frames"  # detect workers take frames here
-    faces: str = "ipc://{runtime}/faces"  # classify workers take faces here
+    # One key per link of emopipe/topology.py, which holds the defaults. Capture binds all three
+    # (services/capture/hub.py); the workers and the sink connect.
+    frames: str = topology.link("frames").endpoint  # detect workers take frames here
+    faces: str = topology.link("faces").endpoint  # classify workers take faces here
     # the sink takes each camera's results here, in frame order, with their frames' pixels while it draws them
-    results: str = "ipc://{runtime}/results"
+    results: str = topology.link("results").endpoint
 
 
 @dataclass(frozen=True)
 class BusConfig:
-    live_hwm: int = 2  # queue bound per socket for live sources (newest wins)
-    lossless_hwm: int = 8  # queue bound per socket when files are analysed completely
+    # the results link's queues (capture to the sink; capture's is 64 at least), live and lossless;
+    # the pools' windows are the work-pool protocol's (emopipe/workpool/protocol.py)
+    live_hwm: int = 2
+    lossless_hwm: int = 8
     subscribe_timeout_s: float = 120.0  # lossless: wait this long for the next stage
-    eos_repeat_s: float = 1.0  # capture repeats end-of-stream this often (live PUB may drop it)
+    eos_repeat_s: float = 1.0  # capture repeats end-of-stream this often (live, a full queue may drop it)
     max_message_mb: int = 64  # a received message part over this is refused before decoding (the peer is cut off)
     frames_jpeg_quality: int = 0  # 1..100: frames travel JPEG-compressed at this quality (links between hosts); 0: raw
 
@@ -105,7 +111,7 @@ class CurveConfig:
 
 @dataclass(frozen=True)
 class CaptureConfig:
-    metrics_port: int = 9101  # 0 = no /metrics
+    metrics_port: int = topology.stage("capture").metrics_port  # 0 = no /metrics
     subscribers: int = 1  # lossless: subscribers to wait for before the first frame (the sink)
     # play files at their frame rate: "auto" in live runs (--realtime) only, so that a lossless
     # analysis goes as fast as the pipeline does; "on": always; "off": never
@@ -119,7 +125,7 @@ class CaptureConfig:
 
 @dataclass(frozen=True)
 class DetectConfig:
-    metrics_port: int = 9102  # a second worker on this host: this + 10, and so on
+    metrics_port: int = topology.stage("detect").metrics_port  # a second worker on this host: + 10, and so on
     workers: int = 1  # `emopipe run` starts this many (more may join by hand, on any host)
     cameras: list[str] = field(default_factory=list)  # empty = every camera
     scale_factor: float = 1.1
@@ -153,7 +159,7 @@ class DetectConfig:
 
 @dataclass(frozen=True)
 class ClassifyConfig:
-    metrics_port: int = 9103  # a second worker on this host: this + 10, and so on
+    metrics_port: int = topology.stage("classify").metrics_port  # a second worker on this host: + 10, ...
     workers: int = 1
     cameras: list[str] = field(default_factory=list)
     model: str = str(DEFAULT_MODEL)
@@ -162,7 +168,7 @@ class ClassifyConfig:
 
 @dataclass(frozen=True)
 class SinkConfig:
-    metrics_port: int = 9104
+    metrics_port: int = topology.stage("sink").metrics_port
     cameras: list[str] = field(default_factory=list)
     events: str = ""  # JSON lines file; "" = none
     record: str = ""  # annotated video file; "" = none (several cameras: name.<camera>.ext)
@@ -415,7 +421,7 @@ def _check_positive(cfg: Config) -> None:
         "sink.record_fps": cfg.sink.record_fps > 0,
         "viewer.max_clients": 1 <= cfg.viewer.max_clients <= 10_000,
     }
-    for section in ("capture", "detect", "classify", "sink", "viewer"):
+    for section in (*topology.names(), "viewer"):
         port = getattr(getattr(cfg, section), "metrics_port" if section != "viewer" else "port")
         checks[f"{section}.{'port' if section == 'viewer' else 'metrics_port'}"] = 0 <= port <= 65535
     for key, ok in checks.items():
@@ -425,7 +431,7 @@ def _check_positive(cfg: Config) -> None:
 
 
 #: ``--workers STAGE=N`` (emopipe run, emopipe bench): the stages that run as pools of workers
-WORKERS_OPTION = re.compile(r"^(detect|classify)=([1-9]|10)$")  # 10: the metrics ports of a host (WORKER_PORTS)
+WORKERS_OPTION = re.compile(f"^({'|'.join(POOLS)})=([1-9]|10)$")  # 10: the metrics ports of a host (WORKER_PORTS)
 
 
 def parse_workers(values: Sequence[str]) -> dict[str, int]:
@@ -434,7 +440,7 @@ def parse_workers(values: Sequence[str]) -> dict[str, int]:
     for value in values:
         match = WORKERS_OPTION.match(value)
         if match is None:
-            raise ConfigError(f"--workers {value}: expected detect=N or classify=N, N from 1 to 10")
+            raise ConfigError(f"--workers {value}: expected {' or '.join(p + '=N' for p in POOLS)}, N from 1 to 10")
         found[match.group(1)] = int(match.group(2))
     return found
 

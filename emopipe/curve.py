@@ -25,7 +25,9 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-LINKS = ("frames", "faces", "results")
+from emopipe import topology
+
+LINKS = tuple(link.name for link in topology.links())
 CLIENT = "client"
 
 

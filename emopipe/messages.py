@@ -157,6 +157,8 @@ class EndOfStream:
 
 Message = Frame | Faces | Results | EndOfStream
 _KIND_OF = {Frame: "frame", Faces: "faces", Results: "results", EndOfStream: "eos"}
+#: the message type of each kind
+TYPES: dict[str, type] = {kind: cls for cls, kind in _KIND_OF.items()}
 
 
 def kind_of(msg: Message) -> str:

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
+from emopipe import topology
+
 log = logging.getLogger(__name__)
 
-STAGES = ("capture", "detect", "classify", "sink")
+STAGES = topology.names()
 DROP_REASONS = (
     "stale",
     "malformed",

@@ -24,8 +24,10 @@ import msgpack
 import numpy as np
 import zmq
 
-from emopipe import bus, messages
-from emopipe.pool import Pool
+from emopipe import bus, messages, topology
+from emopipe.workpool import protocol
+from emopipe.workpool.broker import Broker
+from emopipe.workpool.worker import Connection
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent
@@ -73,7 +75,6 @@ def publisher(
     lossless: bool = True,
     hwm: int = 8,
     subscribe_timeout_s: float = 60.0,
-    pools: tuple[str, ...] = (),
 ) -> bus.Publisher:
     """A publisher bound on ``endpoint``, as a test feeds a stage (one subscriber awaited, lossless)."""
     return bus.Publisher(
@@ -84,24 +85,22 @@ def publisher(
         subscribers=1,
         subscribe_timeout_s=subscribe_timeout_s,
         stop=threading.Event(),
-        pools=pools,
     )
 
 
 class WorkerHub:
     """What a worker process under test (detect or classify) takes its work from: a lossless
-    publisher bound on ``ipc://<ipc>/<into>`` (the worker's input endpoint) with that stage's
-    pool, as capture's hub has."""
+    broker of that stage's pool bound on ``ipc://<ipc>/<into>`` (the worker's input endpoint),
+    as capture's hub has."""
 
-    def __init__(self, ctx: zmq.Context, ipc: Path, into: str, stage: str, kind: str) -> None:
-        self.pub = publisher(ctx, f"ipc://{ipc}/{into}", pools=(stage,))
-        self.pool = Pool(self.pub, stage, kind, sticky=stage == "detect", lossless=True, window=8)
+    def __init__(self, ctx: zmq.Context, ipc: Path, into: str, stage: str) -> None:
+        self.pool = Broker(ctx, f"ipc://{ipc}/{into}", topology.stage(stage), lossless=True)
         self._worker: bytes | None = None
 
     def worker(self, timeout: float = 30.0) -> bytes:
         """The identity of the first worker that joins (answers meanwhile wait for ``answers``)."""
         if self._worker is None:
-            assert wait_for(lambda: bool(self.pub.subscriber_count(b"") >= 0 and self.pool.workers()), timeout)
+            assert wait_for(lambda: self.pool.read() >= 0 and bool(self.pool.workers()), timeout)
             self._worker = self.pool.workers()[0]
         return self._worker
 
@@ -109,24 +108,55 @@ class WorkerHub:
         self.pool.submit(msg.camera, msg.seq, messages.encode(msg, sent=time.time()))
 
     def send_raw(self, parts: list[Any], timeout: float = 30.0) -> None:
-        """Straight to the worker, as a broken or hostile hub would (waiting while its queue is full)."""
+        """Straight to the worker as WORK, as a broken or hostile hub would (waiting while its queue is full)."""
         worker = self.worker()
         deadline = time.monotonic() + timeout
-        while not self.pub.send_to(worker, parts):
-            assert time.monotonic() < deadline, "the worker takes nothing"
-            self.pub.sock.poll(1, zmq.POLLIN)
-            self.pub.pump_subscriptions()
+        while True:
+            try:
+                self.pool.sock.send_multipart([worker, protocol.WORK, *parts], zmq.NOBLOCK)
+                return
+            except zmq.Again:
+                assert time.monotonic() < deadline, "the worker takes nothing"
+                self.pool.sock.poll(1, zmq.POLLIN)
+                self.pool.read()
 
     def answers(self, count: int, timeout: float = 30.0) -> list[messages.Message]:
         got: list[messages.Message] = []
         deadline = time.monotonic() + timeout
         while len(got) < count and time.monotonic() < deadline:
-            self.pub.sock.poll(100, zmq.POLLIN)
+            self.pool.sock.poll(100, zmq.POLLIN)
             got.extend(answer.msg for answer in self.pool.pump())
         return got
 
     def close(self) -> None:
-        self.pub.close()
+        self.pool.close()
+
+
+class HandWorker:
+    """A pool's worker driven by hand: it takes what it is handed and answers (or not) when told."""
+
+    def __init__(self, ctx: zmq.Context, endpoint: str, pool: str = "detect", prefixes: list[bytes] | None = None):
+        self.conn = Connection(ctx, endpoint, pool, prefixes or [b"frame."])
+        self.got: list[tuple[str, int]] = []
+        self._origin: dict[str, int] = {}
+
+    def take(self, timeout_ms: int = 50) -> list[tuple[str, int]]:
+        """Units that came within ``timeout_ms`` (heartbeating meanwhile), as (camera, seq)."""
+        new = []
+        for origin, parts in self.conn.receive(timeout_ms, 1000):
+            msg = messages.decode(parts)
+            self._origin[msg.camera] = origin
+            new.append((msg.camera, msg.seq))
+        self.got.extend(new)
+        return new
+
+    def answer(self, camera: str, seq: int) -> None:
+        """Answer with no faces."""
+        faces = messages.Faces(camera, seq, float(seq), (), np.zeros((0, 48, 48), np.uint8), ())
+        assert self.conn.answer(self._origin[camera], messages.encode(faces, sent=time.time()))
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 def free_port() -> int:

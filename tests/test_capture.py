@@ -21,9 +21,10 @@ import pytest
 import zmq
 from prometheus_client import CollectorRegistry
 
-from emopipe import bus, messages, metrics
+from emopipe import bus, messages, metrics, topology
 from emopipe.config import CaptureConfig, Config, PipelineConfig, SourceConfig
-from helpers import free_port, pipeline_toml, publisher, scrape_value, start_stage, stop, wait_for
+from emopipe.workpool.broker import Broker
+from helpers import HandWorker, free_port, pipeline_toml, publisher, scrape_value, start_stage, stop, wait_for
 from services.capture import main as capture_main
 from services.capture.hub import Hub
 from services.capture.sources import Captured, Mailbox, SourceReader, frame_rate
@@ -180,33 +181,35 @@ def test_a_flood_of_300000_random_subscriptions_leaves_capture_publishing_and_co
 
 
 def live_hub(ctx: zmq.Context, ipc: Path) -> tuple[Hub, metrics.Metrics]:
-    """Capture's hub, live, on its three endpoints in ``ipc``, and its metrics."""
-    frames, faces, results = [
-        publisher(ctx, f"ipc://{ipc}/{n}", lossless=False, hwm=10, subscribe_timeout_s=5)
-        for n in ("frames", "faces", "results")
-    ]
+    """Capture's hub, live, with its pools' brokers and its results publisher in ``ipc``, and its metrics."""
+    pools = [Broker(ctx, f"ipc://{ipc}/{s.takes.name}", s, lossless=False) for s in topology.pools() if s.takes]
+    results = publisher(ctx, f"ipc://{ipc}/results", lossless=False, hwm=10, subscribe_timeout_s=5)
     found = metrics.create(CollectorRegistry(), "capture", ["cam0"])
-    return Hub(frames, faces, results, Config(pipeline=PipelineConfig(mode="live")), found), found
+    return Hub(pools, results, Config(pipeline=PipelineConfig(mode="live")), found), found
 
 
 def close(hub: Hub) -> None:
-    for pub in (hub.detect.pub, hub.classify.pub, hub.results):
-        pub.close()
+    for pool in hub.pools:
+        pool.close()
+    hub.results.close()
 
 
-def test_a_frame_over_the_message_limit_is_dropped_counted_and_the_next_one_sent(
+def test_a_frame_over_the_message_limit_is_dropped_counted_and_the_next_one_handed_to_detect(
     zmq_ctx: zmq.Context, ipc_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     hub, found = live_hub(zmq_ctx, ipc_dir)
+    worker = HandWorker(zmq_ctx, f"ipc://{ipc_dir}/frames")
+    assert wait_for(lambda: (hub.pump(), bool(hub.pools[0].workers()))[1], 5)
     big = Captured("cam0", 0, 1.0, np.zeros((720, 1280, 3), np.uint8))  # 2.7 MB
     small = Captured("cam0", 1, 2.0, np.zeros((480, 640, 3), np.uint8))  # 0.9 MB
     capture_main.publish(big, hub, found, 1 << 20)
     capture_main.publish(small, hub, found, 1 << 20)
+    assert wait_for(lambda: (hub.pump(), worker.take(10), worker.got == [("cam0", 1)])[2], 5), worker.got
     assert found.frames_dropped.labels(stage="capture", reason="oversized")._value.get() == 1
-    assert found.frames_processed.labels(stage="capture", camera="cam0")._value.get() == 1
     assert "camera cam0: dropped a 1280x720 frame of 2764800 bytes, over bus.max_message_mb" in caplog.text
-    assert list(hub.open["cam0"]) == [1]  # the small one went on to the detect pool
+    assert list(hub.open["cam0"]) == [1]
     close(hub)
+    worker.close()
 
 
 def serve_stream(video: Path, port: int) -> subprocess.Popen[bytes]:

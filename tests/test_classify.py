@@ -172,7 +172,7 @@ def test_classify_worker_answers_every_faces_message_and_exports_model_info(
     classify_stage: tuple[subprocess.Popen[bytes], int],
 ) -> None:
     proc, port = classify_stage
-    hub = WorkerHub(zmq_ctx, ipc_dir, "faces", "classify", "faces")
+    hub = WorkerHub(zmq_ctx, ipc_dir, "faces", "classify")
     hub.submit(real_faces)
     hub.submit(Faces("cam0", 1, 2.0, (), np.zeros((0, 48, 48), np.uint8)))
     got = hub.answers(2, timeout=60)
@@ -200,7 +200,7 @@ def test_classify_process_answers_every_real_message_among_garbage_and_counts_ea
     proc, port = classify_stage
     rng = np.random.default_rng(0)
     count, repeat = 10, 200
-    hub = WorkerHub(zmq_ctx, ipc_dir, "faces", "classify", "faces")
+    hub = WorkerHub(zmq_ctx, ipc_dir, "faces", "classify")
     for seq in range(count):
         faces = dataclasses.replace(real_faces, seq=seq)
         hub.submit(faces)

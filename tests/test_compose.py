@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from emopipe import config as config_mod
-from emopipe import sample_video
+from emopipe import sample_video, topology
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 COMPOSE = DEPLOY / "compose.yml"
@@ -83,8 +83,9 @@ def test_pipeline_service_defaults_to_the_video_the_image_bakes_in() -> None:
 def test_the_scaled_compose_file_runs_each_stage_with_replicas_for_the_pools() -> None:
     services = resolved_scaled()["services"]
     replicas = {name: s.get("deploy", {}).get("replicas", 1) for name, s in services.items()}
-    assert replicas == {"capture": 1, "detect": 2, "classify": 2, "sink": 1, "prometheus": 1, "grafana": 1}
-    for stage in ("capture", "detect", "classify", "sink"):
+    stages = {stage.name: 2 if stage.pooled else 1 for stage in topology.STAGES}
+    assert replicas == {**stages, "prometheus": 1, "grafana": 1}
+    for stage in topology.names():
         assert services[stage]["entrypoint"][0] == f"emopipe-{stage}"
 
 
@@ -93,7 +94,7 @@ def test_the_scaled_stages_reach_capture_by_name_and_capture_binds_those_ports()
     cfg = config_mod.load(DEPLOY / "compose.scaled.toml", environ={})
     assert not cfg.lossless and cfg.cameras == ["cam0"]
     binds = services["capture"]["environment"]
-    for link in ("frames", "faces", "results"):
+    for link in (link.name for link in topology.links()):
         connect = getattr(cfg.endpoints, link)
         port = connect.rsplit(":", 1)[1]
         assert connect == f"tcp://capture:{port}"
@@ -103,9 +104,7 @@ def test_the_scaled_stages_reach_capture_by_name_and_capture_binds_those_ports()
 def test_the_scaled_prometheus_finds_every_replica_by_dns_with_the_shipped_job_names() -> None:
     scaled = yaml.safe_load((DEPLOY / "prometheus" / "compose-scaled.yml").read_text())
     shipped = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
-    ports = {
-        stage: getattr(config_mod.Config(), stage).metrics_port for stage in ("capture", "detect", "classify", "sink")
-    }
+    ports = {stage: getattr(config_mod.Config(), stage).metrics_port for stage in topology.names()}
     jobs = {job["job_name"]: job for job in scaled["scrape_configs"]}
     assert set(jobs) == {job["job_name"] for job in shipped["scrape_configs"]}
     for stage, port in ports.items():

@@ -103,7 +103,7 @@ def test_detect_worker_answers_every_frame_and_survives_malformed_messages(
     carphone_frames: list[np.ndarray],  # type: ignore[no-untyped-def]
 ) -> None:
     proc, ipc, port = detect_stage
-    hub = WorkerHub(zmq_ctx, ipc, "frames", "detect", "frame")
+    hub = WorkerHub(zmq_ctx, ipc, "frames", "detect")
     hub.submit(Frame("cam0", 0, 1.0, carphone_frames[0]))
     good = messages.encode(Frame("cam0", 1, 2.0, np.zeros((60, 80, 3), np.uint8)), sent=time.time())
     hub.send_raw([good[0], good[1], b"short"])  # wrong byte count
@@ -111,13 +111,13 @@ def test_detect_worker_answers_every_frame_and_survives_malformed_messages(
     bad_version[1] = bad_version[1].replace(b"\xa1v\x02", b"\xa1v\x63")  # schema version 99
     hub.send_raw(bad_version)
     hub.submit(Frame("cam0", 1, 2.0, np.zeros((60, 80, 3), np.uint8)))
-    hub.send_raw(messages.encode(EndOfStream("cam0", 2, 3.0), sent=time.time()))  # the hub's business: ignored
+    hub.send_raw(messages.encode(EndOfStream("cam0", 2, 3.0), sent=time.time()))  # not work: dropped, counted
     first, second = hub.answers(2)
     assert isinstance(first, Faces) and first.seq == 0 and len(first.boxes) == 1
     assert isinstance(second, Faces) and second.seq == 1 and second.boxes == ()
     assert hub.answers(1, timeout=1) == []
     text = scrape(port)
-    assert metric_value(text, 'emopipe_frames_dropped_total{reason="malformed",stage="detect"}') == 1
+    assert metric_value(text, 'emopipe_frames_dropped_total{reason="malformed",stage="detect"}') == 2
     assert metric_value(text, 'emopipe_frames_dropped_total{reason="version",stage="detect"}') == 1
     assert metric_value(text, 'emopipe_frames_processed_total{camera="cam0",stage="detect"}') == 2
     assert metric_value(text, 'emopipe_faces_detected_total{camera="cam0"}') == 1
@@ -135,7 +135,7 @@ def test_detect_process_crops_at_the_input_size_of_the_configured_model(
     config.write_text(pipeline_toml(ipc_dir, [("cam0", carphone, False)], classify={"model": model}))
     proc = start_stage("detect", config, ipc_dir / "detect.log")
     try:
-        hub = WorkerHub(zmq_ctx, ipc_dir, "frames", "detect", "frame")
+        hub = WorkerHub(zmq_ctx, ipc_dir, "frames", "detect")
         hub.submit(Frame("cam0", 0, 1.0, carphone_frames[0]))
         answers = hub.answers(1)
         assert answers, f"detect answered nothing; log:\n{(ipc_dir / 'detect.log').read_text()}"
@@ -153,7 +153,7 @@ def test_a_flood_of_garbage_is_counted_by_reason_and_logged_a_few_times_while_fr
     carphone_frames: list[np.ndarray],  # type: ignore[no-untyped-def]
 ) -> None:
     proc, ipc, port = detect_stage
-    hub = WorkerHub(zmq_ctx, ipc, "frames", "detect", "frame")
+    hub = WorkerHub(zmq_ctx, ipc, "frames", "detect")
     good = messages.encode(Frame("cam0", 0, 1.0, np.zeros((60, 80, 3), np.uint8)), sent=time.time())
     garbage = garbage_like(good, np.random.default_rng(0))
     for seq in range(10):

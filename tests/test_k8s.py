@@ -12,11 +12,11 @@ import pytest
 import tomllib
 import yaml
 
-from emopipe import config, curve
+from emopipe import config, curve, topology
 
 K8S = Path(__file__).resolve().parent.parent / "deploy" / "k8s"
 VERSION = "1.30.0"  # the schema the manifests are checked against
-METRICS = {"capture": 9101, "detect": 9102, "classify": 9103, "sink": 9104}
+METRICS = {stage.name: stage.metrics_port for stage in topology.STAGES}
 
 
 def documents() -> list[dict[str, Any]]:
@@ -50,9 +50,9 @@ def test_the_validator_refuses_a_broken_manifest() -> None:
         kubernetes_validate.validate(unknown, VERSION, strict=True)
 
 
-def test_the_pooled_stages_have_replicas_and_capture_and_sink_one() -> None:
+def test_a_deployment_per_stage_of_the_topology_with_replicas_for_the_pools() -> None:
     replicas = {stage: d["spec"]["replicas"] for stage, d in deployments().items()}
-    assert replicas == {"capture": 1, "detect": 2, "classify": 2, "sink": 1}
+    assert replicas == {stage.name: 2 if stage.pooled else 1 for stage in topology.STAGES}
 
 
 def test_each_container_runs_its_stage_probes_and_annotates_its_metrics_port() -> None:

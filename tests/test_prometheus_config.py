@@ -10,16 +10,11 @@ from pathlib import Path
 import pytest
 
 from deploy.prometheus import dashboard_check, server
-from emopipe.config import CaptureConfig, ClassifyConfig, DetectConfig, SinkConfig
+from emopipe import topology
 
 
 def test_shipped_config_scrapes_each_stage_at_the_launcher_default_port() -> None:
-    defaults = {
-        "capture": CaptureConfig().metrics_port,
-        "detect": DetectConfig().metrics_port,
-        "classify": ClassifyConfig().metrics_port,
-        "sink": SinkConfig().metrics_port,
-    }
+    defaults = {stage.name: stage.metrics_port for stage in topology.STAGES}
     expected = {stage: [f"127.0.0.1:{port}"] for stage, port in defaults.items()}
     assert server.stage_targets(server.load_config()) == expected
 

@@ -24,39 +24,33 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, deque
+from collections.abc import Sequence
 from typing import Any
 
 from emopipe import messages
 from emopipe.bus import Publisher
 from emopipe.config import Config
-from emopipe.messages import EndOfStream, Faces, Results
+from emopipe.messages import EndOfStream, Faces
 from emopipe.metrics import Metrics
-from emopipe.pool import Answer, Given, Pool
+from emopipe.workpool import protocol
+from emopipe.workpool.broker import Answer, Broker, Given
 
 log = logging.getLogger("emopipe.capture")
-#: live, units in flight: per camera at detect (the next frame waits here, where a newer one
-#: replaces it), per worker at classify (one running, one queued)
-LIVE_DETECT_WINDOW = 1
-LIVE_CLASSIFY_WINDOW = 2
 #: track ids kept per camera and worker, and workers per camera (old tracks have ended)
 MAX_TRACK_IDS = 256
 MAX_WORKER_MAPS = 4
-#: live: work unanswered this long is given up (``lost``); meanwhile later frames of its camera wait
-LIVE_TIMEOUT_S = 1.0
 
 
 class Hub:
-    def __init__(self, frames: Publisher, faces: Publisher, results: Publisher, cfg: Config, metrics: Metrics) -> None:
+    def __init__(self, pools: Sequence[Broker], results: Publisher, cfg: Config, metrics: Metrics) -> None:
+        """``pools``: one broker per pool stage, in the order of ``emopipe.topology``."""
         self.lossless = cfg.lossless
-        detect_window = cfg.bus.lossless_hwm if cfg.lossless else LIVE_DETECT_WINDOW
-        classify_window = cfg.bus.lossless_hwm if cfg.lossless else LIVE_CLASSIFY_WINDOW
-        self.detect = Pool(frames, "detect", "frame", True, cfg.lossless, detect_window, LIVE_TIMEOUT_S)
-        self.classify = Pool(faces, "classify", "faces", False, cfg.lossless, classify_window, LIVE_TIMEOUT_S)
+        self.pools = list(pools)
         self.results = results
         self.jpeg_quality = cfg.bus.frames_jpeg_quality  # frames JPEG-compressed on the frames link
         self.metrics = metrics
         #: lossless: frames of a camera on their way at most (back-pressure reaches the source)
-        self.max_open = 4 * cfg.bus.lossless_hwm
+        self.max_open = protocol.LOSSLESS_OPEN
         self.open: dict[str, deque[int]] = {}  # seqs handed to detect, not yet sent on, in order
         self.answered: dict[str, dict[int, list[Any]]] = {}  # encoded results, waiting for their turn
         self.gone: dict[str, set[int]] = {}  # given up (stale, lost, failed): skipped when their turn comes
@@ -75,7 +69,7 @@ class Hub:
         self.open.setdefault(camera, deque()).append(seq)
         if self.wants_pixels(camera):
             self.pixels.setdefault(camera, {})[seq] = parts
-        self.detect.submit(camera, seq, parts)
+        self.pools[0].submit(camera, seq, parts)
 
     def wants_pixels(self, camera: str) -> bool:
         """Whether a sink subscribed to the camera's frames on the results link (it shows or records them)."""
@@ -88,23 +82,30 @@ class Hub:
     def pump(self) -> bool:
         """Move answers along; False if stopped while waiting for the sink (lossless)."""
         self.results.pump_subscriptions()  # the sink's, so the poll does not wake for them again
-        for answer in self.detect.pump():
-            faces = answer.msg
-            if not self._expected(self.detect, answer, Faces):
-                continue
-            assert isinstance(faces, Faces) and answer.work.member is not None
-            parts = messages.with_tracks(answer.parts, self._track_ids(faces, answer.work.member))
-            self.classify.submit(faces.camera, faces.seq, parts)
-        for answer in self.classify.pump():
-            if self._expected(self.classify, answer, Results):
-                self.answered.setdefault(answer.msg.camera, {})[answer.msg.seq] = answer.parts
-        for given in self.detect.take_given_up() + self.classify.take_given_up():
-            self._give_up(given)
+        for pool, after in zip(self.pools, [*self.pools[1:], None], strict=True):
+            for answer in pool.pump():
+                if not self._expected(pool, answer):
+                    continue
+                msg = answer.msg
+                if after is None:  # the last pool's answers are the results
+                    self.answered.setdefault(msg.camera, {})[msg.seq] = answer.parts
+                else:
+                    after.submit(msg.camera, msg.seq, self._passed_on(pool, answer))
+        for pool in self.pools:
+            for given in pool.take_given_up():
+                self._give_up(given)
         return self._release()
 
-    def _expected(self, pool: Pool, answer: Answer, kind: type) -> bool:
+    def _passed_on(self, pool: Broker, answer: Answer) -> list[Any]:
+        """An answer as the next pool gets it: the hub's own track ids if the pool numbers tracks."""
+        if not pool.stage.tracks:
+            return answer.parts
+        assert isinstance(answer.msg, Faces) and answer.work.member is not None
+        return messages.with_tracks(answer.parts, self._track_ids(answer.msg, answer.work.member))
+
+    def _expected(self, pool: Broker, answer: Answer) -> bool:
         """Whether the answer is of the kind the pool's workers give; if not, the unit is tried again."""
-        if isinstance(answer.msg, kind):
+        if isinstance(answer.msg, messages.TYPES[pool.stage.answers]):
             return True
         work = answer.work
         log.error(

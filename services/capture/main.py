@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import zmq
 from prometheus_client import CollectorRegistry
 
-from emopipe import curve, messages, service
+from emopipe import curve, messages, service, topology
 from emopipe import metrics as metrics_mod
 from emopipe.bus import Publisher, SubscriberTimeoutError
 from emopipe.config import Config, resolve_path
@@ -18,6 +18,7 @@ from emopipe.messages import EndOfStream, Frame
 from emopipe.metrics import Metrics
 from emopipe.redact import redact
 from emopipe.throttle import ThrottledLog
+from emopipe.workpool.broker import Broker
 from services.capture.hub import Hub
 from services.capture.sources import Captured, Mailbox, SourceError, SourceReader, Waker, folder_images, open_video
 
@@ -50,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return service.EXIT_CONFIG
     metrics = metrics_mod.create(CollectorRegistry(), "capture", cfg.cameras)
     ctx = zmq.Context()
-    publishers: list[Publisher] = []
+    sockets: list[Broker | Publisher] = []
     auth = None
     try:
         with service.starting("capture"):
@@ -59,42 +60,45 @@ def main(argv: Sequence[str] | None = None) -> int:
             if keys is not None:
                 auth = keys.authenticator(ctx)
                 log.info("CURVE on every link; clients: the public keys in %s", keys.directory)
-            for link in curve.LINKS:
-                publishers.append(bind(ctx, cfg, link, stop, metrics, keys))
-        frames, faces, results = publishers
+            refused = metrics.subscriptions_refused.labels(stage="capture")
+            for stage in topology.pools():
+                assert stage.takes is not None
+                endpoint = getattr(cfg.endpoints, stage.takes.name)
+                sockets.append(Broker(ctx, endpoint, stage, cfg.lossless, keys=keys, refused=refused))
+                log.info("%s workers on %s", stage.name, endpoint)
+            results = publish_results(ctx, cfg, stop, metrics, keys)
+            sockets.append(results)
         log.info(
-            "cameras %s (%s): detect workers and the sink on %s, classify workers on %s, the sink's results on %s",
-            cfg.cameras,
-            "lossless" if cfg.lossless else "live",
-            cfg.endpoints.frames,
-            cfg.endpoints.faces,
-            cfg.endpoints.results,
+            "cameras %s (%s): the sink on %s", cfg.cameras, "lossless" if cfg.lossless else "live", results.endpoint
         )
-        return run(cfg, Hub(frames, faces, results, cfg, metrics), stop, metrics)
+        pools = [s for s in sockets if isinstance(s, Broker)]
+        return run(cfg, Hub(pools, results, cfg, metrics), stop, metrics)
     except SubscriberTimeoutError as exc:
         log.error("%s", exc)
         return 1
     finally:
         stop.set()
-        for pub in publishers:
-            pub.close()
+        for sock in sockets:
+            sock.close()
         if auth is not None:
             auth.stop()
         ctx.term()
 
 
+#: results are small and leave in bursts (in frame order): more of them may queue for the sink
 RESULTS_HWM = 64
 
 
-def bind(
-    ctx: zmq.Context, cfg: Config, link: str, stop: threading.Event, metrics: Metrics, keys: curve.Keys | None
+def publish_results(
+    ctx: zmq.Context, cfg: Config, stop: threading.Event, metrics: Metrics, keys: curve.Keys | None
 ) -> Publisher:
+    """The last link of the topology: each camera's results, in frame order, to the sink."""
+    link = topology.links()[-1].name
     return Publisher(
         ctx,
         getattr(cfg.endpoints, link),
         lossless=cfg.lossless,
-        # results are small and leave in bursts (in frame order): more of them may queue for the sink
-        hwm=max(RESULTS_HWM if link == "results" else 0, cfg.bus.lossless_hwm if cfg.lossless else cfg.bus.live_hwm),
+        hwm=max(RESULTS_HWM, cfg.bus.lossless_hwm if cfg.lossless else cfg.bus.live_hwm),
         subscribers=cfg.capture.subscribers,
         subscribe_timeout_s=cfg.bus.subscribe_timeout_s,
         stop=stop,
@@ -102,7 +106,6 @@ def bind(
         dropped=metrics.frames_dropped.labels(stage="capture", reason="hwm"),
         keys=keys,
         link=link,
-        pools={"frames": ("detect",), "faces": ("classify",)}.get(link, ()),
     )
 
 
@@ -146,8 +149,8 @@ def publish_until_stopped(
     last_repeat = time.monotonic()
     poller = zmq.Poller()
     poller.register(wake.fd, zmq.POLLIN)
-    for pub in (hub.detect.pub, hub.classify.pub, hub.results):
-        poller.register(pub.sock, zmq.POLLIN)
+    for sock in [pool.sock for pool in hub.pools] + [hub.results.sock]:
+        poller.register(sock, zmq.POLLIN)
     while not stop.is_set():
         poller.poll(POLL_MS)
         wake.clear()

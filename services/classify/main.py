@@ -10,10 +10,11 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 
 from emopipe import metrics as metrics_mod
-from emopipe import relay, service
+from emopipe import service
 from emopipe.config import resolve_path
 from emopipe.messages import FaceResult, Faces, Message, Results
 from emopipe.metrics import Metrics
+from emopipe.workpool import worker
 from services.classify.model import EmotionModel, ModelError
 
 log = logging.getLogger("emopipe.classify")
@@ -64,7 +65,7 @@ def fit(model: EmotionModel, faces: Faces) -> np.ndarray:
     return resized
 
 
-def make_handler(model: EmotionModel, metrics: Metrics) -> relay.Handler:
+def make_handler(model: EmotionModel, metrics: Metrics) -> worker.Handler:
     def handle(msg: Message) -> Results:
         assert isinstance(msg, Faces)
         return classify(model, msg)  # the sink counts the predictions, by each track's smoothed label
@@ -87,4 +88,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     with service.starting("classify"):
         metrics_mod.serve(metrics, cfg.classify.metrics_port, cfg.pipeline.metrics_host, pooled=True)
     handler = make_handler(model, metrics)
-    return relay.serve("classify", cfg, (cfg.endpoints.faces, "faces"), Faces, handler, metrics, stop)
+    return worker.serve("classify", cfg, handler, metrics, stop)

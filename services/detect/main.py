@@ -15,10 +15,11 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 
 from emopipe import metrics as metrics_mod
-from emopipe import relay, service
+from emopipe import service
 from emopipe.config import DetectConfig, resolve_path
 from emopipe.messages import Box, Faces, Frame, Message
 from emopipe.metrics import Metrics
+from emopipe.workpool import worker
 from services.classify.model import ModelError, input_size
 from services.detect.detector import FaceDetector, grey_crops
 from services.detect.schedule import CameraDetector
@@ -97,20 +98,21 @@ class Detect:
         camera.landmarks = {t: f.landmarks for t, f in zip(faces.tracks, found, strict=True)}
         return faces
 
-    def _tracked(self, frame: Frame, gray: np.ndarray, faces: list[TrackedFace]) -> Faces:
+    def _tracked(self, frame: Frame, image: np.ndarray, faces: list[TrackedFace]) -> Faces:
+        """``image``: the frame, grey or BGR, at full resolution (the crops are cut from it)."""
         boxes = tuple(f.box for f in faces)
-        crops = grey_crops(gray, boxes, self.face_size)
+        crops = grey_crops(image, boxes, self.face_size)
         return Faces(frame.camera, frame.seq, frame.ts, boxes, crops, tuple(f.track for f in faces), wall=frame.wall)
 
-    def _untracked(self, frame: Frame, gray: np.ndarray, boxes: tuple[Box, ...]) -> Faces:
-        crops = grey_crops(gray, boxes, self.face_size)
+    def _untracked(self, frame: Frame, image: np.ndarray, boxes: tuple[Box, ...]) -> Faces:
+        crops = grey_crops(image, boxes, self.face_size)
         first = self.seen.get(frame.camera, 0) + 1
         self.seen[frame.camera] = first + len(boxes) - 1
         tracks = tuple(range(first, first + len(boxes)))
         return Faces(frame.camera, frame.seq, frame.ts, boxes, crops, tracks, wall=frame.wall)
 
 
-def make_handler(detect: Detect, metrics: Metrics) -> relay.Handler:
+def make_handler(detect: Detect, metrics: Metrics) -> worker.Handler:
     def handle(msg: Message) -> Faces:
         assert isinstance(msg, Frame)
         faces = detect(msg)
@@ -137,13 +139,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     with service.starting("detect"):
         metrics_mod.serve(metrics, cfg.detect.metrics_port, cfg.pipeline.metrics_host, pooled=True)
     handler = make_handler(detect, metrics)
-    return relay.serve(
-        "detect",
-        cfg,
-        (cfg.endpoints.frames, "frame"),
-        Frame,
-        handler,
-        metrics,
-        stop,
-        cfg.detect.threads,
-    )
+    return worker.serve("detect", cfg, handler, metrics, stop, cfg.detect.threads)

@@ -91,10 +91,6 @@ class LineWriter:
         except OSError as exc:
             raise OSError(exc.errno, f"cannot write {self.path}: {exc.strerror or exc}") from exc
 
-    @property
-    def enabled(self) -> bool:
-        return self._fh is not None
-
     def close(self) -> None:
         if self._fh is not None:
             self._fh.close()

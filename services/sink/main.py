@@ -24,11 +24,10 @@ from prometheus_client import CollectorRegistry
 
 from emopipe import bus, curve, messages, service
 from emopipe import metrics as metrics_mod
-from emopipe.bus import Subscriber
+from emopipe.bus import Subscriber, decode_batch
 from emopipe.config import Config, resolve_path
 from emopipe.messages import EndOfStream, Message, Results
 from emopipe.metrics import Metrics
-from emopipe.relay import decode_batch
 from emopipe.throttle import ThrottledLog
 from services.sink.camera import CameraState
 from services.sink.events import EVENTS, TRACKS, LineWriter, event, open_writer

@@ -29,11 +29,12 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from emopipe.config import ViewerConfig
 from emopipe.labels import COLOURS, EMOTIONS, OTHER_COLOUR
+from emopipe.messages import CAMERA_ID
 from services.sink.stats import MIX_SECONDS, Board
 
 log = logging.getLogger(__name__)
 BOUNDARY = "emopipeframe"
-_PATH = re.compile(r"^/(stream|snapshot)/([A-Za-z0-9_-]{1,64})\.(mjpg|jpg)$")
+_PATH = re.compile(rf"^/(stream|snapshot)/({CAMERA_ID.pattern})\.(mjpg|jpg)$")
 
 
 #: a stream client is sent only the newest frame when it is ready for one (never a queue), and

@@ -1,61 +1,38 @@
-"""A stage's pool of workers, seen from the publisher that hands them work.
-
-Workers connect to a bound ``Publisher`` (ROUTER) as DEALERs whose subscription names the
-pool (``bus.Subscriber(pool=...)``); that subscription, repeated every ``bus.RESUBSCRIBE_S``,
-is their heartbeat. The pool hands each unit of work (one encoded message of one camera)
-to one live worker and takes its answer back on the same socket: the ZeroMQ guide's
-load-balancing broker, with Paranoid Pirate heartbeats. Two ways to choose the worker:
-
-* ``sticky`` (detect: a camera's tracks live in one worker): each camera is assigned to a
-  worker and stays there; cameras are spread evenly over the live workers, and moved to a
-  worker that joins while another holds two or more more than it. The worker that gets a
-  camera starts its tracks afresh (the old worker's tracks end).
-* not sticky (classify: stateless): each unit goes to the live worker with the least work
-  in flight.
-
-At most ``window`` units are in flight per camera (sticky) or per worker (not sticky).
-What waits is kept in order; live, only a camera's newest waiting unit is kept (the older
-one counts as ``stale``). A worker that is not heard from for ``bus.LIVENESS_S``, or that a
-send finds gone, has left: its work in flight goes back to the front of the queue and is
-handed to the others (lossless: nothing is lost; an answer that still comes from it is
-ignored, unless the unit is still open: then it counts). Live, work unanswered after
-``timeout_s`` is given up (``lost``); lossless, after LOSSLESS_TIMEOUT_S another worker tries.
-A unit is given up (``failed``) after MAX_ATTEMPTS tries that went wrong: a worker that left
-with it (each worker once: one that was only silent for a while and comes back is the same
-worker), an answer of the wrong kind, or, lossless, no answer in LOSSLESS_TIMEOUT_S.
-"""
+"""A pool's broker, capture's side of the work-pool protocol (``protocol.py``): it binds the
+pool's socket, keeps the worker table, hands each unit to a worker by the pool's policy, and
+matches the answers to their units. The hub (``services/capture/hub.py``) runs one per pool."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from emopipe import messages
-from emopipe.bus import Publisher
+from emopipe import bus, messages
+from emopipe.curve import Keys
 from emopipe.messages import Message, MessageError
+from emopipe.throttle import ThrottledLog
+from emopipe.topology import STICKY, Stage
+from emopipe.workpool import protocol
+from emopipe.workpool.members import Members
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics import Counter as CounterChild
 
 log = logging.getLogger(__name__)
-#: how often the pool looks for workers that left and for work given up
-CHECK_EVERY_S = 0.05
-#: lossless: a unit a live worker has not answered in this long is handed to another worker
-LOSSLESS_TIMEOUT_S = 60.0
-#: a unit whose tries went wrong this often (its workers died on it, or it failed) is given up
-MAX_ATTEMPTS = 3
-#: a worker not heard from for this long is forgotten by the publisher too
-FORGET_AFTER_S = 10.0
 
 
 @dataclass
 class Work:
     camera: str
     seq: int
-    parts: Sequence[Any]
+    parts: Sequence[Any]  # the encoded message handed out
     member: bytes | None = None
     sent: float = 0.0
     attempts: int = 0  # times handed out
@@ -80,29 +57,50 @@ class Answer:
 
 @dataclass
 class Given:
-    """What a pool gave up on, by reason (live: stale or lost; either mode: failed, after
-    MAX_ATTEMPTS): the hub takes these frames off its books."""
+    """A unit given up, by reason (live: ``stale`` or ``lost``; either mode: ``failed``)."""
 
     work: Work
     reason: str
 
 
-@dataclass
-class Pool:
-    pub: Publisher
-    name: str
-    kind: str  # the message kind handed out ("frame", "faces"): a worker must subscribe to it
-    sticky: bool
-    lossless: bool
-    window: int
-    timeout_s: float = 2.0
-    waiting: dict[str, deque[Work]] = field(default_factory=dict)
-    inflight: dict[bytes, dict[tuple[str, int], Work]] = field(default_factory=dict)
-    assigned: dict[str, bytes] = field(default_factory=dict)
-    given_up: list[Given] = field(default_factory=list)
-    last_given: dict[bytes, float] = field(default_factory=dict)  # ties go to the worker idle longest
-    _checked: float = 0.0
-    counts: Counter[str] = field(default_factory=Counter)  # answers, moved, lost workers, ignored answers
+class Broker:
+    def __init__(
+        self,
+        ctx: zmq.Context,
+        endpoint: str,
+        stage: Stage,
+        lossless: bool,
+        *,
+        keys: Keys | None = None,
+        refused: CounterChild | None = None,
+    ) -> None:
+        if not stage.pooled or stage.takes is None:
+            raise ValueError(f"stage {stage.name!r} is not a pool")
+        self.stage = stage
+        self.name = stage.name
+        self.kind = stage.takes.kind  # what its workers are handed
+        self.sticky = stage.policy == STICKY
+        self.lossless = lossless
+        self.window = protocol.LOSSLESS_WINDOW if lossless else stage.live_window
+        self.endpoint = endpoint
+        self.members = Members(stage.name, self.kind)
+        self.sock = _bind(ctx, endpoint, stage.takes.name, keys)
+        self._refused_metric = refused
+        self._refused_log = ThrottledLog(log, protocol.REFUSED_LOG_EVERY_S)
+        self.answers: deque[tuple[bytes, list[zmq.Frame]]] = deque()  # read, not yet matched
+        self.waiting: dict[str, deque[Work]] = {}
+        self.inflight: dict[bytes, dict[tuple[str, int], Work]] = {}
+        self.assigned: dict[str, bytes] = {}  # sticky: camera -> worker
+        self.given_up: list[Given] = []
+        self.last_given: dict[bytes, float] = {}  # ties go to the worker idle longest
+        self.counts: Counter[str] = Counter()  # answers, moved, workers_lost, ignored, malformed
+        self._checked = 0.0
+
+    @property
+    def refused(self) -> int:
+        return self._refused_log.count
+
+    # ------------------------------------------------------------ the hub's calls
 
     def submit(self, camera: str, seq: int, parts: Sequence[Any]) -> None:
         queue = self.waiting.setdefault(camera, deque())
@@ -119,13 +117,15 @@ class Pool:
 
     def workers(self, camera: str | None = None) -> list[bytes]:
         """The live workers (that take ``camera``, if given)."""
-        return self.pub.members(self.name, None if camera is None else messages.topic(self.kind, camera))
+        topic = None if camera is None else messages.topic(self.kind, camera)
+        return self.members.alive(time.monotonic(), topic)
 
     def pump(self) -> Iterator[Answer]:
-        """Take the workers' answers (each matched to its work), notice workers that left, hand out what waits."""
-        self.pub.pump_subscriptions()
-        while self.pub.answers:
-            identity, parts = self.pub.answers.popleft()
+        """Read the workers' commands, match their answers to the units, notice workers that
+        left, hand out what waits."""
+        self.read()
+        while self.answers:
+            identity, parts = self.answers.popleft()
             answer = self._match(identity, parts)
             if answer is not None:
                 yield answer
@@ -136,12 +136,92 @@ class Pool:
         given, self.given_up = self.given_up, []
         return given
 
+    def retry(self, work: Work, reason: str, left: bytes | None = None) -> None:
+        """Hand ``work`` out again (first in its camera's queue), unless MAX_ATTEMPTS of its tries
+        went wrong (``left``: the worker that left with it, counted once however often)."""
+        if work.went_wrong(left) >= protocol.MAX_ATTEMPTS:
+            log.error(
+                "pool %s: camera %s frame %d: given up after %d attempts (%s)",
+                self.name,
+                work.camera,
+                work.seq,
+                work.attempts,
+                reason,
+            )
+            self.given_up.append(Given(work, "failed"))
+            return
+        self.waiting.setdefault(work.camera, deque()).appendleft(work)
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
+    # ------------------------------------------------------------ commands
+
+    def read(self) -> int:
+        """Take what workers sent, READ_PER_PUMP messages at most; how many there were."""
+        for count in range(protocol.READ_PER_PUMP):
+            if not int(self.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:  # cheaper than a recv raising Again
+                return count
+            identity, *body = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            self._command(identity.bytes, body)
+        return protocol.READ_PER_PUMP
+
+    def _command(self, identity: bytes, body: list[zmq.Frame]) -> None:
+        now = time.monotonic()
+        command = body[0].bytes if body and len(body[0]) <= 16 else b""
+        if command == protocol.JOIN:
+            why = self.members.join(identity, [part.bytes for part in body[1:]], now)
+            if why is not None:
+                self.refuse(identity, b"", why)
+                return
+            self._send(identity, [protocol.READY, self.name.encode()])
+            log.info("pool %s: worker %s joined", self.name, identity.hex())
+        elif command == protocol.HEARTBEAT:
+            if not self.members.heard(identity, now):
+                self._send(identity, [protocol.REJOIN])
+        elif command == protocol.ANSWER:
+            if not self.members.heard(identity, now):
+                self.refuse(identity, b"", "an answer of a worker that has not joined")
+                self._send(identity, [protocol.REJOIN])
+            elif len(self.answers) >= protocol.MAX_ANSWERS:
+                self.refuse(identity, b"", f"an answer over {protocol.MAX_ANSWERS} waiting")
+            else:
+                self.answers.append((identity, body[1:]))
+        elif command == protocol.LEAVE:
+            self.members.leave(identity)
+            if identity in self.inflight:
+                self._lost(identity)
+        else:
+            self.refuse(identity, b"|".join(part.bytes[:40] for part in body[:2]), "a message that is not a command")
+
+    def refuse(self, identity: bytes, what: bytes, why: str) -> None:
+        if self._refused_metric is not None:
+            self._refused_metric.inc()
+        self._refused_log.event(
+            "command", logging.WARNING, "%s: refused %s from peer %s: %r", self.endpoint, why, identity.hex(), what[:80]
+        )
+
+    def _send(self, identity: bytes, parts: Sequence[Any]) -> bool | None:
+        """True if sent, False if the worker's queue is full, None if it left (then it is forgotten)."""
+        try:
+            self.sock.send_multipart([identity, *parts], flags=zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.Again:
+            return False
+        except zmq.ZMQError as exc:
+            if exc.errno != errno.EHOSTUNREACH:
+                raise
+            self.members.leave(identity)
+            return None
+
+    # ------------------------------------------------------------ answers and workers
+
     def _match(self, identity: bytes, parts: list[zmq.Frame]) -> Answer | None:
         try:
             msg = messages.decode(parts)
         except MessageError as exc:
             self.counts["malformed"] += 1
-            self.pub.refuse(identity, str(exc).encode(), f"an answer of a {self.name} worker that does not decode")
+            self.refuse(identity, str(exc).encode(), f"an answer of a {self.name} worker that does not decode")
             return None
         key = (msg.camera, msg.seq)
         work = self.inflight.get(identity, {}).pop(key, None)
@@ -165,38 +245,20 @@ class Pool:
                 return work
         return None
 
-    def retry(self, work: Work, reason: str, left: bytes | None = None) -> None:
-        """Hand ``work`` out again (first in its camera's queue), unless MAX_ATTEMPTS of its tries
-        went wrong (``left``: the worker that left with it, counted once however often)."""
-        if work.went_wrong(left) >= MAX_ATTEMPTS:
-            log.error(
-                "pool %s: camera %s frame %d: given up after %d attempts (%s)",
-                self.name,
-                work.camera,
-                work.seq,
-                work.attempts,
-                reason,
-            )
-            self.given_up.append(Given(work, "failed"))
-            return
-        self.waiting.setdefault(work.camera, deque()).appendleft(work)
-
     def _check_workers(self) -> None:
         now = time.monotonic()
-        if now - self._checked < CHECK_EVERY_S:
+        if now - self._checked < protocol.CHECK_EVERY_S:
             return
         self._checked = now
-        live = set(self.workers())
+        live = set(self.members.alive(now))
         for member in list(self.inflight):
             if member not in live:
                 self._lost(member)
         for camera, member in list(self.assigned.items()):
             if member not in live:
                 del self.assigned[camera]
-        for identity, peer in list(self.pub.peers.items()):
-            if peer.pool == self.name and now - peer.seen > FORGET_AFTER_S:
-                del self.pub.peers[identity]
-        timeout = self.timeout_s if not self.lossless else LOSSLESS_TIMEOUT_S
+        self.members.forget_silent(now)
+        timeout = protocol.LOSSLESS_TIMEOUT_S if self.lossless else protocol.LIVE_TIMEOUT_S
         for member, works in self.inflight.items():
             for key, work in list(works.items()):
                 if now - work.sent > timeout:
@@ -224,6 +286,8 @@ class Pool:
         for work in sorted(works.values(), key=lambda w: w.seq, reverse=True):
             self.retry(work, f"worker {member.hex()} left", left=member)
 
+    # ------------------------------------------------------------ assignment
+
     def _dispatch(self) -> None:
         """Hand out what waits, one unit per camera per turn (no camera starves another); a
         camera served goes to the back of the order."""
@@ -246,7 +310,7 @@ class Pool:
             if member is None:
                 return False
             work = queue[0]
-            sent = self.pub.send_to(member, work.parts)
+            sent = self._send(member, [protocol.WORK, *work.parts])
             if sent is None:  # gone: its work goes back in the queue
                 self._lost(member)
                 live = [m for m in live if m != member]
@@ -283,11 +347,14 @@ class Pool:
         if any(m not in live for m in self.assigned.values()):
             return  # a worker that left: its cameras are reassigned as their work comes
         for idlest in sorted(live, key=self._cameras_of):
-            takes = self.pub.peers[idlest].wants
             for busiest in sorted(live, key=self._cameras_of, reverse=True):
                 if self._cameras_of(busiest) - self._cameras_of(idlest) < 2:
                     break
-                movable = [c for c, m in self.assigned.items() if m == busiest and takes(messages.topic(self.kind, c))]
+                movable = [
+                    c
+                    for c, m in self.assigned.items()
+                    if m == busiest and self.members.takes(idlest, messages.topic(self.kind, c))
+                ]
                 if movable:
                     self.assigned[movable[0]] = idlest
                     self.counts["moved"] += 1
@@ -299,3 +366,21 @@ class Pool:
                         idlest.hex(),
                     )
                     return
+
+
+def _bind(ctx: zmq.Context, endpoint: str, link: str, keys: Keys | None) -> zmq.Socket:
+    sock = ctx.socket(zmq.ROUTER)
+    if keys is not None:
+        keys.serve(sock, link)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, protocol.WORKER_HWM)
+    sock.setsockopt(zmq.RCVHWM, 100)
+    sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_ANSWER_BYTES)
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a full queue: EAGAIN; a worker that left: EHOSTUNREACH
+    for address in bus.addresses(endpoint):
+        try:
+            sock.bind(address)
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            raise zmq.ZMQError(exc.errno, f"cannot bind {address}: {exc.strerror}") from exc
+    return sock

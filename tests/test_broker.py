@@ -1,7 +1,9 @@
-"""Worker pools on real sockets: who gets which work, what happens when workers join and leave."""
+"""A pool's broker on real sockets: who gets which work, what happens when workers join, leave,
+fall silent or come back, and what it refuses (emopipe/workpool/protocol.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,11 +12,15 @@ import numpy as np
 import pytest
 import zmq
 
-import helpers
-from emopipe import bus, messages
-from emopipe.messages import Faces, Frame
-from emopipe.pool import MAX_ATTEMPTS, Answer, Pool
-from helpers import wait_for
+from emopipe import messages, topology
+from emopipe.messages import Frame
+from emopipe.workpool import protocol
+from emopipe.workpool.broker import Answer, Broker
+from emopipe.workpool.protocol import LIVENESS_S, MAX_ATTEMPTS
+from helpers import HandWorker, wait_for
+
+DETECT = topology.stage("detect")  # sticky
+STATELESS = dataclasses.replace(DETECT, policy=topology.LEAST_BUSY)
 
 
 def frame(camera: str, seq: int) -> list[object]:
@@ -22,38 +28,26 @@ def frame(camera: str, seq: int) -> list[object]:
 
 
 @pytest.fixture
-def publisher(zmq_ctx: zmq.Context, ipc_dir: Path) -> Iterator[bus.Publisher]:
-    pub = helpers.publisher(zmq_ctx, f"ipc://{ipc_dir}/frames", subscribe_timeout_s=5, pools=("detect",))
-    yield pub
-    pub.close()
+def endpoint(ipc_dir: Path) -> str:
+    return f"ipc://{ipc_dir}/frames"
 
 
-class Worker:
-    """A detect worker's sockets, answering (or not) by hand."""
-
-    def __init__(self, ctx: zmq.Context, pub: bus.Publisher, topics: list[bytes] | None = None) -> None:
-        self.sub = bus.Subscriber(ctx, pub.endpoint, topics or [b"frame."], hwm=8, pool="detect")
-        self.got: list[tuple[str, int]] = []
-        self._origin: dict[str, int] = {}
-
-    def take(self, timeout_ms: int = 50) -> list[tuple[str, int]]:
-        new = []
-        for origin, parts in self.sub.receive_from(timeout_ms):
-            msg = messages.decode(parts)
-            self._origin[msg.camera] = origin
-            new.append((msg.camera, msg.seq))
-        self.got.extend(new)
-        return new
-
-    def answer(self, camera: str, seq: int) -> None:
-        faces = Faces(camera, seq, float(seq), (), np.zeros((0, 48, 48), np.uint8), ())
-        assert self.sub.answer(self._origin[camera], messages.encode(faces, sent=time.time()))
-
-    def close(self) -> None:
-        self.sub.close()
+@pytest.fixture
+def brokers(zmq_ctx: zmq.Context, endpoint: str) -> Iterator[list[Broker]]:
+    made: list[Broker] = []
+    yield made
+    for broker in made:
+        broker.close()
 
 
-def run(pool: Pool, workers: list[Worker], seconds: float) -> list[Answer]:
+def make(
+    ctx: zmq.Context, endpoint: str, made: list[Broker], stage: topology.Stage = DETECT, lossless: bool = True
+) -> Broker:
+    made.append(Broker(ctx, endpoint, stage, lossless))
+    return made[-1]
+
+
+def run(pool: Broker, workers: list[HandWorker], seconds: float) -> list[Answer]:
     """Pump the pool while the workers take what they are handed."""
     answers: list[Answer] = []
     deadline = time.monotonic() + seconds
@@ -64,15 +58,48 @@ def run(pool: Pool, workers: list[Worker], seconds: float) -> list[Answer]:
     return answers
 
 
-def joined(pool: Pool, count: int) -> bool:
+def joined(pool: Broker, count: int) -> bool:
     return wait_for(lambda: (list(pool.pump()), len(pool.workers()) == count)[1], 5)
 
 
-def test_a_sticky_pool_spreads_cameras_evenly_and_keeps_each_camera_on_one_worker(
-    zmq_ctx: zmq.Context, publisher: bus.Publisher
+def test_a_worker_that_leaves_hands_its_units_to_another_at_once(
+    zmq_ctx: zmq.Context, endpoint: str, brokers: list[Broker]
 ) -> None:
-    pool = Pool(publisher, "detect", "frame", sticky=True, lossless=True, window=8)
-    workers = [Worker(zmq_ctx, publisher), Worker(zmq_ctx, publisher)]
+    """LEAVE (a worker that stops) moves its units without waiting LIVENESS_S for silence."""
+    pool = make(zmq_ctx, endpoint, brokers)
+    leaving, heir = HandWorker(zmq_ctx, endpoint, "detect", [b"frame.a."]), HandWorker(zmq_ctx, endpoint)
+    assert joined(pool, 2)
+    pool.submit("a", 0, frame("a", 0))
+    run(pool, [leaving], 0.2)
+    assert leaving.got == [("a", 0)]
+    left = time.monotonic()
+    leaving.conn.leave()
+    assert wait_for(lambda: (run(pool, [heir], 0.02), heir.got == [("a", 0)])[1], 5)
+    assert time.monotonic() - left < LIVENESS_S / 2 and pool.counts["workers_lost"] == 1
+    leaving.close()
+    heir.close()
+
+
+def test_a_restarted_broker_asks_its_workers_to_join_again_and_hands_them_work(
+    zmq_ctx: zmq.Context, endpoint: str, brokers: list[Broker]
+) -> None:
+    pool = make(zmq_ctx, endpoint, brokers)
+    worker = HandWorker(zmq_ctx, endpoint)
+    assert joined(pool, 1)
+    assert wait_for(lambda: (worker.take(10), worker.conn.joined == {0})[1], 5)  # READY came
+    pool.close()
+    brokers.remove(pool)
+    again = make(zmq_ctx, endpoint, brokers)  # knows no worker: the next HEARTBEAT gets REJOIN
+    again.submit("a", 0, frame("a", 0))
+    assert wait_for(lambda: (run(again, [worker], 0.05), worker.got == [("a", 0)])[1], 5)
+    worker.close()
+
+
+def test_a_sticky_pool_spreads_cameras_evenly_and_keeps_each_camera_on_one_worker(
+    zmq_ctx: zmq.Context, endpoint: str, brokers: list[Broker]
+) -> None:
+    pool = make(zmq_ctx, endpoint, brokers)
+    workers = [HandWorker(zmq_ctx, endpoint), HandWorker(zmq_ctx, endpoint)]
     assert joined(pool, 2)
     for seq in range(3):
         for camera in ("a", "b", "c", "d"):
@@ -86,16 +113,16 @@ def test_a_sticky_pool_spreads_cameras_evenly_and_keeps_each_camera_on_one_worke
 
 
 def test_a_worker_that_joins_is_given_a_camera_of_the_busiest_worker(
-    zmq_ctx: zmq.Context, publisher: bus.Publisher
+    zmq_ctx: zmq.Context, endpoint: str, brokers: list[Broker]
 ) -> None:
-    pool = Pool(publisher, "detect", "frame", sticky=True, lossless=True, window=8)
-    first = Worker(zmq_ctx, publisher)
+    pool = make(zmq_ctx, endpoint, brokers)
+    first = HandWorker(zmq_ctx, endpoint)
     assert joined(pool, 1)
     pool.submit("a", 0, frame("a", 0))
     pool.submit("b", 0, frame("b", 0))
     run(pool, [first], 0.3)
     assert sorted(first.got) == [("a", 0), ("b", 0)]
-    second = Worker(zmq_ctx, publisher)
+    second = HandWorker(zmq_ctx, endpoint)
     assert joined(pool, 2)
     pool.submit("a", 1, frame("a", 1))
     pool.submit("b", 1, frame("b", 1))
@@ -107,10 +134,10 @@ def test_a_worker_that_joins_is_given_a_camera_of_the_busiest_worker(
 
 
 def test_the_work_of_a_worker_that_leaves_goes_to_another_in_order_and_its_late_answers_are_ignored(
-    zmq_ctx: zmq.Context, publisher: bus.Publisher
+    zmq_ctx: zmq.Context, endpoint: str, brokers: list[Broker]
 ) -> None:
-    pool = Pool(publisher, "detect", "frame", sticky=True, lossless=True, window=8)
-    dying = Worker(zmq_ctx, publisher)
+    pool = make(zmq_ctx, endpoint, brokers)
+    dying = HandWorker(zmq_ctx, endpoint)
     assert joined(pool, 1)
     for seq in range(3):
         pool.submit("a", seq, frame("a", seq))
@@ -118,20 +145,22 @@ def test_the_work_of_a_worker_that_leaves_goes_to_another_in_order_and_its_late_
     assert dying.got == [("a", 0), ("a", 1), ("a", 2)]
     dying.answer("a", 0)
     dying.close()  # leaves without answering 1 and 2
-    heir = Worker(zmq_ctx, publisher)
+    heir = HandWorker(zmq_ctx, endpoint)
     started = time.monotonic()
     answers = []
     while len(heir.got) < 2 and time.monotonic() - started < 5:
         answers.extend(run(pool, [heir], 0.05))
     assert heir.got == [("a", 1), ("a", 2)]
-    assert time.monotonic() - started < bus.LIVENESS_S + 1.0
+    assert time.monotonic() - started < LIVENESS_S + 1.0
     assert [(a.msg.camera, a.msg.seq) for a in answers] == [("a", 0)]
     assert pool.counts["workers_lost"] == 1
 
 
-def test_a_stateless_pool_hands_work_to_the_least_busy_worker(zmq_ctx: zmq.Context, publisher: bus.Publisher) -> None:
-    pool = Pool(publisher, "detect", "frame", sticky=False, lossless=True, window=2)
-    stuck, quick = Worker(zmq_ctx, publisher), Worker(zmq_ctx, publisher)
+def test_a_stateless_pool_hands_work_to_the_least_busy_worker(
+    zmq_ctx: zmq.Context, endpoint: str, brokers: list[Broker]
+) -> None:
+    pool = make(zmq_ctx, endpoint, brokers, STATELESS)
+    stuck, quick = HandWorker(zmq_ctx, endpoint), HandWorker(zmq_ctx, endpoint)
     assert joined(pool, 2)
     answers: list[Answer] = []
     for seq in range(10):
@@ -149,9 +178,9 @@ def test_a_stateless_pool_hands_work_to_the_least_busy_worker(zmq_ctx: zmq.Conte
 
 
 def test_live_a_camera_keeps_only_its_newest_waiting_unit_and_the_rest_count_as_stale(
-    publisher: bus.Publisher,
+    zmq_ctx: zmq.Context, endpoint: str, brokers: list[Broker]
 ) -> None:
-    pool = Pool(publisher, "detect", "frame", sticky=True, lossless=False, window=2)
+    pool = make(zmq_ctx, endpoint, brokers, lossless=False)
     for seq in range(3):  # no worker: it all waits
         pool.submit("a", seq, frame("a", seq))
     given = pool.take_given_up()
@@ -159,9 +188,11 @@ def test_live_a_camera_keeps_only_its_newest_waiting_unit_and_the_rest_count_as_
     assert [w.seq for w in pool.waiting["a"]] == [2] and pool.pending("a") == 1
 
 
-def test_a_worker_takes_only_the_cameras_it_subscribes_to(zmq_ctx: zmq.Context, publisher: bus.Publisher) -> None:
-    pool = Pool(publisher, "detect", "frame", sticky=True, lossless=True, window=8)
-    only_b = Worker(zmq_ctx, publisher, [messages.topic("frame", "b")])
+def test_a_worker_takes_only_the_cameras_it_subscribes_to(
+    zmq_ctx: zmq.Context, endpoint: str, brokers: list[Broker]
+) -> None:
+    pool = make(zmq_ctx, endpoint, brokers)
+    only_b = HandWorker(zmq_ctx, endpoint, "detect", [messages.topic("frame", "b")])
     assert joined(pool, 1)
     pool.submit("a", 0, frame("a", 0))
     pool.submit("b", 0, frame("b", 0))
@@ -171,15 +202,15 @@ def test_a_worker_takes_only_the_cameras_it_subscribes_to(zmq_ctx: zmq.Context, 
 
 
 def test_a_late_answer_of_a_worker_taken_for_gone_counts_if_the_unit_is_still_open(
-    zmq_ctx: zmq.Context, publisher: bus.Publisher
+    zmq_ctx: zmq.Context, endpoint: str, brokers: list[Broker]
 ) -> None:
-    pool = Pool(publisher, "detect", "frame", sticky=True, lossless=True, window=8)
-    slow = Worker(zmq_ctx, publisher)
+    pool = make(zmq_ctx, endpoint, brokers)
+    slow = HandWorker(zmq_ctx, endpoint)
     assert joined(pool, 1)
     pool.submit("a", 0, frame("a", 0))
     run(pool, [slow], 0.2)
     assert slow.got == [("a", 0)]
-    run(pool, [], bus.LIVENESS_S + 0.3)  # it does not poll, so it sends no heartbeat: taken for gone
+    run(pool, [], LIVENESS_S + 0.3)  # it does not poll, so it sends no heartbeat: taken for gone
     assert [w.seq for w in pool.waiting["a"]] == [0] and pool.counts["workers_lost"] == 1
     slow.answer("a", 0)  # it was only slow
     answers = run(pool, [], 0.3)
@@ -188,12 +219,12 @@ def test_a_late_answer_of_a_worker_taken_for_gone_counts_if_the_unit_is_still_op
 
 
 def test_a_unit_handed_out_max_attempts_times_without_an_answer_is_given_up_as_failed(
-    zmq_ctx: zmq.Context, publisher: bus.Publisher
+    zmq_ctx: zmq.Context, endpoint: str, brokers: list[Broker]
 ) -> None:
-    pool = Pool(publisher, "detect", "frame", sticky=True, lossless=True, window=8)
+    pool = make(zmq_ctx, endpoint, brokers)
     pool.submit("a", 0, frame("a", 0))
     for _ in range(MAX_ATTEMPTS):
-        doomed = Worker(zmq_ctx, publisher)
+        doomed = HandWorker(zmq_ctx, endpoint)
         assert wait_for(lambda: (run(pool, [doomed], 0.05), bool(doomed.got))[1], 5)  # noqa: B023
         doomed.close()  # dies with it
         assert wait_for(lambda: (list(pool.pump()), not pool.workers())[1], 5)
@@ -203,17 +234,17 @@ def test_a_unit_handed_out_max_attempts_times_without_an_answer_is_given_up_as_f
 
 
 def test_a_worker_taken_for_gone_again_and_again_that_comes_back_keeps_the_unit_lossless(
-    zmq_ctx: zmq.Context, publisher: bus.Publisher
+    zmq_ctx: zmq.Context, endpoint: str, brokers: list[Broker]
 ) -> None:
     """A starved worker whose heartbeats pause is the same worker each time it comes back:
     its pauses are not tries that failed (each would once have counted, and the unit been given up)."""
-    pool = Pool(publisher, "detect", "frame", sticky=True, lossless=True, window=8)
-    slow = Worker(zmq_ctx, publisher)
+    pool = make(zmq_ctx, endpoint, brokers)
+    slow = HandWorker(zmq_ctx, endpoint)
     assert joined(pool, 1)
     pool.submit("a", 0, frame("a", 0))
     for pause in range(MAX_ATTEMPTS + 1):
         assert wait_for(lambda: (run(pool, [slow], 0.05), len(slow.got) == pause + 1)[1], 5)  # noqa: B023
-        run(pool, [], bus.LIVENESS_S + 0.3)  # no heartbeat: taken for gone, the unit back in the queue
+        run(pool, [], LIVENESS_S + 0.3)  # no heartbeat: taken for gone, the unit back in the queue
         assert pool.counts["workers_lost"] == pause + 1 and [w.seq for w in pool.waiting["a"]] == [0]
     assert wait_for(lambda: (run(pool, [slow], 0.05), len(slow.got) == MAX_ATTEMPTS + 2)[1], 5)
     slow.answer("a", 0)
@@ -223,12 +254,14 @@ def test_a_worker_taken_for_gone_again_and_again_that_comes_back_keeps_the_unit_
     slow.close()
 
 
-def test_a_stateless_pool_takes_turns_between_cameras(zmq_ctx: zmq.Context, publisher: bus.Publisher) -> None:
-    pool = Pool(publisher, "detect", "frame", sticky=False, lossless=True, window=1)
+def test_a_stateless_pool_takes_turns_between_cameras(
+    zmq_ctx: zmq.Context, endpoint: str, brokers: list[Broker]
+) -> None:
+    pool = make(zmq_ctx, endpoint, brokers, STATELESS)
     for seq in range(3):
         pool.submit("a", seq, frame("a", seq))
         pool.submit("b", seq, frame("b", seq))
-    worker = Worker(zmq_ctx, publisher)
+    worker = HandWorker(zmq_ctx, endpoint)
     assert joined(pool, 1)
     deadline = time.monotonic() + 5
     while len(worker.got) < 6 and time.monotonic() < deadline:
@@ -239,27 +272,35 @@ def test_a_stateless_pool_takes_turns_between_cameras(zmq_ctx: zmq.Context, publ
     worker.close()
 
 
-def test_a_publisher_refuses_workers_of_a_pool_it_does_not_serve(
-    zmq_ctx: zmq.Context, publisher: bus.Publisher
+def test_a_broker_refuses_workers_of_another_pool_and_messages_that_are_not_commands(
+    zmq_ctx: zmq.Context, endpoint: str, brokers: list[Broker]
 ) -> None:
-    stranger = bus.Subscriber(zmq_ctx, publisher.endpoint, [b"frame."], hwm=8, pool="classify")
-    assert wait_for(lambda: publisher.subscriber_count(b"frame.") == 0 and publisher.refused > 0, 5)
-    assert publisher.members("classify") == [] and publisher.members("detect") == []
+    pool = make(zmq_ctx, endpoint, brokers)
+    stranger = HandWorker(zmq_ctx, endpoint, "classify", [b"faces."])
+    wrong_kind = HandWorker(zmq_ctx, endpoint, "detect", [b"faces."])
+    peer = zmq_ctx.socket(zmq.DEALER)
+    peer.connect(endpoint)
+    peer.send_multipart([b"SUBSCRIBE", b"frame."])  # the fan-out's message, not a command
+    peer.send_multipart([protocol.ANSWER, *frame("a", 0)])  # an answer from a worker that never joined
+    assert wait_for(lambda: pool.read() >= 0 and pool.refused == 4, 5), pool.refused
+    assert pool.workers() == []
+    peer.close(linger=0)
     stranger.close()
+    wrong_kind.close()
 
 
 def test_a_joining_worker_gets_a_camera_even_when_an_idler_one_takes_none_of_the_busiest(
-    zmq_ctx: zmq.Context, publisher: bus.Publisher
+    zmq_ctx: zmq.Context, endpoint: str, brokers: list[Broker]
 ) -> None:
-    pool = Pool(publisher, "detect", "frame", sticky=True, lossless=True, window=8)
-    first = Worker(zmq_ctx, publisher)
+    pool = make(zmq_ctx, endpoint, brokers)
+    first = HandWorker(zmq_ctx, endpoint)
     assert joined(pool, 1)
     for camera in "abcd":
         pool.submit(camera, 0, frame(camera, 0))
     run(pool, [first], 0.3)
-    only_z = Worker(zmq_ctx, publisher, [messages.topic("frame", "z")])  # idle, but takes none of a..d
+    only_z = HandWorker(zmq_ctx, endpoint, "detect", [messages.topic("frame", "z")])  # idle, but takes none of a..d
     assert joined(pool, 2)
-    third = Worker(zmq_ctx, publisher)
+    third = HandWorker(zmq_ctx, endpoint)
     assert joined(pool, 3)
     for camera in "abcd":
         pool.submit(camera, 1, frame(camera, 1))
