@@ -28,6 +28,8 @@ DROP_REASONS = (
     "wrong_size",
     "write_error",
     "hwm",
+    "lost",  # a pool's unit given up (emopipe/workpool/protocol.py): live, unanswered in time
+    "failed",  # a pool's unit given up after its tries went wrong
 )
 #: 1 ms .. 5 s, roughly x2 per step
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)

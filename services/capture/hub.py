@@ -47,7 +47,7 @@ class Hub:
         self.lossless = cfg.lossless
         self.pools = list(pools)
         self.results = results
-        self.jpeg_quality = cfg.bus.frames_jpeg_quality  # frames JPEG-compressed on the frames link
+        self.jpeg_quality = cfg.bus.frames_jpeg_quality  # frames JPEG-compressed on the bus (between hosts)
         self.metrics = metrics
         #: lossless: frames of a camera on their way at most (back-pressure reaches the source)
         self.max_open = protocol.LOSSLESS_OPEN

@@ -146,7 +146,7 @@ def publish_until_stopped(
     readers: list[SourceReader],
     wake: Waker,
 ) -> int:
-    last_repeat = time.monotonic()
+    last_repeat, closed = time.monotonic(), 0
     poller = zmq.Poller()
     poller.register(wake.fd, zmq.POLLIN)
     for sock in [pool.sock for pool in hub.pools] + [hub.results.sock]:
@@ -160,7 +160,9 @@ def publish_until_stopped(
                     publish(item, hub, metrics, cfg.bus.max_message_mb << 20)
         if not hub.pump():
             return 0
-        if hub.closed and time.monotonic() - last_repeat > cfg.bus.eos_repeat_s:
+        if len(hub.closed) != closed:  # a camera's end-of-stream just went out: repeated from now on
+            last_repeat, closed = time.monotonic(), len(hub.closed)
+        elif closed and time.monotonic() - last_repeat > cfg.bus.eos_repeat_s:
             hub.repeat_ends()  # live, it may have been dropped; a restarted sink may have missed it
             last_repeat = time.monotonic()
         failed = [r for r in readers if r.error is not None]
