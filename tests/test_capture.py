@@ -160,7 +160,7 @@ def test_a_flood_of_300000_random_subscriptions_leaves_capture_publishing_and_co
         before = process.memory_info().rss
         flood = zmq_ctx.socket(zmq.DEALER)
         flood.setsockopt(zmq.SNDHWM, 0)
-        flood.connect(f"ipc://{ipc_dir}/frames")
+        flood.connect(f"ipc://{ipc_dir}/results")  # the fan-out, where subscriptions are kept
         rng = np.random.default_rng(0)
         count = 300_000
         for raw in rng.integers(0, 256, size=(count, 24), dtype=np.uint8):
