@@ -115,20 +115,7 @@ class Publisher:
         keys: Keys | None = None,
         link: str = "",
     ) -> None:
-        self.sock = ctx.socket(zmq.ROUTER)
-        if keys is not None:
-            keys.serve(self.sock, link)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.SNDHWM, hwm)
-        self.sock.setsockopt(zmq.RCVHWM, 100)
-        self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_INCOMING_BYTES)
-        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a full queue: EAGAIN; a peer that left: EHOSTUNREACH
-        for address in addresses(endpoint):
-            try:
-                self.sock.bind(address)
-            except zmq.ZMQError as exc:
-                self.sock.close(linger=0)
-                raise zmq.ZMQError(exc.errno, f"cannot bind {address}: {exc.strerror}") from exc
+        self.sock = bind_router(ctx, endpoint, hwm, MAX_INCOMING_BYTES, keys, link)
         self.endpoint = endpoint
         self.lossless = lossless
         self.subscribers = subscribers
@@ -171,7 +158,7 @@ class Publisher:
         """Read what peers sent: a pipeline subscriber's subscriptions are kept (replacing
         that peer's earlier ones); anything else is refused and counted."""
         for _ in range(EVENTS_PER_PUMP):
-            if not self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # cheaper than a recv raising Again
+            if not int(self.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:  # cheaper than a recv raising Again
                 break
             parts = self.sock.recv_multipart(zmq.NOBLOCK)
             identity, body = parts[0], parts[1:]
@@ -229,16 +216,10 @@ class Publisher:
     def send_to(self, identity: bytes, parts: Sequence[Any]) -> bool | None:
         """Hand an encoded message to one peer: True if sent, False if its queue is full,
         None if it left (then it is forgotten)."""
-        try:
-            self.sock.send_multipart([identity, *parts], flags=zmq.NOBLOCK, copy=False)
-            return True
-        except zmq.Again:
-            return False
-        except zmq.ZMQError as exc:
-            if exc.errno != errno.EHOSTUNREACH:
-                raise
+        sent = send_to(self.sock, identity, parts)
+        if sent is None:
             self._left(identity)
-            return None
+        return sent
 
     def wait_subscribed(self, topic: bytes) -> bool:
         """Lossless, before a topic's first message, wait for its subscribers (a missing one
@@ -340,17 +321,8 @@ class Subscriber:
     ) -> None:
         self.topics = list(topics)
         self.addresses = addresses(endpoint)
-        self.sockets: list[zmq.Socket] = []
-        for address in self.addresses:
-            sock = ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.RCVHWM, hwm)
-            sock.setsockopt(zmq.SNDHWM, 2)  # subscriptions wait to connect
-            sock.setsockopt(zmq.MAXMSGSIZE, max_message_mb << 20)
-            if keys is not None:
-                keys.connect(sock, link)
-            sock.connect(address)
-            self.sockets.append(sock)
+        # subscriptions wait to connect (two at most)
+        self.sockets = connect_dealers(ctx, self.addresses, hwm, 2, max_message_mb, keys, link)
         self._poller = zmq.Poller()
         for sock in self.sockets:
             self._poller.register(sock, zmq.POLLIN)
@@ -417,6 +389,68 @@ class Subscriber:
     def close(self, linger: int = 0) -> None:
         for sock in self.sockets:
             sock.close(linger=linger)
+
+
+def bind_router(
+    ctx: zmq.Context, endpoint: str, sndhwm: int, max_incoming: int, keys: Keys | None, link: str
+) -> zmq.Socket:
+    """A ROUTER bound at every address of ``endpoint`` (a CURVE server of ``link`` with ``keys``)
+    that refuses a message part over ``max_incoming`` bytes before reading it, and reports a full
+    queue (EAGAIN) and a peer that left (EHOSTUNREACH) instead of dropping silently."""
+    sock = ctx.socket(zmq.ROUTER)
+    if keys is not None:
+        keys.serve(sock, link)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, sndhwm)
+    sock.setsockopt(zmq.RCVHWM, 100)
+    sock.setsockopt(zmq.MAXMSGSIZE, max_incoming)
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    for address in addresses(endpoint):
+        try:
+            sock.bind(address)
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            raise zmq.ZMQError(exc.errno, f"cannot bind {address}: {exc.strerror}") from exc
+    return sock
+
+
+def connect_dealers(
+    ctx: zmq.Context,
+    addresses: Sequence[str],
+    rcvhwm: int,
+    sndhwm: int,
+    max_message_mb: int,
+    keys: Keys | None,
+    link: str,
+) -> list[zmq.Socket]:
+    """One DEALER connected to each address (a CURVE client of ``link`` with ``keys``); libzmq
+    refuses a message part over ``max_message_mb`` before it is read."""
+    sockets = []
+    for address in addresses:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, rcvhwm)
+        sock.setsockopt(zmq.SNDHWM, sndhwm)
+        sock.setsockopt(zmq.MAXMSGSIZE, max_message_mb << 20)
+        if keys is not None:
+            keys.connect(sock, link)
+        sock.connect(address)
+        sockets.append(sock)
+    return sockets
+
+
+def send_to(sock: zmq.Socket, identity: bytes, parts: Sequence[Any]) -> bool | None:
+    """``parts`` to the peer ``identity`` of a ROUTER: True if sent, False if its queue is full,
+    None if it left."""
+    try:
+        sock.send_multipart([identity, *parts], flags=zmq.NOBLOCK, copy=False)
+        return True
+    except zmq.Again:
+        return False
+    except zmq.ZMQError as exc:
+        if exc.errno != errno.EHOSTUNREACH:
+            raise
+        return None
 
 
 def addresses(endpoint: str) -> list[str]:

@@ -4,7 +4,6 @@ matches the answers to their units. The hub (``services/capture/hub.py``) runs o
 
 from __future__ import annotations
 
-import errno
 import logging
 import time
 from collections import Counter, deque
@@ -84,7 +83,8 @@ class Broker:
         self.window = protocol.LOSSLESS_WINDOW if lossless else stage.live_window
         self.endpoint = endpoint
         self.members = Members(stage.name, self.kind)
-        self.sock = _bind(ctx, endpoint, stage.takes.name, keys)
+        link = stage.takes.name
+        self.sock = bus.bind_router(ctx, endpoint, protocol.WORKER_HWM, protocol.MAX_ANSWER_BYTES, keys, link)
         self._refused_metric = refused
         self._refused_log = ThrottledLog(log, protocol.REFUSED_LOG_EVERY_S)
         self.answers: deque[tuple[bytes, list[zmq.Frame]]] = deque()  # read, not yet matched
@@ -203,16 +203,10 @@ class Broker:
 
     def _send(self, identity: bytes, parts: Sequence[Any]) -> bool | None:
         """True if sent, False if the worker's queue is full, None if it left (then it is forgotten)."""
-        try:
-            self.sock.send_multipart([identity, *parts], flags=zmq.NOBLOCK, copy=False)
-            return True
-        except zmq.Again:
-            return False
-        except zmq.ZMQError as exc:
-            if exc.errno != errno.EHOSTUNREACH:
-                raise
+        sent = bus.send_to(self.sock, identity, parts)
+        if sent is None:
             self.members.leave(identity)
-            return None
+        return sent
 
     # ------------------------------------------------------------ answers and workers
 
@@ -366,21 +360,3 @@ class Broker:
                         idlest.hex(),
                     )
                     return
-
-
-def _bind(ctx: zmq.Context, endpoint: str, link: str, keys: Keys | None) -> zmq.Socket:
-    sock = ctx.socket(zmq.ROUTER)
-    if keys is not None:
-        keys.serve(sock, link)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.SNDHWM, protocol.WORKER_HWM)
-    sock.setsockopt(zmq.RCVHWM, 100)
-    sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_ANSWER_BYTES)
-    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a full queue: EAGAIN; a worker that left: EHOSTUNREACH
-    for address in bus.addresses(endpoint):
-        try:
-            sock.bind(address)
-        except zmq.ZMQError as exc:
-            sock.close(linger=0)
-            raise zmq.ZMQError(exc.errno, f"cannot bind {address}: {exc.strerror}") from exc
-    return sock

@@ -54,17 +54,8 @@ class Connection:
         self.pool = pool
         self.prefixes = list(prefixes)
         self.addresses = bus.addresses(endpoint)
-        self.sockets: list[zmq.Socket] = []
-        for address in self.addresses:
-            sock = ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.RCVHWM, protocol.WORKER_HWM)
-            sock.setsockopt(zmq.SNDHWM, protocol.WORKER_HWM)
-            sock.setsockopt(zmq.MAXMSGSIZE, max_message_mb << 20)
-            if keys is not None:
-                keys.connect(sock, link)
-            sock.connect(address)
-            self.sockets.append(sock)
+        hwm = protocol.WORKER_HWM
+        self.sockets = bus.connect_dealers(ctx, self.addresses, hwm, hwm, max_message_mb, keys, link)
         self._poller = zmq.Poller()
         for sock in self.sockets:
             self._poller.register(sock, zmq.POLLIN)
