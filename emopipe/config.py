@@ -132,6 +132,10 @@ class DetectConfig:
     min_neighbors: int = 5
     min_size: int = 40  # pixels of the full frame
     downscale: float = 1.0  # every_frame only: detect on the frame shrunk by this factor
+    # scheduled cascade and YuNet: a frame whose longer side is over this is searched on a copy shrunk
+    # to it (min_size, boxes and crops stay in full-frame pixels, but faces under 24 px of the copy are
+    # not found: 48 px at 1280x720); 0: the whole frame (services/detect/shrink.py; BENCHMARKS.md)
+    max_side: int = 640
     threads: int = 3  # cameras detected in parallel, one OpenCV thread each (measured on 2 cores: BENCHMARKS.md)
     # "haar": OpenCV's frontal-face cascade (the paper's) with the keys below; "yunet": OpenCV's CNN
     # face detector on a shrunk copy of every frame, tracked (services/detect/yunet.py; BENCHMARKS.md)
@@ -375,6 +379,7 @@ def _check_positive(cfg: Config) -> None:
         "detect.min_neighbors": cfg.detect.min_neighbors >= 0,
         "detect.min_size": cfg.detect.min_size >= 1,
         "detect.downscale": cfg.detect.downscale >= 1.0,
+        "detect.max_side": cfg.detect.max_side == 0 or cfg.detect.max_side >= 48,  # two 24 px cascade windows
         "detect.threads": cfg.detect.threads >= 1,
         "detect.workers": 1 <= cfg.detect.workers <= 10,
         "detect.detector": cfg.detect.detector in DETECTORS,

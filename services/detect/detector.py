@@ -24,6 +24,7 @@ class FaceDetector:
             raise FileNotFoundError(f"the Haar cascade {path} is missing or not a cascade (reinstall opencv-python)")
         self.cfg = cfg
         self.face_size = face_size
+        self.window = min(self.cascade.getOriginalWindowSize())  # the smallest face it finds (24 px)
 
     def detect(self, image: np.ndarray) -> tuple[tuple[Box, ...], np.ndarray]:
         """Full-frame detection (the paper's): boxes clipped to the frame and their grey crops."""
@@ -60,11 +61,15 @@ class FaceDetector:
         return [b for b in boxes if b is not None]
 
 
-def grey_crops(gray: np.ndarray, boxes: list[Box] | tuple[Box, ...], size: int) -> np.ndarray:
-    """[N, size, size] uint8 crops of ``boxes`` (inside the frame) from a grey frame."""
+def grey_crops(image: np.ndarray, boxes: list[Box] | tuple[Box, ...], size: int) -> np.ndarray:
+    """[N, size, size] uint8 crops of ``boxes`` (inside the frame) from a grey or a BGR frame: of
+    a BGR one only the faces are made grey (the same pixels as the whole frame made grey first,
+    without converting a 1920x1080 frame that was detected on a shrunk copy)."""
     crops = np.zeros((len(boxes), size, size), dtype=np.uint8)
     for i, box in enumerate(boxes):
-        patch = gray[box.y : box.y + box.h, box.x : box.x + box.w]
+        patch = image[box.y : box.y + box.h, box.x : box.x + box.w]
+        if patch.ndim == 3:
+            patch = cv2.cvtColor(patch, cv2.COLOR_BGR2GRAY)
         crops[i] = cv2.resize(patch, (size, size), interpolation=cv2.INTER_AREA)
     return crops
 

@@ -1,7 +1,9 @@
 """detect: find and track faces in every frame (Haar cascade or YuNet), publish their boxes, track ids and grey crops.
 
 The crops are the size the emotion model takes: detect reads it from the model's metadata
-(``classify.model``, the file classify serves), so no config repeats it.
+(``classify.model``, the file classify serves), so no config repeats it. Faces are looked for
+on a copy of a large frame shrunk to ``detect.max_side`` (shrink.py), but boxes are in frame
+pixels and the crops are cut from the full-resolution frame.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from emopipe.workpool import worker
 from services.classify.model import ModelError, input_size
 from services.detect.detector import FaceDetector, grey_crops
 from services.detect.schedule import CameraDetector
+from services.detect.shrink import shrunk_grey
 from services.detect.tracker import TrackedFace
 from services.detect.yunet import Point, YuNetCamera
 
@@ -76,25 +79,28 @@ class Detect:
         return dict(found.landmarks) if found is not None else {}
 
     def __call__(self, frame: Frame) -> Faces:
-        gray = cv2.cvtColor(frame.image, cv2.COLOR_BGR2GRAY)
         if self.cfg.detector == "yunet":
-            return self._yunet(frame, gray)
+            return self._yunet(frame)
         detector = self.detector(frame.camera)
-        if self.cfg.every_frame:
+        if self.cfg.every_frame:  # the paper's way: the whole frame, shrunk by detect.downscale only
+            gray = cv2.cvtColor(frame.image, cv2.COLOR_BGR2GRAY)
             height, width = gray.shape
             boxes = tuple(detector.find(gray, Box(0, 0, width, height), self.cfg.downscale, self.cfg.min_size))
             return self._untracked(frame, gray, boxes)
         camera = self.cameras.get(frame.camera)
         if camera is None:
             camera = self.cameras[frame.camera] = CameraDetector.create(self.cfg, detector)
-        return self._tracked(frame, gray, camera.process(gray, frame.ts))
+        copy = shrunk_grey(frame.image, self.cfg.max_side)
+        # a frame detected whole is cropped from its grey copy; a shrunk one from the full frame
+        source = copy.gray if copy.gray.shape == frame.image.shape[:2] else frame.image
+        return self._tracked(frame, source, camera.process(copy, frame.ts))
 
-    def _yunet(self, frame: Frame, gray: np.ndarray) -> Faces:
+    def _yunet(self, frame: Frame) -> Faces:
         camera = self.yunet_camera(frame.camera)
         if not self.cfg.every_frame:
-            return self._tracked(frame, gray, camera.process(frame.image, frame.ts))
+            return self._tracked(frame, frame.image, camera.process(frame.image, frame.ts))
         found = camera.detector.find(frame.image)
-        faces = self._untracked(frame, gray, tuple(f.box for f in found))
+        faces = self._untracked(frame, frame.image, tuple(f.box for f in found))
         camera.landmarks = {t: f.landmarks for t, f in zip(faces.tracks, found, strict=True)}
         return faces
 

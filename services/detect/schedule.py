@@ -6,16 +6,21 @@ A full-frame scan at 640x480 costs 45-120 ms, most of it in the smallest faces. 
   is about ``TRACK_FACE`` pixels (cheap whatever the face's size), every
   ``track_redetect_s`` (between two, the track coasts on its motion);
 * the full scan is cut into jobs, one per (size band, tile): band k finds faces of
-  ``min_size * 2**k`` to ``min_size * 2**(k+1)`` pixels on the frame shrunk by ``2**k``,
-  in tiles that overlap by the band's largest face so no face falls between two tiles.
-  Jobs run in turn so the whole frame is scanned once every ``scan_interval_s`` of
-  capture time for small faces (band 0: most of the cost) and every
-  ``large_scan_interval_s`` for larger ones (shrunk frames: cheap), at most
+  ``min_size * 2**k`` to ``min_size * 2**(k+1)`` pixels on the frame shrunk by ``2**k``
+  (less where min_size is under ``BAND_FACE``), in tiles that overlap by the band's largest
+  face so no face falls between two tiles. Jobs run in turn so the whole frame is scanned
+  once every ``scan_interval_s`` of capture time for small faces (band 0: most of the cost)
+  and every ``large_scan_interval_s`` for larger ones (shrunk frames: cheap), at most
   ``scan_max_jobs`` of each per frame;
 * a job whose region has not changed since it last ran (motion gating on a tiny grey
   copy of the frame) is skipped, unless it last ran ``idle_rescan_s`` ago;
 * a shot cut (over ``cut_fraction`` of the tiny copy changed from one frame to the next)
   or a new frame size ends every track and scans the whole frame at once.
+
+All of it runs on the frame's detection copy (``shrink.py``: a frame larger than
+``detect.max_side`` shrunk to it): tracks, scan jobs, tiles and the motion copies are in
+pixels of the copy, ``min_size`` is converted to them, and the faces reported are mapped
+back to frame pixels.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import numpy as np
 from emopipe.config import DetectConfig
 from emopipe.messages import Box
 from services.detect.detector import FaceDetector
+from services.detect.shrink import Shrunk
 from services.detect.tracker import TrackedFace, Tracker, iou
 
 #: re-detection shrinks a track's region so its face is about this many pixels
@@ -41,13 +47,19 @@ MOTION_SHRINK = 8
 MOTION_LEVEL = 12
 #: detections overlapping a kept one by more than this are the same face
 SAME_FACE_IOU = 0.3
+#: a size band's frame is shrunk (by a power of two) no further than to make its smallest face at
+#: least this many pixels: the cascade (24 px window) finds faces reliably from here (the default
+#: min_size, which the schedule was tuned at). Only a smaller min_size (a 1280x720 frame's 40 px are
+#: 24 on its 640x360 copy) changes the bands: shrunk by 2**k there, a 210 px face was looked for at
+#: 26 px on an 80x45 picture and not found; by 4.8 (to exactly 40 px), on 13 first scans of 40
+BAND_FACE = 40
 
 
 @dataclass(frozen=True)
 class ScanJob:
-    region: Box  # frame pixels
+    region: Box  # pixels of the detection copy
     shrink: float
-    min_size: int  # face size in frame pixels
+    min_size: int  # face size in pixels of the detection copy
     max_size: int  # 0: no upper limit
 
 
@@ -56,11 +68,11 @@ def plan_scan(width: int, height: int, min_size: int, tile: int) -> list[ScanJob
     jobs: list[ScanJob] = []
     band = 0
     while True:
-        shrink = 2.0**band
         lo = min_size * 2**band
+        shrink = float(2**band if min_size >= BAND_FACE else 2 ** max(0, (lo // BAND_FACE).bit_length() - 1))
         last = 2 * lo >= min(width, height)
         hi = 0 if last else 2 * lo
-        side = max(1, round(tile * shrink))
+        side = max(1, round(tile * 2**band))  # as many of the band's faces across as band 0's: one job's cost
         overlap = 2 * lo
         jobs.extend(ScanJob(r, shrink, lo, hi) for r in tiles(width, height, side, overlap))
         if last:
@@ -105,14 +117,16 @@ class ScanQueue:
 
 @dataclass
 class CameraDetector:
-    """Per-camera state: its tracker, its rolling scan and the motion references."""
+    """Per-camera state: its tracker, its rolling scan and the motion references, all in
+    pixels of the detection copy (``min_size``: the config's, converted to them)."""
 
     cfg: DetectConfig
     detector: FaceDetector
     tracker: Tracker
     jobs: list[ScanJob] = field(default_factory=list)
     queues: list[ScanQueue] = field(default_factory=list)
-    size: tuple[int, int] = (0, 0)
+    size: tuple[int, int] = (0, 0)  # the frame's (not the copy's): a new one is a new picture
+    min_size: int = 0
     last_ts: float | None = None
     last_run: list[float] = field(default_factory=list)
     references: list[np.ndarray | None] = field(default_factory=list)
@@ -123,14 +137,20 @@ class CameraDetector:
         tracker = Tracker(min_iou=cfg.track_min_iou, hold_s=cfg.track_hold_s, timeout_s=cfg.track_timeout_s)
         return cls(cfg, detector, tracker)
 
-    def process(self, gray: np.ndarray, ts: float) -> list[TrackedFace]:
+    def process(self, copy: Shrunk, ts: float) -> list[TrackedFace]:
+        """The faces of one frame (its detection copy), in frame pixels."""
+        gray = copy.gray
         height, width = gray.shape
         tiny = cv2.resize(gray, None, fx=1 / MOTION_SHRINK, fy=1 / MOTION_SHRINK, interpolation=cv2.INTER_AREA)
-        if (width, height) != self.size or self._is_cut(tiny):
-            self.cut(width, height)  # a new picture: no box of the old one carries over
+        if copy.frame_size != self.size or self._is_cut(tiny):
+            self.cut(copy)  # a new picture: no box of the old one carries over
         self.last_tiny = tiny
         found = self._redetect_tracks(gray, ts) + self._scan(gray, tiny, ts)
-        return self.tracker.update(ts, same_faces_merged(found), width, height)
+        faces = self.tracker.update(ts, same_faces_merged(found), width, height)
+        if copy.frame_size == (width, height):
+            return faces
+        mapped = ((face, copy.to_frame(face.box)) for face in faces)
+        return [TrackedFace(face.track, box, face.detected) for face, box in mapped if box is not None]
 
     def _is_cut(self, tiny: np.ndarray) -> bool:
         """A shot cut: most of the frame changed at once (a moving camera changes a third at most)."""
@@ -140,19 +160,26 @@ class CameraDetector:
         changed = np.count_nonzero(cv2.absdiff(tiny, last) > MOTION_LEVEL)
         return bool(changed > self.cfg.cut_fraction * tiny.size)
 
-    def cut(self, width: int, height: int) -> None:
+    def cut(self, copy: Shrunk) -> None:
         """The picture changed as a whole: every track ends and the whole frame is scanned now."""
         self.tracker.end_all()
         self.last_ts = None
-        self._replan(width, height)
+        self._replan(copy)
 
-    def _replan(self, width: int, height: int) -> None:
-        """Small faces (full resolution, most of the cost) and large ones (shrunk frames,
-        cheap, so scanned more often) take turns in queues of their own."""
-        self.size = (width, height)
-        self.jobs = plan_scan(width, height, self.cfg.min_size, self.cfg.scan_tile)
-        small = [i for i, j in enumerate(self.jobs) if j.shrink == 1.0]
-        large = [i for i, j in enumerate(self.jobs) if j.shrink > 1.0]
+    def _replan(self, copy: Shrunk) -> None:
+        """Small faces (the copy's full resolution, most of the cost) and large ones (shrunk
+        further, cheap, so scanned more often) take turns in queues of their own."""
+        height, width = copy.gray.shape
+        self.size = copy.frame_size
+        # never under the cascade's window: band k looks for faces of min_size * 2**k on the copy
+        # shrunk by 2**k, where a face under the window's side is too small to be found
+        self.min_size = max(copy.face_size(self.cfg.min_size), self.detector.window)
+        # a copy's smaller faces take a smaller tile: a job is as many faces across, and costs as
+        # much, as at the frame's own size (scan_tile / min_size); there are more of them instead
+        tile = max(round(self.cfg.scan_tile * min(1.0, self.min_size / self.cfg.min_size)), 2 * self.min_size + 1)
+        self.jobs = plan_scan(width, height, self.min_size, tile)
+        small = [i for i, j in enumerate(self.jobs) if j.min_size == self.min_size]  # band 0
+        large = [i for i, j in enumerate(self.jobs) if j.min_size > self.min_size]
         self.queues = [
             ScanQueue(large, self.cfg.large_scan_interval_s, credit=len(large)),  # the first frame: all of it
             ScanQueue(small, self.cfg.scan_interval_s, credit=len(small)),
@@ -172,7 +199,7 @@ class CameraDetector:
             if region is None:
                 continue
             shrink = max(1.0, size / TRACK_FACE)
-            low = max(self.cfg.min_size, round(size / TRACK_SIZE_RANGE))
+            low = max(self.min_size, round(size / TRACK_SIZE_RANGE))
             high = round(size * TRACK_SIZE_RANGE)
             found.extend(self.detector.find(gray, region, shrink, low, high))
         return found

@@ -5,7 +5,9 @@ The model ships in this package (``models/``, MIT, provenance and sha256 in ``mo
 YuNet finds faces of about 10 to 300 px at its input size, so the frame is shrunk until a face of
 ``detect.min_size`` (full-frame pixels, a Haar-framed side) is ``MIN_FACE_AT_INPUT`` pixels wide:
 at 640x480 and the default 40 px, a 312x234 copy, 6-10 ms a frame on one core. At that cost it
-runs on every frame, so there is no scan schedule: a face is found on the frame it appears.
+runs on every frame, so there is no scan schedule: a face is found on the frame it appears. The
+copy's longer side is also at most ``detect.max_side``, so a 1920x1080 camera costs what a
+1280x720 one does (its faces under about 60 px are then too small for YuNet).
 
 The emotion model learnt from Haar-like framing (a square around brows to chin), while YuNet's
 box is a taller, narrower one; each box is mapped to that framing (``haar_framing``) with the
@@ -82,18 +84,23 @@ def input_shrink(min_size: int) -> float:
 class YuNetDetector:
     """YuNet loaded once from the package; not safe to share between threads (one per camera)."""
 
-    def __init__(self, min_size: int, score: float, shrink: float = 0.0, model: Path = MODEL) -> None:
+    def __init__(
+        self, min_size: int, score: float, shrink: float = 0.0, model: Path = MODEL, max_side: int = 0
+    ) -> None:
+        """``max_side``: YuNet's input is shrunk further if its longer side is over this (0: never)."""
         if not model.is_file() or model.stat().st_size != MODEL_BYTES:
             raise FileNotFoundError(f"the YuNet model {model} is missing or damaged (reinstall emopipe)")
         self.net = cv2.FaceDetectorYN.create(str(model), "", (320, 240), score, NMS_IOU, TOP_K)
         self.min_size = min_size
         self.shrink = shrink or input_shrink(min_size)
+        self.max_side = max_side
         self.input_size = (0, 0)
 
     def find(self, image: np.ndarray) -> list[YuNetFace]:
         """The faces of a BGR frame at least ``min_size`` (Haar-framed side) in full-frame pixels."""
         height, width = image.shape[:2]
-        size = (max(1, round(width / self.shrink)), max(1, round(height / self.shrink)))
+        shrink = max(self.shrink, max(width, height) / self.max_side) if self.max_side else self.shrink
+        size = (max(1, round(width / shrink)), max(1, round(height / shrink)))
         small = image if size == (width, height) else cv2.resize(image, size, interpolation=cv2.INTER_AREA)
         if size != self.input_size:
             self.net.setInputSize(size)
@@ -131,7 +138,7 @@ class YuNetCamera:
     @classmethod
     def create(cls, cfg: DetectConfig) -> YuNetCamera:
         tracker = Tracker(min_iou=cfg.track_min_iou, hold_s=cfg.track_hold_s, timeout_s=cfg.track_timeout_s)
-        return cls(YuNetDetector(cfg.min_size, cfg.yunet_score), tracker)
+        return cls(YuNetDetector(cfg.min_size, cfg.yunet_score, max_side=cfg.max_side), tracker)
 
     def process(self, image: np.ndarray, ts: float) -> list[TrackedFace]:
         height, width = image.shape[:2]
