@@ -1,6 +1,6 @@
 """``emopipe bench``: the paper's single-process loop, then the pipeline on N cameras, in one run.
 
-    emopipe bench [--cameras N] [--source VIDEO] [--seconds S] [--markdown FILE] [--smoke]
+    emopipe bench [--cameras N] [--source VIDEO] [--size WxH] [--seconds S] [--markdown FILE] [--smoke]
                   [--workers detect|classify=N ...] [--every-frame]
 
 1. The paper's loop (read, full-frame Haar, the CNN on each face, draw), as fast as it goes.
@@ -22,7 +22,9 @@ makes detection the bottleneck the paper has (the full-frame cascade on every fr
 camera at a time per worker: ``detect.threads = 1``), which is what more workers are for.
 
 The default video is the carphone clip scaled to 640x480 at 30 FPS, played forwards and
-backwards twice (16 s, so tracks last longer than the 4 s clip).
+backwards twice (16 s, so tracks last longer than the 4 s clip). ``--size 1280x720`` measures
+every step on the video scaled to that size (to cover it, centre-cropped: faces keep their
+shape), written once (the bench clip's copy is cached beside it, a ``--source`` one is not).
 """
 
 from __future__ import annotations
@@ -44,10 +46,19 @@ import numpy as np
 import psutil
 
 from deploy import measure
-from deploy.measure import bench_config, bench_video, frames_of, machine, progress, video_fps, video_size
-from deploy.recall import TrackingResult, measure_tracking
+from deploy.measure import (
+    bench_config,
+    bench_video,
+    frames_of,
+    machine,
+    progress,
+    scaled_video,
+    video_fps,
+    video_size,
+)
+from deploy.recall import TrackingResult, measure_tracking, parse_size
 from emopipe import config as config_mod
-from emopipe import topology
+from emopipe import sample_video, topology
 from emopipe.config import Config
 from emopipe.metrics import worker_ports
 from services.classify.model import EmotionModel
@@ -256,6 +267,7 @@ def report(
         f"- command: `emopipe bench --cameras {len(pipe.cameras)} --seconds {args.seconds:g}"
         + (f" --transport {args.transport}" if args.transport != "ipc" else "")
         + (f" --source {args.source}" if args.source else "")
+        + (f" --size {args.size[0]}x{args.size[1]}" if args.size else "")
         + (f" --config {args.config}" if args.config else "")
         + (f" --recall-frames {args.recall_frames}" if args.recall_frames != 480 and not args.smoke else "")
         + "".join(f" --workers {w}" for w in args.workers or [])
@@ -329,6 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cameras", type=int, default=4, help="copies of the video, one camera each (default 4)")
     parser.add_argument("--source", help="your own video (default: carphone at 640x480, 30 FPS)")
+    parser.add_argument(
+        "--size",
+        type=parse_size,
+        metavar="WxH",
+        help="the video scaled to WxH for every step, e.g. 1280x720 (to cover it, centre-cropped; default: as it is)",
+    )
     parser.add_argument("--config", help="TOML config to measure (default: the built-in defaults)")
     parser.add_argument("--seconds", type=float, default=30.0, help="measured window of the pipeline run")
     parser.add_argument("--warmup", type=float, default=8.0, help="seconds of pipeline run not measured")
@@ -370,19 +388,22 @@ def run(args: argparse.Namespace) -> int:
     if not video.is_file():
         print(f"emopipe bench: video {video} does not exist", file=sys.stderr)
         return 2
-    model = EmotionModel(config_mod.resolve_path(base.classify.model), base.classify.intra_op_threads)
-    paper_fps = paper_loop(video, model, base, args.paper_seconds)
-    tracking = measure_tracking(frames_of(video, limit=args.recall_frames), video_fps(video), base, model)
     baseline = None
     with tempfile.TemporaryDirectory(prefix="emopipe-bench-") as tmp:
+        if args.size:
+            progress(f"scaling {video.name} to {args.size[0]}x{args.size[1]}")
+            video = scaled_video(video, args.size, Path(tmp) if args.source else sample_video.cache_dir())
+        model = EmotionModel(config_mod.resolve_path(base.classify.model), base.classify.intra_op_threads)
+        paper_fps = paper_loop(video, model, base, args.paper_seconds)
+        tracking = measure_tracking(frames_of(video, limit=args.recall_frames), video_fps(video), base, model)
         if workers:
             cfg = bench_config(base, video, args.cameras, Path(tmp), args.transport)
             baseline = run_pipeline(cfg, args.warmup, args.seconds, Path(tmp))
         cfg = bench_config(base, video, args.cameras, Path(tmp), args.transport, workers)
         pipe = run_pipeline(cfg, args.warmup, args.seconds, Path(tmp))
         analysis = file_analysis(base, video, Path(tmp) / "file")
-    progress("")
-    text = report(video, paper_fps, pipe, tracking, cfg, args, baseline, analysis)
+        progress("")
+        text = report(video, paper_fps, pipe, tracking, cfg, args, baseline, analysis)  # reads the video's size
     print(text)
     if args.markdown:
         Path(args.markdown).write_text(text)

@@ -5,7 +5,7 @@
                 [--prometheus [--prometheus-listen HOST:PORT]]
     emopipe check-config FILE
     emopipe keys DIR
-    emopipe bench [--cameras N] [--source VIDEO] [--seconds S] [--markdown FILE] [--smoke]
+    emopipe bench [--cameras N] [--source VIDEO] [--size WxH] [--seconds S] [--markdown FILE] [--smoke]
     emopipe recall [VIDEO ...] [--frames N] [--size WxH|native] [--config FILE] [--pipeline] [--markdown FILE]
                    [--json FILE]
     emopipe report EVENTS [--tracks TRACKS] --out FILE.html

@@ -44,3 +44,27 @@ def test_bench_smoke_reports_fps_latency_usage_recall_and_flicker_for_two_camera
     assert analysis and int(analysis.group(1)) == 480  # the bench clip: every frame has its line
     media, wall, speed = (float(analysis.group(i)) for i in (2, 3, 4))
     assert media == 16.0 and abs(speed - media / wall) < 0.2
+
+
+def test_bench_smoke_at_1280x720_runs_every_step_on_the_scaled_clip_and_says_so(tmp_path: Path) -> None:
+    """``--size``: an HD camera's cost; the clip is scaled once (to cover, centre-cropped) and cached."""
+    markdown = tmp_path / "bench.md"
+    proc = subprocess.run(
+        [sys.executable, "-m", "deploy.launcher", "bench", "--smoke", "--size", "1280x720"]
+        + ["--markdown", str(markdown)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = markdown.read_text()
+    video = re.search(r"^- video: (\S+) \((\d+)x(\d+) frames", text, re.M)
+    assert video and (video.group(2), video.group(3)) == ("1280", "720")
+    assert Path(video.group(1)).name == "carphone-640x480-30fps-1280x720.mp4"
+    assert "--size 1280x720" in text
+    cameras = re.findall(r"^\| (cam\d) \| ([0-9.]+) \|", text, re.M)
+    assert [c[0] for c in cameras] == ["cam0", "cam1"] and all(float(fps) > 1.0 for _, fps in cameras)
+    recall = re.search(r"recall ([0-9.]+)% \((\d+)/(\d+) boxes", text)
+    assert recall and int(recall.group(3)) > 0 and float(recall.group(1)) >= 80  # faces found at 1280x720
+    analysis = re.search(r"lossless, one camera\): (\d+) frames", text)
+    assert analysis and int(analysis.group(1)) == 480  # every frame of the scaled clip has its line
