@@ -381,10 +381,9 @@ def _check_positive(cfg: Config) -> None:
         "detect.downscale": cfg.detect.downscale >= 1.0,
         "detect.max_side": cfg.detect.max_side == 0 or cfg.detect.max_side >= 48,  # two 24 px cascade windows
         "detect.threads": cfg.detect.threads >= 1,
-        "detect.workers": 1 <= cfg.detect.workers <= 10,
+        **{f"{pool}.workers": 1 <= getattr(cfg, pool).workers <= 10 for pool in POOLS},
         "detect.detector": cfg.detect.detector in DETECTORS,
         "detect.yunet_score": 0 < cfg.detect.yunet_score < 1,
-        "classify.workers": 1 <= cfg.classify.workers <= 10,
         "pipeline.mode": cfg.pipeline.mode in MODES,
         "capture.rtsp_transport": cfg.capture.rtsp_transport in ("tcp", "udp"),
         "capture.pace": cfg.capture.pace in ("auto", "on", "off"),
