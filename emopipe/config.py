@@ -112,7 +112,7 @@ class CurveConfig:
 @dataclass(frozen=True)
 class CaptureConfig:
     metrics_port: int = topology.stage("capture").metrics_port  # 0 = no /metrics
-    subscribers: int = 1  # lossless: subscribers to wait for before the first frame (the sink)
+    subscribers: int = 1  # lossless: sinks (subscribers of the cameras' end-of-stream) awaited before the first frame
     # play files at their frame rate: "auto" in live runs (--realtime) only, so that a lossless
     # analysis goes as fast as the pipeline does; "on": always; "off": never
     pace: str = "auto"

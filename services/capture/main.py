@@ -110,8 +110,11 @@ def publish_results(
 
 
 def run(cfg: Config, hub: Hub, stop: threading.Event, metrics: Metrics) -> int:
-    for camera in cfg.cameras:  # lossless: start reading only once the sink listens (detect's work waits for workers)
-        if not hub.results.wait_subscribed(messages.topic("results", camera)):
+    # lossless: start reading only once the sink listens (detect's work waits for workers). A sink
+    # subscribes to each camera's end-of-stream with its results; a peer that only watches results
+    # (a probe, a dashboard) does not start the run, or it could take the first results alone
+    for camera in cfg.cameras:
+        if not hub.results.wait_subscribed(messages.topic("eos", camera)):
             return 0
     wake = Waker()
     mailboxes = [Mailbox(2 if cfg.lossless else 1, cfg.lossless, wake) for _ in cfg.sources]
