@@ -61,6 +61,7 @@ from emopipe import config as config_mod
 from emopipe import sample_video, topology
 from emopipe.config import Config
 from emopipe.metrics import worker_ports
+from emopipe.redact import redact
 from services.classify.model import EmotionModel
 from services.detect.detector import FaceDetector
 
@@ -386,7 +387,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     video = Path(args.source).resolve() if args.source else bench_video()
     if not video.is_file():
-        print(f"emopipe bench: video {video} does not exist", file=sys.stderr)
+        named = redact(args.source) if args.source else video  # as given: a URL keeps its //
+        print(f"emopipe bench: video {named} does not exist", file=sys.stderr)
         return 2
     baseline = None
     with tempfile.TemporaryDirectory(prefix="emopipe-bench-") as tmp:

@@ -26,6 +26,7 @@ import psutil
 from emopipe import config as config_mod
 from emopipe import sample_video
 from emopipe.config import Config, SourceConfig
+from emopipe.redact import redact
 
 BENCH_SIZE = (640, 480)
 BENCH_FPS = 30.0
@@ -224,5 +225,5 @@ def run_pipeline(cfg: Config, workdir: Path, what: str) -> list[dict[str, Any]]:
         )
     if proc.returncode != 0:
         tail = "\n".join(log_path.read_text().splitlines()[-15:])
-        raise OSError(f"emopipe run on {what} exited with {proc.returncode}:\n{tail}")
+        raise OSError(f"emopipe run on {redact(what)} exited with {proc.returncode}:\n{tail}")
     return [json.loads(line) for line in Path(cfg.sink.events).read_text().splitlines()]

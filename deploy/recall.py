@@ -62,6 +62,7 @@ from deploy.measure import (
 from emopipe import config as config_mod
 from emopipe.config import Config
 from emopipe.messages import Box, FaceResult, Frame, Results
+from emopipe.redact import redact
 from services.classify.model import EmotionModel
 from services.detect.main import Detect
 from services.detect.schedule import same_faces_merged
@@ -260,7 +261,7 @@ def measure_pipeline(
         tally.add(want, got, confirm(image))
         progress(f"{video.stem}: frame {tally.frames}, recall so far {tally.recall_so_far()}")
     if len(lines) != tally.frames:
-        raise OSError(f"emopipe run on {source} wrote {len(lines)} lines for {tally.frames} frames")
+        raise OSError(f"emopipe run on {redact(str(source))} wrote {len(lines)} lines for {tally.frames} frames")
     flicker = Flicker()
     for event in (lines[i] for i in sorted(lines)):
         for face in event["faces"]:
@@ -319,7 +320,7 @@ def run(args: argparse.Namespace) -> int:
         print("emopipe recall: --frames must be 0 (all) or more", file=sys.stderr)
         return 2
     videos = [Path(v) for v in args.videos]
-    missing = [str(v) for v in videos if not v.is_file()]
+    missing = [redact(v) for v in args.videos if not Path(v).is_file()]  # as given: a URL keeps its //
     if missing:
         print(f"emopipe recall: no such video: {', '.join(missing)}", file=sys.stderr)
         return 2

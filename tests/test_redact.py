@@ -68,3 +68,13 @@ def test_a_camera_that_cannot_be_opened_is_logged_without_its_password(tmp_path:
     with pytest.raises(SourceError) as err:
         open_video(SourceConfig(id="door", uri="rtsp://viewer:s3cret@127.0.0.1:9/cam"), timeout_s=2.0)
     assert "s3cret" not in str(err.value) and "rtsp://***:***@127.0.0.1:9/cam" in str(err.value)
+
+
+@pytest.mark.parametrize("command", [["recall", "--frames", "5"], ["bench", "--smoke", "--source"]])
+def test_recall_and_bench_name_a_missing_url_video_without_its_password(command: list[str]) -> None:
+    url = "rtsp://viewer:Pw-9x7q@127.0.0.1:9/x"
+    proc = subprocess.run(
+        [sys.executable, "-m", "deploy.launcher", *command, url], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2
+    assert "rtsp://***:***@127.0.0.1:9/x" in proc.stderr and "Pw-9x7q" not in proc.stdout + proc.stderr
