@@ -8,17 +8,17 @@ import sys
 from pathlib import Path
 
 
+def smoke_bench(markdown: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    """``emopipe bench --smoke`` with ``options``, its table also written to ``markdown``."""
+    command = [sys.executable, "-m", "deploy.launcher", "bench", "--smoke", "--markdown", str(markdown), *options]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
 def test_bench_smoke_reports_fps_latency_usage_recall_and_flicker_for_two_cameras(tmp_path: Path) -> None:
     markdown = tmp_path / "bench.md"
     site = tmp_path / "site.toml"
     site.write_text("[sink]\nsmooth_s = 1.0\n")
-    proc = subprocess.run(
-        [sys.executable, "-m", "deploy.launcher", "bench", "--smoke", "--markdown", str(markdown)]
-        + ["--config", str(site)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = smoke_bench(markdown, "--config", str(site))
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = markdown.read_text()
     assert text == proc.stdout.rstrip("\n") + "\n" or text in proc.stdout
@@ -49,13 +49,7 @@ def test_bench_smoke_reports_fps_latency_usage_recall_and_flicker_for_two_camera
 def test_bench_smoke_at_1280x720_runs_every_step_on_the_scaled_clip_and_says_so(tmp_path: Path) -> None:
     """``--size``: an HD camera's cost; the clip is scaled once (to cover, centre-cropped) and cached."""
     markdown = tmp_path / "bench.md"
-    proc = subprocess.run(
-        [sys.executable, "-m", "deploy.launcher", "bench", "--smoke", "--size", "1280x720"]
-        + ["--markdown", str(markdown)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = smoke_bench(markdown, "--size", "1280x720")
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = markdown.read_text()
     video = re.search(r"^- video: (\S+) \((\d+)x(\d+) frames", text, re.M)

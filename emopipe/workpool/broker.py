@@ -110,11 +110,6 @@ class Broker:
         queue.append(Work(camera, seq, parts))
         self._dispatch()
 
-    def pending(self, camera: str) -> int:
-        """Units of this camera waiting or in flight."""
-        flying = sum(1 for works in self.inflight.values() for key in works if key[0] == camera)
-        return len(self.waiting.get(camera, ())) + flying
-
     def workers(self, camera: str | None = None) -> list[bytes]:
         """The live workers (that take ``camera``, if given)."""
         topic = None if camera is None else messages.topic(self.kind, camera)
