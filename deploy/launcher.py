@@ -56,8 +56,6 @@ log = logging.getLogger("emopipe.launcher")
 START_ORDER = topology.start_order()
 SOURCE_WITH_ID = re.compile(rf"^({CAMERA_ID.pattern})=(.+)$")
 LOOKS_NAMED = re.compile(r"^([^=/:\\]+)=(.+)$")  # ID=SRC with an id of any characters (no path or URL before '=')
-#: the stages that run as pools of workers (``<stage>.workers``, ``--workers STAGE=N``)
-POOLED = topology.names(topology.pools())
 STABLE_AFTER_S = 30.0  # a stage that ran this long gets its backoff reset
 #: a stage that exits this soon after its start, twice in a row with the same status, fails at
 #: start-up for a reason a restart will not mend: the run stops with its error
@@ -137,7 +135,7 @@ def addresses(cfg: Config) -> list[str]:
         section = getattr(cfg, stage)
         ports = (
             metrics_mod.worker_ports(section.metrics_port, section.workers)
-            if stage in POOLED
+            if stage in config_mod.POOLS
             else [section.metrics_port]
         )
         for port in ports if section.metrics_port else []:
@@ -146,7 +144,7 @@ def addresses(cfg: Config) -> list[str]:
 
 
 def workers(cfg: Config) -> dict[str, int]:
-    return {stage: getattr(cfg, stage).workers for stage in POOLED}
+    return {stage: getattr(cfg, stage).workers for stage in config_mod.POOLS}
 
 
 # ---------------------------------------------------------------- supervision

@@ -28,7 +28,7 @@ def test_stages_links_and_pools_come_from_the_table() -> None:
     assert curve.LINKS == ("frames", "faces", "results")
     assert metrics.STAGES == ("capture", "detect", "classify", "sink")
     assert launcher.START_ORDER == ("sink", "classify", "detect", "capture")
-    assert launcher.POOLED == config.POOLS == ("detect", "classify")
+    assert config.POOLS == ("detect", "classify")
     assert config.parse_workers(["classify=3"]) == {"classify": 3}
     assert [(s.name, s.policy, s.live_window) for s in topology.pools()] == [
         ("detect", topology.STICKY, 1),
