@@ -42,6 +42,7 @@ REMOVED = {
 
 MODES = ("auto", "live", "lossless")
 DETECTORS = ("haar", "yunet")  # detect.detector
+FINDERS = ("yunet", "cascade")  # detect.finder
 #: the stages that run as pools of workers: ``<stage>.workers``, ``--workers STAGE=N``
 POOLS = topology.names(topology.pools())
 
@@ -143,7 +144,13 @@ class DetectConfig:
     yunet_score: float = 0.7  # "yunet": a face needs at least this score
     # Scheduled detection (services/detect/schedule.py); defaults measured in BENCHMARKS.md
     every_frame: bool = False  # the paper's way: the full-frame cascade on every frame
-    scan_interval_s: float = 0.5  # the whole frame is scanned once this often: a new face is found this fast
+    # how the cascade's schedule finds new faces: "yunet", YuNet on a shrunk copy every
+    # finder_interval_s says where they are and the cascade confirms each (services/detect/finder.py);
+    # "cascade", the cascade's own rolling scan (the scan_* and idle/motion keys below)
+    finder: str = "yunet"
+    finder_interval_s: float = 0.2  # "yunet": it looks at the whole frame this often (6-10 ms at 640x480)
+    finder_score: float = 0.6  # "yunet": a face it proposes needs this score (the cascade confirms it)
+    scan_interval_s: float = 0.5  # "cascade": the whole frame is scanned once this often
     large_scan_interval_s: float = 0.3  # faces over 2 x min_size (a cheap scan of shrunk frames): this often
     scan_scale_factor: float = 1.2  # the scan's cascade step between face sizes (tracks use scale_factor)
     scan_tile: int = 240  # tile side (pixels of the shrunk frame) of the rolling scan's jobs
@@ -384,6 +391,9 @@ def _check_positive(cfg: Config) -> None:
         **{f"{pool}.workers": 1 <= getattr(cfg, pool).workers <= 10 for pool in POOLS},
         "detect.detector": cfg.detect.detector in DETECTORS,
         "detect.yunet_score": 0 < cfg.detect.yunet_score < 1,
+        "detect.finder": cfg.detect.finder in FINDERS,
+        "detect.finder_interval_s": cfg.detect.finder_interval_s > 0,
+        "detect.finder_score": 0 < cfg.detect.finder_score < 1,
         "pipeline.mode": cfg.pipeline.mode in MODES,
         "capture.rtsp_transport": cfg.capture.rtsp_transport in ("tcp", "udp"),
         "capture.pace": cfg.capture.pace in ("auto", "on", "off"),

@@ -54,7 +54,7 @@ def test_copy_sizes_keep_the_aspect_and_leave_frames_up_to_max_side_alone() -> N
     assert copy_size(1920, 1080, 640) == (640, 360)
     assert copy_size(720, 1280, 640) == (360, 640)  # a portrait camera: its longer side
     assert copy_size(1920, 1080, 0) == (1920, 1080)  # 0: never shrunk
-    copy = Shrunk(np.zeros((360, 640), np.uint8), (1920, 1080))
+    copy = Shrunk(np.zeros((360, 640), np.uint8), (1920, 1080), np.zeros((1080, 1920, 3), np.uint8))
     assert copy.scale == (3.0, 3.0)
     assert copy.to_frame(Box(10, 20, 30, 30)) == Box(30, 60, 90, 90)
     assert copy.face_size(40) == 14  # 40 frame pixels are 13.3 of the copy: rounded up, never under 40 back

@@ -27,7 +27,7 @@ from services.detect.detector import FaceDetector, grey_crops
 from services.detect.schedule import CameraDetector
 from services.detect.shrink import shrunk_grey
 from services.detect.tracker import TrackedFace
-from services.detect.yunet import Point, YuNetCamera
+from services.detect.yunet import Point, YuNetCamera, YuNetDetector
 
 log = logging.getLogger("emopipe.detect")
 
@@ -50,10 +50,13 @@ class Detect:
         self.yunet: dict[str, YuNetCamera] = {}
         self.spare: FaceDetector | None = None
         self.spare_yunet: YuNetCamera | None = None
+        self.spare_net: YuNetDetector | None = None  # the finder's (detect.finder = "yunet")
         if cfg.detector == "yunet":
             self.spare_yunet = YuNetCamera.create(cfg)
         else:
             self.spare = FaceDetector(cfg, face_size)
+            if cfg.finder == "yunet" and not cfg.every_frame:
+                self.spare_net = YuNetDetector(cfg.min_size, cfg.finder_score)
         self.seen: dict[str, int] = {}  # every_frame: a new id per box (no tracking)
 
     def detector(self, camera: str) -> FaceDetector:
@@ -63,6 +66,14 @@ class Detect:
                 found, self.spare = self.spare or FaceDetector(self.cfg, self.face_size), None
                 self.detectors[camera] = found
             return found
+
+    def finder_net(self) -> YuNetDetector | None:
+        """A YuNet of its own for a new camera's finder; None with ``detect.finder = "cascade"``."""
+        if self.cfg.finder != "yunet":
+            return None
+        with self.lock:
+            net, self.spare_net = self.spare_net or YuNetDetector(self.cfg.min_size, self.cfg.finder_score), None
+            return net
 
     def yunet_camera(self, camera: str) -> YuNetCamera:
         with self.lock:
@@ -89,7 +100,7 @@ class Detect:
             return self._untracked(frame, gray, boxes)
         camera = self.cameras.get(frame.camera)
         if camera is None:
-            camera = self.cameras[frame.camera] = CameraDetector.create(self.cfg, detector)
+            camera = self.cameras[frame.camera] = CameraDetector.create(self.cfg, detector, self.finder_net())
         copy = shrunk_grey(frame.image, self.cfg.max_side)
         # a frame detected whole is cropped from its grey copy; a shrunk one from the full frame
         source = copy.gray if copy.gray.shape == frame.image.shape[:2] else frame.image

@@ -1,21 +1,25 @@
-"""Scheduled detection: the Haar cascade around live tracks every frame, the rest of the frame on a rolling scan.
+"""Scheduled detection: the Haar cascade around live tracks every frame, and new faces looked for
+by a finder.
 
 A full-frame scan at 640x480 costs 45-120 ms, most of it in the smallest faces. So:
 
 * each track's predicted box is re-detected in a region around it, shrunk so the face
   is about ``TRACK_FACE`` pixels (cheap whatever the face's size), every
   ``track_redetect_s`` (between two, the track coasts on its motion);
-* the full scan is cut into jobs, one per (size band, tile): band k finds faces of
-  ``min_size * 2**k`` to ``min_size * 2**(k+1)`` pixels on the frame shrunk by ``2**k``
-  (less where min_size is under ``BAND_FACE``), in tiles that overlap by the band's largest
-  face so no face falls between two tiles. Jobs run in turn so the whole frame is scanned
-  once every ``scan_interval_s`` of capture time for small faces (band 0: most of the cost)
-  and every ``large_scan_interval_s`` for larger ones (shrunk frames: cheap), at most
-  ``scan_max_jobs`` of each per frame;
-* a job whose region has not changed since it last ran (motion gating on a tiny grey
-  copy of the frame) is skipped, unless it last ran ``idle_rescan_s`` ago;
-* a shot cut (over ``cut_fraction`` of the tiny copy changed from one frame to the next)
-  or a new frame size ends every track and scans the whole frame at once.
+* new faces: ``detect.finder = "yunet"`` (the default; ``finder.py``) has YuNet say where faces
+  are every ``finder_interval_s`` and the cascade confirm each one in a region around it, as
+  for a track. ``detect.finder = "cascade"`` is the cascade's own rolling scan, below;
+* a shot cut (over ``cut_fraction`` of a tiny copy of the frame changed from one frame to the
+  next) or a new frame size ends every track and looks for faces in the whole frame at once.
+
+The rolling scan (``finder = "cascade"``): the full scan is cut into jobs, one per (size band,
+tile): band k finds faces of ``min_size * 2**k`` to ``min_size * 2**(k+1)`` pixels on the frame
+shrunk by ``2**k`` (less where min_size is under ``BAND_FACE``), in tiles that overlap by the
+band's largest face so no face falls between two tiles. Jobs run in turn so the whole frame is
+scanned once every ``scan_interval_s`` of capture time for small faces (band 0: most of the cost)
+and every ``large_scan_interval_s`` for larger ones (shrunk frames: cheap), at most
+``scan_max_jobs`` of each per frame. A job whose region has not changed since it last ran
+(motion gating on the tiny copy) is skipped, unless it last ran ``idle_rescan_s`` ago.
 
 All of it runs on the frame's detection copy (``shrink.py``: a frame larger than
 ``detect.max_side`` shrunk to it): tracks, scan jobs, tiles and the motion copies are in
@@ -33,9 +37,12 @@ import numpy as np
 
 from emopipe.config import DetectConfig
 from emopipe.messages import Box
+from services.detect import finder
 from services.detect.detector import FaceDetector
+from services.detect.finder import Finder
 from services.detect.shrink import Shrunk
-from services.detect.tracker import TrackedFace, Tracker, iou
+from services.detect.tracker import Rect, Track, TrackedFace, Tracker, iou
+from services.detect.yunet import YuNetDetector
 
 #: re-detection shrinks a track's region so its face is about this many pixels
 TRACK_FACE = 60
@@ -117,12 +124,14 @@ class ScanQueue:
 
 @dataclass
 class CameraDetector:
-    """Per-camera state: its tracker, its rolling scan and the motion references, all in
-    pixels of the detection copy (``min_size``: the config's, converted to them)."""
+    """Per-camera state: its tracker, its finder (None: the rolling scan) or its rolling scan
+    and the motion references, all in pixels of the detection copy (``min_size``: the config's,
+    converted to them)."""
 
     cfg: DetectConfig
     detector: FaceDetector
     tracker: Tracker
+    finder: Finder | None = None
     jobs: list[ScanJob] = field(default_factory=list)
     queues: list[ScanQueue] = field(default_factory=list)
     size: tuple[int, int] = (0, 0)  # the frame's (not the copy's): a new one is a new picture
@@ -133,9 +142,11 @@ class CameraDetector:
     last_tiny: np.ndarray | None = None  # the previous frame's motion copy (cut detection)
 
     @classmethod
-    def create(cls, cfg: DetectConfig, detector: FaceDetector) -> CameraDetector:
+    def create(cls, cfg: DetectConfig, detector: FaceDetector, net: YuNetDetector | None = None) -> CameraDetector:
+        """``net``: the finder's YuNet (one per camera), with ``detect.finder = "yunet"``."""
         tracker = Tracker(min_iou=cfg.track_min_iou, hold_s=cfg.track_hold_s, timeout_s=cfg.track_timeout_s)
-        return cls(cfg, detector, tracker)
+        found = Finder(net, cfg.finder_interval_s, cfg.track_redetect_s) if net is not None else None
+        return cls(cfg, detector, tracker, found)
 
     def process(self, copy: Shrunk, ts: float) -> list[TrackedFace]:
         """The faces of one frame (its detection copy), in frame pixels."""
@@ -145,7 +156,12 @@ class CameraDetector:
         if copy.frame_size != self.size or self._is_cut(tiny):
             self.cut(copy)  # a new picture: no box of the old one carries over
         self.last_tiny = tiny
-        found = self._redetect_tracks(gray, ts) + self._scan(gray, tiny, ts)
+        tracks = self.tracker.predicted(ts)
+        found = self._redetect_tracks(gray, ts, tracks)
+        if self.finder is not None:
+            found += self._find(copy, ts, [box for _, box in tracks])
+        else:
+            found += self._scan(gray, tiny, ts)
         faces = self.tracker.update(ts, same_faces_merged(found), width, height)
         if copy.frame_size == (width, height):
             return faces
@@ -189,23 +205,37 @@ class CameraDetector:
         ]
         self.last_run = [-math.inf] * len(self.jobs)
         self.references = [None] * len(self.jobs)
+        if self.finder is not None:
+            self.finder.restart(self.min_size, copy)
 
-    def _redetect_tracks(self, gray: np.ndarray, ts: float) -> list[Box]:
-        height, width = gray.shape
+    def _redetect_tracks(self, gray: np.ndarray, ts: float, tracks: list[tuple[Track, Rect]]) -> list[Box]:
         found: list[Box] = []
-        due = [(t, box) for t, box in self.tracker.predicted(ts) if ts - t.tried >= self.cfg.track_redetect_s]
-        for track, (x, y, w, h) in sorted(due, key=lambda tb: tb[0].tried)[: self.cfg.max_tracks]:
+        due = [(t, box) for t, box in tracks if ts - t.tried >= self.cfg.track_redetect_s]
+        for track, box in sorted(due, key=lambda tb: tb[0].tried)[: self.cfg.max_tracks]:
             track.tried = ts
-            size = max(w, h)
-            margin = size * self.cfg.track_margin
-            region = _clip_region(x - margin, y - margin, w + 2 * margin, h + 2 * margin, width, height)
-            if region is None:
-                continue
-            shrink = max(1.0, size / TRACK_FACE)
-            low = max(self.min_size, round(size / TRACK_SIZE_RANGE))
-            high = round(size * TRACK_SIZE_RANGE)
-            found.extend(self.detector.find(gray, region, shrink, low, high))
+            found.extend(self._around(gray, box, self.cfg.track_margin, TRACK_SIZE_RANGE))
         return found
+
+    def _find(self, copy: Shrunk, ts: float, tracks: list[Rect]) -> list[Box]:
+        """The finder's new faces, each confirmed by the cascade around it."""
+        assert self.finder is not None
+        candidates = self.finder.candidates(copy, ts, tracks, self.cfg.max_tracks)
+        return [box for c in candidates for box in self._around(copy.gray, c, finder.MARGIN, finder.SIZE_RANGE)]
+
+    def _around(self, gray: np.ndarray, box: Rect, margin: float, size_range: float) -> list[Box]:
+        """The cascade's faces in a square around ``box`` grown by ``margin`` of its side, of sizes
+        within ``size_range`` of its side (and not under ``min_size``), on the region shrunk so that
+        the face is about ``TRACK_FACE`` pixels."""
+        height, width = gray.shape
+        x, y, w, h = box
+        size = max(w, h, self.min_size)
+        half = size * (0.5 + margin)
+        region = _clip_region(x + w / 2 - half, y + h / 2 - half, 2 * half, 2 * half, width, height)
+        if region is None:
+            return []
+        shrink = max(1.0, size / TRACK_FACE)
+        low = max(self.min_size, round(size / size_range))
+        return self.detector.find(gray, region, shrink, low, round(size * size_range))
 
     def _scan(self, gray: np.ndarray, tiny: np.ndarray, ts: float) -> list[Box]:
         dt = max(0.0, ts - self.last_ts) if self.last_ts is not None else 0.0

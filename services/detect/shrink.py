@@ -36,6 +36,7 @@ class Shrunk:
 
     gray: np.ndarray  # [h, w] uint8; the frame itself in grey when it is no larger than max_side
     frame_size: tuple[int, int]  # the frame's width and height
+    image: np.ndarray  # the frame itself (BGR, full resolution): YuNet's input (finder.py)
 
     @property
     def scale(self) -> tuple[float, float]:
@@ -62,4 +63,4 @@ def shrunk_grey(image: np.ndarray, max_side: int) -> Shrunk:
     size = copy_size(width, height, max_side)
     if size != (width, height):
         gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
-    return Shrunk(gray, (width, height))
+    return Shrunk(gray, (width, height), image)

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from emopipe.messages import Box
 from services.detect.detector import clip_box
 
+#: a box as x, y, w, h in pixels
+Rect = tuple[float, float, float, float]
+
 #: how much of a new velocity estimate replaces the old one on each match
 VELOCITY_GAIN = 0.5
 
@@ -20,7 +23,7 @@ VELOCITY_GAIN = 0.5
 @dataclass
 class Track:
     id: int
-    box: tuple[float, float, float, float]  # x, y, w, h at ``seen``
+    box: Rect  # x, y, w, h at ``seen``
     first_seen: float
     seen: float  # capture time of the last detection
     velocity: tuple[float, float] = (0.0, 0.0)  # centre, pixels per second
@@ -28,7 +31,7 @@ class Track:
     detected: bool = True  # found by the detector in the latest frame (not coasted)
     tried: float = float("-inf")  # capture time of the last re-detection around the track
 
-    def predict(self, ts: float, coast_s: float = float("inf")) -> tuple[float, float, float, float]:
+    def predict(self, ts: float, coast_s: float = float("inf")) -> Rect:
         """The box at ``ts``, moved by the velocity for at most ``coast_s`` since last seen."""
         dt = min(ts - self.seen, coast_s)
         x, y, w, h = self.box
@@ -42,7 +45,7 @@ class TrackedFace:
     detected: bool  # False: the track coasted through a frame where the detector missed it
 
 
-def iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+def iou(a: Rect, b: Rect) -> float:
     ax, ay, aw, ah = a
     bx, by, bw, bh = b
     ix = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
@@ -62,7 +65,7 @@ class Tracker:
     tracks: list[Track] = field(default_factory=list)
     next_id: int = 1
 
-    def predicted(self, ts: float) -> list[tuple[Track, tuple[float, float, float, float]]]:
+    def predicted(self, ts: float) -> list[tuple[Track, Rect]]:
         """Where each live track's face is looked for: a face unseen past ``hold_s`` is looked
         for where it was last heading, not carried further off by a stale velocity (faces
         that turn away come back about where they left)."""
@@ -103,7 +106,7 @@ class Tracker:
         """Every track ends (a cut, a new frame size); new faces get new ids."""
         self.tracks = []
 
-    def _continue(self, track: Track, det: tuple[float, float, float, float], ts: float) -> None:
+    def _continue(self, track: Track, det: Rect, ts: float) -> None:
         dt = ts - track.seen
         if dt > 0:
             old_cx, old_cy = track.box[0] + track.box[2] / 2, track.box[1] + track.box[3] / 2
