@@ -125,11 +125,15 @@ def test_scheduled_detection_keeps_95_percent_of_the_cascades_boxes_on_a_video_i
 
 
 def test_scheduled_detection_keeps_most_of_the_cascades_boxes_on_the_clip_it_was_tuned_on() -> None:
-    """The bench's carphone clip, its first 120 frames: 74/80 on 2026-12-05 (its misses are the
-    cascade's own false positives of a frame or two); the track's face shrunk to 40 px gave 62/80."""
+    """The bench's carphone clip, its first 120 frames. With the YuNet finder (2026-12-07): 70/80 of
+    the cascade's boxes and 70/72 of those YuNet confirms: the 8 it does not are the cascade's own
+    false positives of a frame or two, which the finder never proposes (the rolling scan found
+    74/80; the track's face shrunk to 40 px gave 62/80)."""
     result = scheduled_against_full_frame(measure.bench_video(), 120, 30.0)
     assert result.frames == 120 and result.reference_boxes >= 75
-    assert result.recall >= 0.88, f"{result.covered}/{result.reference_boxes}"
+    assert result.confirmed_boxes >= 70
+    assert result.confirmed_recall >= 0.95, f"{result.confirmed_covered}/{result.confirmed_boxes}"
+    assert result.recall >= 0.85, f"{result.covered}/{result.reference_boxes}"
 
 
 def test_recall_through_the_pipeline_matches_the_detect_code_run_in_process(carphone: Path) -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import pytest
 
-from emopipe.config import DetectConfig
+from emopipe.config import FINDERS, DetectConfig
 from emopipe.messages import Box, Frame
+from services.detect import finder as finder_mod
 from services.detect.main import Detect
 
 FPS = 30.0
@@ -57,11 +59,12 @@ def backgrounds() -> tuple[np.ndarray, np.ndarray]:
     return plain, texture
 
 
+@pytest.mark.parametrize("finder", FINDERS)
 def test_a_shot_cut_ends_the_old_tracks_and_the_new_face_is_found_within_2_frames(
-    carphone_frames: list[np.ndarray],
+    carphone_frames: list[np.ndarray], finder: str
 ) -> None:
     plain, texture = backgrounds()
-    detect = Detect(DetectConfig(), 48)
+    detect = Detect(DetectConfig(finder=finder), 48)
     before = [scene(f, plain, 40, 60) for f in carphone_frames[:15]]  # a face on the left
     after = [scene(cv2.flip(f, 1), texture, 420, 180) for f in carphone_frames[15:25]]  # a new one, right
     for seq, image in enumerate(before):
@@ -92,10 +95,14 @@ def test_without_cut_detection_the_old_track_coasts_past_the_cut(carphone_frames
     assert old in faces.tracks and any(b.x < 320 for b in faces.boxes)
 
 
-def test_a_still_face_that_appears_is_found_within_the_scan_interval(carphone_frames: list[np.ndarray]) -> None:
+@pytest.mark.parametrize("finder", FINDERS)
+def test_a_still_face_that_appears_is_found_within_the_finders_interval(
+    carphone_frames: list[np.ndarray], finder: str
+) -> None:
     """Nothing moves before or after: the face appears once and stays (a person who sat down)."""
     plain, _ = backgrounds()
-    cfg = DetectConfig()
+    cfg = DetectConfig(finder=finder)
+    interval = cfg.finder_interval_s if finder == "yunet" else cfg.scan_interval_s
     for x, y in ((20, 20), (300, 100), (440, 200)):
         detect = Detect(cfg, 48)
         empty, still = plain, scene(carphone_frames[30], plain, x, y)
@@ -107,4 +114,33 @@ def test_a_still_face_that_appears_is_found_within_the_scan_interval(carphone_fr
             if detect(Frame("cam0", seq, seq / FPS, still)).boxes:
                 found = seq - first
                 break
-        assert found is not None and found / FPS <= cfg.scan_interval_s, (x, y, found)
+        assert found is not None and found / FPS <= interval, (x, y, found)
+
+
+def first_found(detect: Detect, frames: list[np.ndarray]) -> int | None:
+    for seq, image in enumerate(frames):
+        if detect(Frame("cam0", seq, seq / FPS, image)).boxes:
+            return seq
+    return None
+
+
+def test_a_face_growing_past_min_size_between_two_yunet_runs_is_found_when_it_gets_there(
+    carphone_frames: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Someone walking towards the camera: YuNet sees the face at 36 px on the first frame, under
+    ``min_size`` (40); from the second frame on it is 50 px. It is watched, so the cascade finds it
+    on the next search (a track's re-detection interval: the third frame at 30 FPS), not on YuNet's
+    next run 0.2 s later, as it is when YuNet's smaller faces are not watched."""
+    plain, _ = backgrounds()
+    (face,) = full_cascade(carphone_frames[30])
+    frames = []
+    for side in [36] + [50] * 9:  # the face grows about its centre, kept at (320, 180)
+        k = side / face.w
+        small = cv2.resize(carphone_frames[30], None, fx=k, fy=k, interpolation=cv2.INTER_AREA)
+        x, y = round(320 - (face.x + face.w / 2) * k), round(180 - (face.y + face.h / 2) * k)
+        frames.append(scene(small, plain, x, y))
+    assert not full_cascade(frames[0]) and len(full_cascade(frames[1])) == 1  # under min_size, then over it
+    cfg = DetectConfig()
+    assert first_found(Detect(cfg, 48), frames) == 2
+    monkeypatch.setattr(finder_mod, "WATCH", 1.0)  # only faces of min_size and more are kept
+    assert first_found(Detect(cfg, 48), frames) == round(cfg.finder_interval_s * FPS)
