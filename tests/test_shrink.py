@@ -70,7 +70,9 @@ def test_a_1280x720_frame_gives_the_640x360_boxes_doubled_and_crops_cut_at_full_
     for frame, want, got in zip(big_frames, small, big, strict=True):
         box, wanted = largest(got)[0], largest(want)[0]
         assert iou(box, doubled(wanted)) > 0.85, (box, wanted)
-        assert abs(box.w / (2 * wanted.w) - 1) < 0.05  # frame pixels, not the copy's (its bands differ a little)
+        # frame pixels, not the copy's (within one of the cascade's 1.1 steps: each size searched around
+        # YuNet's box, whose size differs a little between the two inputs)
+        assert abs(box.w / (2 * wanted.w) - 1) < 0.1
         grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
         for crop, b in zip(got.crops, got.boxes, strict=True):
             cut = cv2.resize(grey[b.y : b.y + b.h, b.x : b.x + b.w], (FACE, FACE), interpolation=cv2.INTER_AREA)
