@@ -1,8 +1,8 @@
 """`emopipe report`: the HTML report of a real run's lines, read back as HTML, as PNGs and in headless Chromium.
 
 Two complete runs of the real carphone video on two cameras (one writing JSON lines, one CSV);
-the model reads carphone's one face as fear throughout, which the plots must show in the
-viewer's colour for fear.
+the model reads carphone's one face as fear nearly throughout (a frame or two of another smoothed
+label), which the plots must show in the viewer's colour for fear.
 
 ``EMOPIPE_SCREENSHOT=FILE ./test tests/test_report.py`` copies the browser's screenshot to FILE.
 The README's docs/report.png is of a livelier clip (deploy/README.md, "emopipe report", says how it was made).
@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -109,15 +110,22 @@ def test_report_has_per_camera_a_mix_one_strip_per_track_and_the_tracks_table(
         assert rows[0][4] == "fear" and rows[0][3] == "85"
 
 
-def test_report_plots_carphones_fear_in_the_viewers_colour_and_nothing_else(page: Path) -> None:
+def test_report_plots_carphones_fear_in_the_viewers_colour_and_no_label_the_lines_lack(
+    runs: dict[str, Path], page: Path
+) -> None:
+    events = lines(runs["out.jsonl"])
     for camera, section in sections(page.read_text()).items():
+        shown = Counter(f["smoothed"]["emotion"] for e in events if e["camera"] == camera for f in e["faces"])
+        assert shown.most_common(1)[0][0] == "fear" and shown["fear"] >= 0.9 * shown.total(), shown
         (_, mix), (_, strip) = figures(section, "mix")[0], figures(section, "track")[0]
-        # the mix: fear fills every bin with a face (about 3 s of the 4 s plot, 0-1 high); every
-        # other label shows only in the legend (a 20 x 7 px patch)
+        # the mix: fear fills every bin with a face (about 3 s of the 4 s plot, 0-1 high); a label
+        # the lines lack shows only in the legend (a 20 x 7 px patch), one they have a frame of more
         assert colour_pixels(mix, "fear") > 80_000, camera
         assert colour_pixels(strip, "fear") > 4_000, camera
-        for label in COLOURS.keys() - {"fear"}:
+        for label in COLOURS.keys() - shown.keys():
             assert colour_pixels(mix, label) < 300 and colour_pixels(strip, label) == 0, (camera, label)
+        for label in shown.keys() - {"fear"}:
+            assert colour_pixels(mix, label) >= 300, (camera, label, shown)
 
 
 def test_report_from_csv_lines_shows_the_same_tracks_as_from_json_lines(runs: dict[str, Path], page: Path) -> None:
