@@ -144,3 +144,23 @@ def test_a_face_growing_past_min_size_between_two_yunet_runs_is_found_when_it_ge
     assert first_found(Detect(cfg, 48), frames) == 2
     monkeypatch.setattr(finder_mod, "WATCH", 1.0)  # only faces of min_size and more are kept
     assert first_found(Detect(cfg, 48), frames) == round(cfg.finder_interval_s * FPS)
+
+
+def test_yunet_is_not_run_where_no_face_of_min_size_fits_in_the_frame(
+    carphone_frames: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """carphone is 176x144: a 200 px face cannot be in it, and YuNet on the 17x14 input that
+    min_size would ask for gave NaN boxes in CI. The finder does not run; nothing is found."""
+    calls: list[np.ndarray] = []
+
+    def find(self: object, image: np.ndarray) -> list[object]:
+        calls.append(image)
+        return []
+
+    monkeypatch.setattr(finder_mod.YuNetDetector, "find", find)
+    detect = Detect(DetectConfig(min_size=200, scan_tile=401), 48)
+    assert all(detect(Frame("cam0", i, i / FPS, f)).boxes == () for i, f in enumerate(carphone_frames[:10]))
+    assert calls == []
+    detect = Detect(DetectConfig(), 48)  # 40 px fits: YuNet looks, on the first frame at once
+    detect(Frame("cam0", 0, 0.0, carphone_frames[0]))
+    assert len(calls) == 1

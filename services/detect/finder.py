@@ -53,11 +53,13 @@ class Finder:
     last: float = -math.inf  # capture time of the latest YuNet run
     tried: float = -math.inf  # ... of the latest search, YuNet's or the watched faces'
     watched: list[Rect] = field(default_factory=list)
+    fits: bool = True  # a face of min_size fits in the frame (else YuNet, on a few pixels, is not run)
 
     def restart(self, min_face: int, copy: Shrunk) -> None:
         """A new picture (a cut, a new frame size): YuNet runs on the next frame. ``min_face``: the
         smallest face the cascade can find on the copy, in its pixels."""
         frame_face = min_face * min(copy.scale)
+        self.fits = frame_face <= min(copy.frame_size)
         self.net.min_size = max(1, round(WATCH * frame_face))
         shrink = input_shrink(round(frame_face))
         longer = max(copy.frame_size)
@@ -70,6 +72,8 @@ class Finder:
         """Where the cascade should look for new faces in this frame: YuNet's faces when its run is
         due, else the watched ones when their search is due, else nowhere; never where a track is;
         the ``limit`` largest at most."""
+        if not self.fits:
+            return []
         if ts - self.last >= self.interval_s:
             self.last = self.tried = ts
             sx, sy = copy.scale

@@ -111,6 +111,8 @@ class YuNetDetector:
         sx, sy = width / size[0], height / size[1]
         faces = []
         for row in found:
+            if not np.isfinite(row[:15]).all():  # an input of a few pixels can give NaN rows
+                continue
             raw = (float(row[0]) * sx, float(row[1]) * sy, float(row[2]) * sx, float(row[3]) * sy)
             x, y, w, h = haar_framing(*raw)
             box = clip_box(x, y, w, h, width, height)
