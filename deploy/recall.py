@@ -66,7 +66,7 @@ from emopipe.redact import redact
 from services.classify.model import EmotionModel
 from services.detect.main import Detect
 from services.detect.schedule import same_faces_merged
-from services.detect.tracker import iou
+from services.detect.tracker import Rect, iou
 from services.detect.yunet import YuNetDetector
 from services.sink.smoothing import Smoother
 
@@ -74,7 +74,6 @@ MATCH_IOU = 0.3
 #: YuNet confirms a cascade box with a face of at least this score (lenient: a reference drops
 #: only what YuNet does not take for a face at all)
 CONFIRM_SCORE = 0.5
-Rect = tuple[float, float, float, float]
 
 
 @dataclass

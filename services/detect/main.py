@@ -55,8 +55,8 @@ class Detect:
             self.spare_yunet = YuNetCamera.create(cfg)
         else:
             self.spare = FaceDetector(cfg, face_size)
-            if cfg.finder == "yunet" and not cfg.every_frame:
-                self.spare_net = YuNetDetector(cfg.min_size, cfg.finder_score)
+            if not cfg.every_frame:
+                self.spare_net = self.finder_net()  # a missing model stops the stage here too
         self.seen: dict[str, int] = {}  # every_frame: a new id per box (no tracking)
 
     def detector(self, camera: str) -> FaceDetector:

@@ -37,8 +37,9 @@ import numpy as np
 
 from emopipe.config import DetectConfig
 from emopipe.messages import Box
-from services.detect import finder
 from services.detect.detector import FaceDetector
+from services.detect.finder import MARGIN as FINDER_MARGIN
+from services.detect.finder import SIZE_RANGE as FINDER_SIZE_RANGE
 from services.detect.finder import Finder
 from services.detect.shrink import Shrunk
 from services.detect.tracker import Rect, Track, TrackedFace, Tracker, iou
@@ -159,7 +160,7 @@ class CameraDetector:
         tracks = self.tracker.predicted(ts)
         found = self._redetect_tracks(gray, ts, tracks)
         if self.finder is not None:
-            found += self._find(copy, ts, [box for _, box in tracks])
+            found += self._find(self.finder, copy, ts, [box for _, box in tracks])
         else:
             found += self._scan(gray, tiny, ts)
         faces = self.tracker.update(ts, same_faces_merged(found), width, height)
@@ -183,13 +184,20 @@ class CameraDetector:
         self._replan(copy)
 
     def _replan(self, copy: Shrunk) -> None:
-        """Small faces (the copy's full resolution, most of the cost) and large ones (shrunk
-        further, cheap, so scanned more often) take turns in queues of their own."""
-        height, width = copy.gray.shape
+        """The copy's ``min_size``, then the finder's restart or the rolling scan's plan."""
         self.size = copy.frame_size
         # never under the cascade's window: band k looks for faces of min_size * 2**k on the copy
         # shrunk by 2**k, where a face under the window's side is too small to be found
         self.min_size = max(copy.face_size(self.cfg.min_size), self.detector.window)
+        if self.finder is not None:
+            self.finder.restart(self.min_size, copy)
+        else:
+            self._plan_scan(copy)
+
+    def _plan_scan(self, copy: Shrunk) -> None:
+        """Small faces (the copy's full resolution, most of the cost) and large ones (shrunk
+        further, cheap, so scanned more often) take turns in queues of their own."""
+        height, width = copy.gray.shape
         # a copy's smaller faces take a smaller tile: a job is as many faces across, and costs as
         # much, as at the frame's own size (scan_tile / min_size); there are more of them instead
         tile = max(round(self.cfg.scan_tile * min(1.0, self.min_size / self.cfg.min_size)), 2 * self.min_size + 1)
@@ -205,8 +213,6 @@ class CameraDetector:
         ]
         self.last_run = [-math.inf] * len(self.jobs)
         self.references = [None] * len(self.jobs)
-        if self.finder is not None:
-            self.finder.restart(self.min_size, copy)
 
     def _redetect_tracks(self, gray: np.ndarray, ts: float, tracks: list[tuple[Track, Rect]]) -> list[Box]:
         found: list[Box] = []
@@ -216,11 +222,10 @@ class CameraDetector:
             found.extend(self._around(gray, box, self.cfg.track_margin, TRACK_SIZE_RANGE))
         return found
 
-    def _find(self, copy: Shrunk, ts: float, tracks: list[Rect]) -> list[Box]:
+    def _find(self, finder: Finder, copy: Shrunk, ts: float, tracks: list[Rect]) -> list[Box]:
         """The finder's new faces, each confirmed by the cascade around it."""
-        assert self.finder is not None
-        candidates = self.finder.candidates(copy, ts, tracks, self.cfg.max_tracks)
-        return [box for c in candidates for box in self._around(copy.gray, c, finder.MARGIN, finder.SIZE_RANGE)]
+        candidates = finder.candidates(copy, ts, tracks, self.cfg.max_tracks)
+        return [box for c in candidates for box in self._around(copy.gray, c, FINDER_MARGIN, FINDER_SIZE_RANGE)]
 
     def _around(self, gray: np.ndarray, box: Rect, margin: float, size_range: float) -> list[Box]:
         """The cascade's faces in a square around ``box`` grown by ``margin`` of its side, of sizes
