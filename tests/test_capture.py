@@ -27,7 +27,7 @@ from emopipe.workpool.broker import Broker
 from helpers import HandWorker, free_port, pipeline_toml, publisher, scrape_value, start_stage, stop, wait_for
 from services.capture import main as capture_main
 from services.capture.hub import Hub
-from services.capture.sources import Captured, Mailbox, SourceReader, frame_rate
+from services.capture.sources import Captured, Mailbox, SourceReader, frame_rate, open_video
 from services.sink.render import encode_jpeg
 from services.sink.viewer import FrameStore, Viewer
 
@@ -63,6 +63,26 @@ def test_video_file_source_delivers_every_frame_then_its_end(carphone: Path, car
     items = read_all(SourceConfig(id="v", uri=str(carphone)), CollectorRegistry())
     assert len(items) == len(carphone_frames) + 1 and items[-1].is_end and items[-1].seq == len(carphone_frames)
     assert [i.seq for i in items[:-1]] == list(range(len(carphone_frames)))
+
+
+def test_a_file_is_decoded_by_the_configured_number_of_threads_to_the_same_frames(carphone: Path) -> None:
+    """capture.decode_threads: 1 (the default) gives FFmpeg one decoding thread, 0 leaves its own
+    choice (a thread a core); the frames are the same either way."""
+    src = SourceConfig(id="v", uri=str(carphone))
+    single = open_video(src, decode_threads=CaptureConfig().decode_threads)
+    chosen = open_video(src)
+    try:
+        assert single.get(cv2.CAP_PROP_N_THREADS) == 1
+        assert chosen.get(cv2.CAP_PROP_N_THREADS) == min(psutil.cpu_count(), 16)
+        for _ in range(30):
+            (ok1, one), (ok2, other) = single.read(), chosen.read()
+            assert ok1 and ok2
+            np.testing.assert_array_equal(one, other)
+    finally:
+        single.release()
+        chosen.release()
+    items = read_all(src, CollectorRegistry())  # the reader opens files with it
+    assert len(items) == 121 and items[-1].is_end
 
 
 def test_file_plays_at_its_own_rate_unless_configured() -> None:

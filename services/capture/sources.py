@@ -132,10 +132,13 @@ def use_rtsp_transport(transport: str) -> None:
     os.environ[_OPTIONS] = "|".join([*current, f"rtsp_transport;{transport}"])
 
 
-def open_video(src: SourceConfig, timeout_s: float = 0.0, rtsp_transport: str = "tcp") -> cv2.VideoCapture:
+def open_video(
+    src: SourceConfig, timeout_s: float = 0.0, rtsp_transport: str = "tcp", decode_threads: int = 0
+) -> cv2.VideoCapture:
     """Open a webcam, file or stream; a stream given ``timeout_s`` fails to open, or stops
     reading, after that long without data (a stalled camera is then reopened). RTSP goes
-    over ``rtsp_transport`` (tcp or udp)."""
+    over ``rtsp_transport`` (tcp or udp). A file or stream is decoded by ``decode_threads``
+    of FFmpeg's (0: FFmpeg's choice)."""
     target: int | str = int(src.uri) if src.uri.isdigit() else src.uri
     if isinstance(target, str) and not src.is_live and not resolve_path(target).is_file():
         raise SourceError(f"source {src.id}: video file {target} does not exist")
@@ -143,12 +146,13 @@ def open_video(src: SourceConfig, timeout_s: float = 0.0, rtsp_transport: str = 
         target = str(resolve_path(target))
     if isinstance(target, str) and target.lower().startswith("rtsp"):
         use_rtsp_transport(rtsp_transport)
+    params: list[int] = []
     if isinstance(target, str) and src.is_live and timeout_s > 0:
         ms = int(timeout_s * 1000)
-        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
-        cap = cv2.VideoCapture(target, cv2.CAP_FFMPEG, params)
-    else:
-        cap = cv2.VideoCapture(target)
+        params += [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
+    if isinstance(target, str) and decode_threads > 0:
+        params += [cv2.CAP_PROP_N_THREADS, decode_threads]
+    cap = cv2.VideoCapture(target, cv2.CAP_FFMPEG, params) if params else cv2.VideoCapture(target)
     if not cap.isOpened():
         cap.release()
         raise SourceError(f"source {src.id}: cannot open {redact(src.uri)}")
@@ -323,7 +327,7 @@ class SourceReader(threading.Thread):
             rate = frame_rate(self.src, self.cap_cfg, 0.0)
             frames = folder_frames(folder_images(self.src), rate, reading)
         else:
-            cap = open_video(self.src)
+            cap = open_video(self.src, decode_threads=self.cap_cfg.decode_threads)
             rate = frame_rate(self.src, self.cap_cfg, cap.get(cv2.CAP_PROP_FPS))
             frames = file_frames(cap, rate, reading)
         self.reading = reading
@@ -349,7 +353,9 @@ class SourceReader(threading.Thread):
                 self.metrics.camera_reconnects.labels(camera=self.src.id).inc()
             first = False
             try:
-                cap = open_video(self.src, self.cap_cfg.stall_timeout_s, self.cap_cfg.rtsp_transport)
+                cap = open_video(
+                    self.src, self.cap_cfg.stall_timeout_s, self.cap_cfg.rtsp_transport, self.cap_cfg.decode_threads
+                )
             except SourceError as exc:
                 reason = probe.diagnose(self.src.uri)
                 message = self._outage(exc, reason)
