@@ -15,7 +15,8 @@ from emopipe.config import DetectConfig
 from emopipe.messages import Box, Faces, Frame
 from services.detect.main import Detect
 from services.detect.schedule import BAND_FACE, plan_scan
-from services.detect.shrink import Shrunk, copy_size, shrunk_grey
+from services.detect.shrink import Shrunk, copy_size, shrunk, shrunk_grey
+from services.detect.yunet import YuNetDetector
 
 FPS = 30.0
 FACE = 48  # crop side
@@ -131,3 +132,27 @@ def test_a_bad_max_side_is_refused_with_the_key_named(tmp_path: Path, value: int
         config_mod.load(path)
     path.write_text("[detect]\nmax_side = 0\n")
     assert config_mod.load(path).detect.max_side == 0  # 0: always the whole frame
+
+
+def test_yunets_input_is_halved_by_area_then_resized_linearly_and_finds_the_same_face(
+    carphone_frames: list[np.ndarray],
+) -> None:
+    """``shrink.shrunk``: a frame twice the size gets OpenCV's one area resize (the same pixels);
+    a 1280x720 frame for a 427x240 input is halved, then resized linearly: within a few grey
+    levels of the one-step area resize, and YuNet finds the face where it does on that."""
+    frame = cover(carphone_frames[30], (640, 480))
+    np.testing.assert_array_equal(
+        shrunk(frame, (320, 240)), cv2.resize(frame, (320, 240), interpolation=cv2.INTER_AREA)
+    )
+    hd = cover(carphone_frames[30], (1280, 720))
+    fast, area = shrunk(hd, (427, 240)), cv2.resize(hd, (427, 240), interpolation=cv2.INTER_AREA)
+    assert fast.shape == area.shape == (240, 427, 3)
+    assert float(np.mean(cv2.absdiff(fast, area))) < 3.0
+    net = YuNetDetector(40, 0.6, shrink=3.0)
+    faces = net.find(hd)
+    assert len(faces) == 1 and faces[0].box.w > 150  # the man's face, about 180 px at 1280x720
+    net.net.setInputSize((427, 240))
+    _, rows = net.net.detect(area)
+    assert rows is not None and len(rows) == 1
+    one_step = Box(*(round(float(v) * 1280 / 427) for v in rows[0][:4]))
+    assert iou(Box(*(round(v) for v in faces[0].raw)), one_step) > 0.85

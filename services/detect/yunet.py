@@ -28,6 +28,7 @@ import numpy as np
 from emopipe.config import DetectConfig
 from emopipe.messages import Box
 from services.detect.detector import clip_box
+from services.detect.shrink import shrunk
 from services.detect.tracker import TrackedFace, Tracker
 
 MODEL = Path(__file__).resolve().parent / "models" / "face_detection_yunet_2026may.onnx"
@@ -101,7 +102,7 @@ class YuNetDetector:
         height, width = image.shape[:2]
         shrink = max(self.shrink, max(width, height) / self.max_side) if self.max_side else self.shrink
         size = (max(1, round(width / shrink)), max(1, round(height / shrink)))
-        small = image if size == (width, height) else cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        small = shrunk(image, size)
         if size != self.input_size:
             self.net.setInputSize(size)
             self.input_size = size
