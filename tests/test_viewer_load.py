@@ -4,6 +4,7 @@ threads and sockets stay bounded whatever the clients do."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -16,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from deploy import measure
 from helpers import fetch, free_port, launch, pipeline_toml, reap, stage_pids, wait_for
-from services.sink.viewer import CLIENT_TIMEOUT_S, FrameStore, Viewer
+from services.sink.viewer import CLIENT_TIMEOUT_S, FrameStore, Viewer, index_page
 
 VIEWERS = 20
 
@@ -159,3 +160,23 @@ def test_clients_over_the_cap_are_answered_503_at_once_and_counted_and_threads_s
     assert wait_for(lambda: registry.get_sample_value("emopipe_viewer_clients") == 0, CLIENT_TIMEOUT_S + 5)
     assert b"cam0" in fetch(f"http://127.0.0.1:{port}/", time.monotonic() + 10)
     viewer.close()
+
+
+def test_the_page_carries_the_figures_of_its_moment_so_they_show_before_the_first_poll() -> None:
+    """The page draws the board's snapshot as it loads (a loaded machine answered the first
+    /stats.json after headless chromium had dumped the page); text in it cannot end the script."""
+    stats = {
+        "labels": ["happy", "sad</script><b>"],
+        "now": 100,
+        "cameras": {"cam0": {"fps": 29.5, "latency_ms": 41, "faces": [], "mix": [], "history": {}}},
+    }
+    page = index_page(["cam0"], stats).decode()
+    script = page.rsplit("<script>", 1)[1].split("</script>", 1)[0]
+    assert script.startswith("show(") and script.endswith(");poll()")
+    assert json.loads(script[len("show(") : -len(");poll()")]) == stats
+    assert page.count("</script>") == 2  # the head's and this one: the label's did not close it
+    assert (
+        index_page(["cam0"])
+        .decode()
+        .endswith('show({"labels": [], "now": 0, "cameras": {}});poll()</script></body></html>')
+    )

@@ -163,10 +163,11 @@ _STATS_SCRIPT = (
     "c.mix.forEach(function(m){var col=el('i'),n=0;for(var k in m)n+=m[k];labels.forEach(function(l){if(m[l]){"
     "var b=el('b');b.style.height=(100*m[l]/n)+'%';b.style.background=colour(l);col.appendChild(b)}});"
     "strip.appendChild(col)})}"
-    "function poll(){fetch('/stats.json').then(function(r){return r.json()}).then(function(s){"
-    "if(s.labels.length)showKey(s.labels);"
+    "function show(s){if(s.labels.length)showKey(s.labels);"
     "for(var cam in s.cameras){var fig=document.getElementById('cam-'+cam);if(fig)showCamera(fig,s.cameras[cam],"
-    "s.labels,s.now)}}).catch(function(e){document.querySelectorAll('.rate').forEach(function(r){"
+    "s.labels,s.now)}}"
+    "function poll(){fetch('/stats.json').then(function(r){return r.json()}).then(show)"
+    ".catch(function(e){document.querySelectorAll('.rate').forEach(function(r){"
     "r.textContent='figures unavailable: '+e})}).then(function(){setTimeout(poll,1000)})}"
 )
 # Each <img> reports its stream's state in its caption; a failed stream is retried every 3 s.
@@ -191,7 +192,10 @@ def legend(labels: Sequence[str]) -> str:
     )
 
 
-def index_page(cameras: Sequence[str]) -> bytes:
+def index_page(cameras: Sequence[str], stats: dict[str, Any] | None = None) -> bytes:
+    """The page; ``stats`` (``Board.snapshot``) is drawn as it loads, so the figures are there at once,
+    not after the first poll of /stats.json (a second, or more on a loaded machine)."""
+    first = json.dumps(stats or {"labels": [], "now": 0, "cameras": {}}).replace("<", "\\u003c")  # no </script>
     figures = "\n".join(
         f'<figure id="cam-{html.escape(c)}"><figcaption>{html.escape(c)} <span>waiting for frames</span></figcaption>'
         f'<img src="/stream/{html.escape(c)}.mjpg" alt="camera {html.escape(c)}" title="click: large / back" '
@@ -210,7 +214,7 @@ def index_page(cameras: Sequence[str]) -> bytes:
         f"<body><header><h1>emopipe live <small>{count}, annotated frames</small></h1>"
         f'<ul class="key" data-labels="{",".join(EMOTIONS)}">{legend(EMOTIONS)}</ul>'
         '<span class="hint">click a camera to enlarge it; Esc goes back</span></header>'
-        f"<main>{figures or '<p>no cameras yet</p>'}</main><script>poll()</script></body></html>"
+        f"<main>{figures or '<p>no cameras yet</p>'}</main><script>show({first});poll()</script></body></html>"
     ).encode()
 
 
@@ -221,7 +225,7 @@ def make_handler(store: FrameStore) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
             path = self.path.split("?", 1)[0]  # the page retries a failed stream with a ?retry=... query
             if path in ("/", "/index.html"):
-                self._send(200, "text/html; charset=utf-8", index_page(store.cameras))
+                self._send(200, "text/html; charset=utf-8", index_page(store.cameras, store.board.snapshot()))
                 return
             if path == "/stats.json":
                 self._send(200, "application/json", json.dumps(store.board.snapshot()).encode())
