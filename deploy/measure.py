@@ -111,13 +111,16 @@ def write_video(path: Path, frames: Iterable[np.ndarray], fps: float) -> None:
         writer.release()
 
 
-def frames_of(path: Path, size: tuple[int, int] | None = None, limit: int = 0) -> Iterator[np.ndarray]:
-    """The video's frames in order, one at a time (scaled to ``size``; at most ``limit``, 0: all)."""
+def frames_of(path: Path, size: tuple[int, int] | None = None, limit: int = 0, start: int = 0) -> Iterator[np.ndarray]:
+    """The video's frames in order from frame ``start``, one at a time (scaled to ``size``; at most
+    ``limit``, 0: all)."""
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise OSError(f"cannot open video {path}")
     count = 0
     try:
+        if start:
+            cap.set(cv2.CAP_PROP_POS_FRAMES, start)
         while not limit or count < limit:
             ok, image = cap.read()
             if not ok or image is None:

