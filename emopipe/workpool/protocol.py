@@ -109,8 +109,6 @@ LOSSLESS_OPEN = 4 * LOSSLESS_WINDOW
 WORKER_HWM = 64
 #: lossless: units waiting in a worker's lanes, at most, before it reads more (back-pressure)
 WORKER_WAITING = 8
-#: a worker with units running looks for finished ones this often between messages
-WORKER_BUSY_POLL_MS = 2
 #: answers read from workers and not yet taken by the hub, at most (more are refused)
 MAX_ANSWERS = 10_000
 #: a message a broker accepts from a worker, at most (a frame's face crops: 2,304 bytes a face at

@@ -27,6 +27,7 @@ from emopipe.config import Config
 from emopipe.curve import Keys
 from emopipe.messages import Message
 from emopipe.metrics import Metrics
+from emopipe.waker import Waker
 from emopipe.workpool import protocol
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 Handler = Callable[[Message], Message]
 #: how long a stopping worker gives its LEAVE to go out
 LEAVE_LINGER_MS = 200
+#: the loop waits this long at most for work or a unit done (stop is checked this often)
+IDLE_POLL_MS = 200
 
 
 class Connection:
@@ -59,6 +62,8 @@ class Connection:
         self._poller = zmq.Poller()
         for sock in self.sockets:
             self._poller.register(sock, zmq.POLLIN)
+        self.waker = Waker()  # set by the handler threads when a unit is done
+        self._poller.register(self.waker.fd, zmq.POLLIN)
         self._beat = -float("inf")
         self.joined: set[int] = set()  # the addresses whose broker said READY
         for origin in range(len(self.sockets)):
@@ -83,8 +88,8 @@ class Connection:
                 self._try_send(origin, [protocol.HEARTBEAT])
 
     def receive(self, timeout_ms: int, limit: int) -> list[tuple[int, list[zmq.Frame]]]:
-        """Wait up to ``timeout_ms`` for WORK (heartbeating meanwhile), then take what else is
-        queued: each unit's message parts with the index of the address it came from."""
+        """Wait up to ``timeout_ms`` for WORK or the waker (a unit done; heartbeating meanwhile),
+        then take what is queued: each unit's message parts with the index of the address it came from."""
         deadline = time.monotonic() + timeout_ms / 1000
         while True:
             self.heartbeat()
@@ -92,6 +97,7 @@ class Connection:
             step = max(0.0, min(left, protocol.HEARTBEAT_S))
             if self._poller.poll(round(step * 1000)) or left <= step:
                 break
+        self.waker.clear()  # before the caller looks for done units: one done later wakes the next poll
         batch: list[tuple[int, list[zmq.Frame]]] = []
         for origin, sock in enumerate(self.sockets):
             while len(batch) < limit:
@@ -143,15 +149,18 @@ class Connection:
     def close(self, linger: int = 0) -> None:
         for sock in self.sockets:
             sock.close(linger=linger)
+        self.waker.close()
 
 
 class Lanes:
     """One lane per camera: its units handled in order, one at a time, on a thread pool of
     ``threads``, so a slow camera does not hold up the others."""
 
-    def __init__(self, handle: Handler, threads: int, stage: str = "") -> None:
+    def __init__(self, handle: Handler, threads: int, stage: str = "", waker: Waker | None = None) -> None:
+        """``waker``: set each time a unit is done (the loop waiting on it answers at once)."""
         self.handle = handle
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix=stage)
+        self.waker = waker
         self.waiting: dict[str, deque[Message]] = {}
         self.running: dict[str, Future[Message]] = {}
 
@@ -182,7 +191,9 @@ class Lanes:
                 del self.running[camera]
                 yield future.result()  # re-raises the handler's exception
             if lane:
-                self.running[camera] = self.pool.submit(self.handle, lane.popleft())
+                self.running[camera] = future = self.pool.submit(self.handle, lane.popleft())
+                if (waker := self.waker) is not None:
+                    future.add_done_callback(lambda _: waker.set())
 
     def close(self) -> None:
         """Stop the pool; a handler's exception no one collected yet is logged, not lost."""
@@ -213,7 +224,7 @@ def run(
         metrics.frames_processed.labels(stage=stage, camera=msg.camera).inc()
         return out
 
-    lanes = Lanes(timed, threads, stage)
+    lanes = Lanes(timed, threads, stage, conn.waker)
     try:
         while not stop.is_set():
             room = lanes.room
@@ -222,7 +233,7 @@ def run(
                 conn.heartbeat()
                 raw = []
             else:
-                raw = conn.receive(protocol.WORKER_BUSY_POLL_MS if lanes.busy else 200, room)
+                raw = conn.receive(IDLE_POLL_MS, room)  # a unit done wakes it (the waker)
             received = time.time()
             for origin, parts in raw:
                 msg = decode_one(stage, parts, expected, metrics, eos=False)

@@ -18,9 +18,10 @@ from emopipe.messages import EndOfStream, Frame
 from emopipe.metrics import Metrics
 from emopipe.redact import redact
 from emopipe.throttle import ThrottledLog
+from emopipe.waker import Waker
 from emopipe.workpool.broker import Broker
 from services.capture.hub import Hub
-from services.capture.sources import Captured, Mailbox, SourceError, SourceReader, Waker, folder_images, open_video
+from services.capture.sources import Captured, Mailbox, SourceError, SourceReader, folder_images, open_video
 
 log = logging.getLogger("emopipe.capture")
 

@@ -17,6 +17,7 @@ import numpy as np
 from emopipe.config import CaptureConfig, SourceConfig, resolve_path
 from emopipe.metrics import Metrics
 from emopipe.redact import redact
+from emopipe.waker import Waker
 from services.capture import probe
 
 log = logging.getLogger(__name__)
@@ -42,26 +43,6 @@ class Captured:
     @property
     def is_end(self) -> bool:
         return self.image is None
-
-
-class Waker:
-    """Set by a reader thread when its mailbox has something: an eventfd, so the publishing
-    loop waits on it together with its sockets (the workers' answers)."""
-
-    def __init__(self) -> None:
-        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-
-    def set(self) -> None:
-        os.eventfd_write(self.fd, 1)
-
-    def clear(self) -> None:
-        try:
-            os.eventfd_read(self.fd)
-        except BlockingIOError:
-            return  # it was not set
-
-    def close(self) -> None:
-        os.close(self.fd)
 
 
 class Mailbox:
