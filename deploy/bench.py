@@ -224,15 +224,18 @@ def scrape_drops(cfg: Config) -> dict[str, float]:
 
 
 def unsearched(width: int, height: int, cfg: Config) -> str:
-    """What a frame over ``detect.max_side`` costs recall: the faces too small for the shrunk copy."""
+    """What a frame over ``detect.max_side`` costs the rolling scan's recall: the faces too small for
+    the shrunk copy. The finder (``detect.finder = "yunet"``) confirms those on the frame itself."""
+    if cfg.detect.finder == "yunet" or cfg.detect.every_frame:
+        return ""
     copy_width, copy_height = copy_size(width, height, cfg.detect.max_side)
     smallest = math.ceil(FaceDetector(cfg.detect, 1).window * width / copy_width)
     if smallest <= cfg.detect.min_size:
         return ""
     return (
         f" At {width}x{height} detection looks at a {copy_width}x{copy_height} copy (`detect.max_side`"
-        f" {cfg.detect.max_side}): faces under {smallest} px are not looked for; the full-frame cascade looks"
-        f" down to {cfg.detect.min_size} px."
+        f" {cfg.detect.max_side}): the rolling scan does not look for faces under {smallest} px; the full-frame"
+        f" cascade looks down to {cfg.detect.min_size} px."
     )
 
 

@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from deploy.bench import unsearched
+from emopipe import config as config_mod
+
 
 def smoke_bench(markdown: Path, *options: str) -> subprocess.CompletedProcess[str]:
     """``emopipe bench --smoke`` with ``options``, its table also written to ``markdown``."""
@@ -63,9 +66,19 @@ def test_bench_smoke_at_1280x720_runs_every_step_on_the_scaled_clip_and_says_so(
     assert recall and int(recall.group(3)) > 0 and float(recall.group(1)) >= 80  # faces found at 1280x720
     confirmed = re.search(r"of the cascade's boxes YuNet confirms ([0-9.]+)% \((\d+)/(\d+)\)", text)
     assert confirmed and int(confirmed.group(2)) <= int(confirmed.group(3)) <= int(recall.group(3))
-    assert (  # why the full-frame cascade finds more than detection here
-        "At 1280x720 detection looks at a 640x360 copy (`detect.max_side` 640): faces under 48 px are not looked"
-        " for; the full-frame cascade looks down to 40 px." in text
-    )
+    assert "copy (`detect.max_side`" not in text  # the finder looks for faces down to min_size at HD too
     analysis = re.search(r"lossless, one camera\): (\d+) frames", text)
     assert analysis and int(analysis.group(1)) == 480  # every frame of the scaled clip has its line
+
+
+def test_the_rolling_scan_says_at_hd_which_faces_it_does_not_look_for() -> None:
+    """The rolling scan searches the 640x360 copy only (its 24 px window: 48 px at 1280x720); the finder
+    confirms such faces on the frame itself, and 640x480 frames are searched whole."""
+    scan = config_mod.from_dict({"detect": {"finder": "cascade"}})
+    assert unsearched(1280, 720, scan) == (
+        " At 1280x720 detection looks at a 640x360 copy (`detect.max_side` 640): the rolling scan does not look"
+        " for faces under 48 px; the full-frame cascade looks down to 40 px."
+    )
+    assert "under 72 px" in unsearched(1920, 1080, scan)
+    assert unsearched(640, 480, scan) == ""
+    assert unsearched(1280, 720, config_mod.from_dict({})) == ""  # the finder (the default)

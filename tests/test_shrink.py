@@ -20,6 +20,7 @@ from services.detect.yunet import YuNetDetector
 
 FPS = 30.0
 FACE = 48  # crop side
+FACE_AT_640 = 200  # the face's side in the video scaled to 640x480 (the full-frame cascade's box)
 
 
 def iou(a: Box, b: Box) -> float:
@@ -98,6 +99,35 @@ def test_min_size_counts_full_frame_pixels_on_a_shrunk_frame(wide_frames: list[n
         faces = run(Detect(cfg, FACE), big_frames)
         assert all(bool(f.boxes) == found for f in faces), (min_size, [f.boxes for f in faces])
         assert all(b.w >= min_size for f in faces for b in f.boxes)
+
+
+def small_face_frames(frames: list[np.ndarray], side: int) -> list[np.ndarray]:
+    """The real face video shrunk so its face is about ``side`` px, placed in a grey 1280x720 frame."""
+    out = []
+    for image in frames:
+        size = (round(640 * side / FACE_AT_640), round(480 * side / FACE_AT_640))
+        tile = cv2.resize(cover(image, (640, 480)), size, interpolation=cv2.INTER_AREA)
+        canvas = np.full((720, 1280, 3), 128, np.uint8)
+        canvas[300 : 300 + tile.shape[0], 500 : 500 + tile.shape[1]] = tile
+        out.append(canvas)
+    return out
+
+
+def test_a_face_at_the_copys_window_is_confirmed_on_the_frame_itself(carphone_frames: list[np.ndarray]) -> None:
+    """At 1280x720 the 640x360 copy shows a 48-51 px face at 24-25 px, the cascade's 24 px window:
+    there it was found on 0 of these 30 frames. YuNet proposes it and the cascade confirms it on
+    the frame's own pixels, where the full-frame cascade finds it, and it is tracked in frame pixels."""
+    frames = small_face_frames(carphone_frames[:30], 44)
+    reference = Detect(DetectConfig(every_frame=True), FACE)
+    wanted = [reference(Frame("cam0", seq, seq / FPS, image)).boxes for seq, image in enumerate(frames)]
+    assert sum(len(boxes) == 1 for boxes in wanted) >= 28
+    assert all(b.w <= 52 for boxes in wanted for b in boxes)
+    faces = run(Detect(DetectConfig(), FACE), frames)
+    assert sum(len(f.boxes) == 1 for f in faces) >= 28, [f.boxes for f in faces]
+    for want, got in zip(wanted, faces, strict=True):
+        if want and got.boxes:
+            assert iou(got.boxes[0], want[0]) > 0.6, (got.boxes, want)
+    assert len({t for f in faces for t in f.tracks}) == 1  # one track throughout
 
 
 def test_a_new_frame_size_ends_the_tracks_even_when_the_copy_keeps_its_size(wide_frames: list[np.ndarray]) -> None:

@@ -24,7 +24,9 @@ and every ``large_scan_interval_s`` for larger ones (shrunk frames: cheap), at m
 All of it runs on the frame's detection copy (``shrink.py``: a frame larger than
 ``detect.max_side`` shrunk to it): tracks, scan jobs, tiles and the motion copies are in
 pixels of the copy, ``min_size`` is converted to them, and the faces reported are mapped
-back to frame pixels.
+back to frame pixels. With the finder, a face too small for the cascade's window on a shrunk copy
+is looked for on the frame's own pixels (its region only): at 1280x720 a face of 40-48 px is 20-24
+px of the copy.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import numpy as np
 
 from emopipe.config import DetectConfig
 from emopipe.messages import Box
-from services.detect.detector import FaceDetector
+from services.detect.detector import FaceDetector, clip_box
 from services.detect.finder import MARGIN as FINDER_MARGIN
 from services.detect.finder import SIZE_RANGE as FINDER_SIZE_RANGE
 from services.detect.finder import Finder
@@ -137,6 +139,9 @@ class CameraDetector:
     queues: list[ScanQueue] = field(default_factory=list)
     size: tuple[int, int] = (0, 0)  # the frame's (not the copy's): a new one is a new picture
     min_size: int = 0
+    #: the smallest face confirmed, in pixels of the copy: under the cascade's window on a shrunk
+    #: copy with the finder (such a face is confirmed on the frame itself, ``_around``)
+    smallest: int = 0
     last_ts: float | None = None
     last_run: list[float] = field(default_factory=list)
     references: list[np.ndarray | None] = field(default_factory=list)
@@ -158,7 +163,7 @@ class CameraDetector:
             self.cut(copy)  # a new picture: no box of the old one carries over
         self.last_tiny = tiny
         tracks = self.tracker.predicted(ts)
-        found = self._redetect_tracks(gray, ts, tracks)
+        found = self._redetect_tracks(copy, ts, tracks)
         if self.finder is not None:
             found += self._find(self.finder, copy, ts, [box for _, box in tracks])
         else:
@@ -189,6 +194,8 @@ class CameraDetector:
         # never under the cascade's window: band k looks for faces of min_size * 2**k on the copy
         # shrunk by 2**k, where a face under the window's side is too small to be found
         self.min_size = max(copy.face_size(self.cfg.min_size), self.detector.window)
+        fine = self.finder is not None and copy.gray.shape[::-1] != copy.frame_size
+        self.smallest = copy.face_size(self.cfg.min_size) if fine else self.min_size
         if self.finder is not None:
             self.finder.restart(self.min_size, copy)
         else:
@@ -214,33 +221,58 @@ class CameraDetector:
         self.last_run = [-math.inf] * len(self.jobs)
         self.references = [None] * len(self.jobs)
 
-    def _redetect_tracks(self, gray: np.ndarray, ts: float, tracks: list[tuple[Track, Rect]]) -> list[Box]:
+    def _redetect_tracks(self, copy: Shrunk, ts: float, tracks: list[tuple[Track, Rect]]) -> list[Box]:
         found: list[Box] = []
         due = [(t, box) for t, box in tracks if ts - t.tried >= self.cfg.track_redetect_s]
         for track, box in sorted(due, key=lambda tb: tb[0].tried)[: self.cfg.max_tracks]:
             track.tried = ts
-            found.extend(self._around(gray, box, self.cfg.track_margin, TRACK_SIZE_RANGE))
+            found.extend(self._around(copy, box, self.cfg.track_margin, TRACK_SIZE_RANGE))
         return found
 
     def _find(self, finder: Finder, copy: Shrunk, ts: float, tracks: list[Rect]) -> list[Box]:
         """The finder's new faces, each confirmed by the cascade around it."""
         candidates = finder.candidates(copy, ts, tracks, self.cfg.max_tracks)
-        return [box for c in candidates for box in self._around(copy.gray, c, FINDER_MARGIN, FINDER_SIZE_RANGE)]
+        return [box for c in candidates for box in self._around(copy, c, FINDER_MARGIN, FINDER_SIZE_RANGE)]
 
-    def _around(self, gray: np.ndarray, box: Rect, margin: float, size_range: float) -> list[Box]:
+    def _around(self, copy: Shrunk, box: Rect, margin: float, size_range: float) -> list[Box]:
         """The cascade's faces in a square around ``box`` grown by ``margin`` of its side, of sizes
-        within ``size_range`` of its side (and not under ``min_size``), on the region shrunk so that
-        the face is about ``TRACK_FACE`` pixels."""
-        height, width = gray.shape
+        within ``size_range`` of its side (and not under ``smallest``), on the region shrunk so that
+        the face is about ``TRACK_FACE`` pixels; pixels of the copy. Faces too small for the cascade's
+        window on the copy are looked for on the frame itself (the region's pixels only)."""
+        height, width = copy.gray.shape
         x, y, w, h = box
-        size = max(w, h, self.min_size)
+        size = max(w, h, self.smallest)
         half = size * (0.5 + margin)
         region = _clip_region(x + w / 2 - half, y + h / 2 - half, 2 * half, 2 * half, width, height)
         if region is None:
             return []
-        shrink = max(1.0, size / TRACK_FACE)
-        low = max(self.min_size, round(size / size_range))
-        return self.detector.find(gray, region, shrink, low, round(size * size_range))
+        low = max(self.smallest, round(size / size_range))
+        high = round(size * size_range)
+        if low < self.detector.window:
+            return self._around_in_frame(copy, region, size, low, high)
+        return self.detector.find(copy.gray, region, max(1.0, size / TRACK_FACE), low, high)
+
+    def _around_in_frame(self, copy: Shrunk, region: Box, size: float, low: int, high: int) -> list[Box]:
+        """``_around`` for a face too small for the copy: the region of the frame (made grey alone),
+        searched at the frame's resolution; sizes and boxes converted between the two."""
+        sx, sy = copy.scale
+        scale = min(sx, sy)
+        frame = _clip_region(region.x * sx, region.y * sy, region.w * sx, region.h * sy, *copy.frame_size)
+        if frame is None:
+            return []
+        image = copy.image[frame.y : frame.y + frame.h, frame.x : frame.x + frame.w]
+        patch = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        whole = Box(0, 0, frame.w, frame.h)
+        found = self.detector.find(
+            patch,
+            whole,
+            max(1.0, size * scale / TRACK_FACE),
+            max(self.cfg.min_size, round(low * scale)),
+            round(high * scale),
+        )
+        height, width = copy.gray.shape
+        boxes = (clip_box((frame.x + b.x) / sx, (frame.y + b.y) / sy, b.w / sx, b.h / sy, width, height) for b in found)
+        return [b for b in boxes if b is not None]
 
     def _scan(self, gray: np.ndarray, tiny: np.ndarray, ts: float) -> list[Box]:
         dt = max(0.0, ts - self.last_ts) if self.last_ts is not None else 0.0

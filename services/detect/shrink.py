@@ -5,8 +5,9 @@
 Only where faces are looked for changes. ``min_size`` stays a face's side in frame pixels (the
 copy is searched for faces of ``min_size`` divided by the shrink); boxes are mapped back to frame
 pixels; the crops for the emotion model are cut from the full-resolution frame, sharper than the
-copy. What is lost: the cascade's window is 24 pixels of the copy, so at 1280x720 shrunk to 640
-wide a face under 48 frame pixels is not found whatever ``min_size`` says.
+copy. A face under the cascade's 24 px window on the copy (48 frame pixels at 1280x720) is
+confirmed on the frame's own pixels around where the finder saw it (``schedule.py``); the rolling
+scan (``detect.finder = "cascade"``) searches the copy only and does not find it.
 """
 
 from __future__ import annotations
