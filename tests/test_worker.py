@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from emopipe import messages, metrics, topology
 from emopipe.config import Config
 from emopipe.messages import Box, FaceResult, Faces, Frame, Message, Results
+from emopipe.waker import Waker
 from emopipe.workpool import protocol
 from emopipe.workpool.broker import Answer, Broker
 from emopipe.workpool.worker import Connection, Lanes, run
@@ -37,6 +38,33 @@ def drain(lanes: Lanes, timeout: float = 10.0) -> list[Message]:
         out += lanes.step()
         time.sleep(0.001)
     return out
+
+
+def test_a_unit_done_wakes_the_loop_through_the_waker() -> None:
+    """The loop polls the waker's fd beside its sockets: a handler finishing sets it (no polling
+    every few ms to notice), and after ``clear`` it stays quiet until the next unit is done."""
+    release = threading.Event()
+
+    def handle(msg: Message) -> Message:
+        release.wait(10)
+        return msg
+
+    waker = Waker()
+    lanes = Lanes(handle, threads=1, waker=waker)
+    poller = zmq.Poller()
+    poller.register(waker.fd, zmq.POLLIN)
+    try:
+        lanes.add(frame("a", 0))
+        assert list(lanes.step()) == []  # started, still running
+        assert poller.poll(100) == []  # nothing done yet: the waker is quiet
+        release.set()
+        assert poller.poll(10_000) == [(waker.fd, zmq.POLLIN)]  # done: the loop wakes
+        waker.clear()
+        assert [m.seq for m in lanes.step()] == [0]
+        assert poller.poll(100) == []  # cleared, and nothing else running
+    finally:
+        lanes.close()
+        waker.close()
 
 
 def test_cameras_run_in_parallel_each_in_order() -> None:
