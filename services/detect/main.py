@@ -103,7 +103,7 @@ class Detect:
             camera = self.cameras[frame.camera] = CameraDetector.create(self.cfg, detector, self.finder_net())
         copy = shrunk_grey(frame.image, self.cfg.max_side)
         # a frame detected whole is cropped from its grey copy; a shrunk one from the full frame
-        source = copy.gray if copy.gray.shape == frame.image.shape[:2] else frame.image
+        source = copy.gray if copy.whole else frame.image
         return self._tracked(frame, source, camera.process(copy, frame.ts))
 
     def _yunet(self, frame: Frame) -> Faces:

@@ -169,7 +169,7 @@ class CameraDetector:
         else:
             found += self._scan(gray, tiny, ts)
         faces = self.tracker.update(ts, same_faces_merged(found), width, height)
-        if copy.frame_size == (width, height):
+        if copy.whole:
             return faces
         mapped = ((face, copy.to_frame(face.box)) for face in faces)
         return [TrackedFace(face.track, box, face.detected) for face, box in mapped if box is not None]
@@ -194,7 +194,7 @@ class CameraDetector:
         # never under the cascade's window: band k looks for faces of min_size * 2**k on the copy
         # shrunk by 2**k, where a face under the window's side is too small to be found
         self.min_size = max(copy.face_size(self.cfg.min_size), self.detector.window)
-        fine = self.finder is not None and copy.gray.shape[::-1] != copy.frame_size
+        fine = self.finder is not None and not copy.whole
         self.smallest = copy.face_size(self.cfg.min_size) if fine else self.min_size
         if self.finder is not None:
             self.finder.restart(self.min_size, copy)

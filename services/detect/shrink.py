@@ -40,6 +40,11 @@ class Shrunk:
     image: np.ndarray  # the frame itself (BGR, full resolution): YuNet's input (finder.py)
 
     @property
+    def whole(self) -> bool:
+        """Whether the copy is the frame itself (no larger than ``max_side``), not shrunk."""
+        return self.gray.shape[::-1] == self.frame_size
+
+    @property
     def scale(self) -> tuple[float, float]:
         """Frame pixels per copy pixel, across and down (1.0, 1.0: the copy is the frame)."""
         height, width = self.gray.shape
