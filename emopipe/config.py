@@ -151,7 +151,7 @@ class DetectConfig:
     # finder_interval_s says where they are and the cascade confirms each (services/detect/finder.py);
     # "cascade", the cascade's own rolling scan (the scan_* and idle/motion keys below)
     finder: str = "yunet"
-    finder_interval_s: float = 0.2  # "yunet": it looks at the whole frame this often (6-10 ms at 640x480)
+    finder_interval_s: float = 0.2  # "yunet": it looks at the whole frame this often (4-5 ms at 640x480)
     finder_score: float = 0.6  # "yunet": a face it proposes needs this score (the cascade confirms it)
     scan_interval_s: float = 0.5  # "cascade": the whole frame is scanned once this often
     large_scan_interval_s: float = 0.3  # faces over 2 x min_size (a cheap scan of shrunk frames): this often

@@ -7,7 +7,7 @@ Why not the cascade's own rolling scan (``detect.finder = "cascade"``, ``schedul
 frame into tiles and size bands that took turns, so a still face waited for a motion-gated tile, a
 small one for a coarse step between sizes, and a face in a busy room for its turn. On four public
 multi-person clips it kept 87-92% of the cascade's YuNet-confirmed boxes. YuNet sees the whole frame
-at once, every face size, for 6-10 ms at 640x480: with it, 94-99% of the same boxes, at half the
+at once, every face size, for 6-10 ms at 640x480 (4-5 ms since it runs on onnxruntime, ``yunet_net.py``): with it, 94-99% of the same boxes, at half the
 detect CPU a frame (BENCHMARKS.md).
 
 Between two YuNet runs, its faces the cascade has not confirmed yet (too small for ``min_size`` so
@@ -37,7 +37,7 @@ WATCH = 0.5
 TRACKED_IOU = 0.3
 #: YuNet's input is the frame shrunk by a whole number (OpenCV's area resize has a fast path for
 #: it, and YuNet is faster on sides of multiples of 32: at 640x480, shrunk 2 to 320x240 costs 0.3 ms
-#: to resize and 5-11 ms to detect, shrunk 2.05 to 312x234 3.8 and 7-15 ms): the largest that keeps
+#: to resize and 5-11 ms to detect with OpenCV's DNN, shrunk 2.05 to 312x234 3.8 and 7-15 ms): the largest that keeps
 #: a ``min_size`` face at least ``yunet.MIN_FACE_AT_INPUT`` wide, or where that input's longer side would
 #: be over this, the next (1280x720: 427x240, a 48 px face 12 px wide; 1920x1080: 480x270, 72 px: 14)
 INPUT_SIDE = 400

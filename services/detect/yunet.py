@@ -4,7 +4,7 @@ of every frame, its boxes mapped to the Haar cascade's framing, face ids from th
 The model ships in this package (``models/``, MIT, provenance and sha256 in ``models/README.md``).
 YuNet finds faces of about 10 to 300 px at its input size, so the frame is shrunk until a face of
 ``detect.min_size`` (full-frame pixels, a Haar-framed side) is ``MIN_FACE_AT_INPUT`` pixels wide:
-at 640x480 and the default 40 px, a 312x234 copy, 6-10 ms a frame on one core. At that cost it
+at 640x480 and the default 40 px, a 312x234 copy, 4-6 ms a frame on one core (``yunet_net.py``). At that cost it
 runs on every frame, so there is no scan schedule: a face is found on the frame it appears. The
 copy's longer side is also at most ``detect.max_side``, so a 1920x1080 camera costs what a
 1280x720 one does (its faces under about 60 px are then too small for YuNet).
@@ -22,7 +22,6 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from emopipe.config import DetectConfig
@@ -30,6 +29,7 @@ from emopipe.messages import Box
 from services.detect.detector import clip_box
 from services.detect.shrink import shrunk
 from services.detect.tracker import TrackedFace, Tracker
+from services.detect.yunet_net import YuNetNet
 
 MODEL = Path(__file__).resolve().parent / "models" / "face_detection_yunet_2026may.onnx"
 MODEL_BYTES = 229_738  # the shipped file's size (models/README.md has its sha256)
@@ -91,22 +91,17 @@ class YuNetDetector:
         """``max_side``: YuNet's input is shrunk further if its longer side is over this (0: never)."""
         if not model.is_file() or model.stat().st_size != MODEL_BYTES:
             raise FileNotFoundError(f"the YuNet model {model} is missing or damaged (reinstall emopipe)")
-        self.net = cv2.FaceDetectorYN.create(str(model), "", (320, 240), score, NMS_IOU, TOP_K)
+        self.net = YuNetNet(model, score, NMS_IOU, TOP_K)
         self.min_size = min_size
         self.shrink = shrink or input_shrink(min_size)
         self.max_side = max_side
-        self.input_size = (0, 0)
 
     def find(self, image: np.ndarray) -> list[YuNetFace]:
         """The faces of a BGR frame at least ``min_size`` (Haar-framed side) in full-frame pixels."""
         height, width = image.shape[:2]
         shrink = max(self.shrink, max(width, height) / self.max_side) if self.max_side else self.shrink
         size = (max(1, round(width / shrink)), max(1, round(height / shrink)))
-        small = shrunk(image, size)
-        if size != self.input_size:
-            self.net.setInputSize(size)
-            self.input_size = size
-        _, found = self.net.detect(small)
+        found = self.net.detect(shrunk(image, size))
         if found is None:
             return []
         sx, sy = width / size[0], height / size[1]
@@ -124,7 +119,7 @@ class YuNetDetector:
 
 
 def _landmarks(row: np.ndarray, sx: float, sy: float) -> tuple[Point, Point, Point, Point, Point]:
-    """The five points of one row of ``FaceDetectorYN.detect`` (columns 4..13), in frame pixels."""
+    """The five points of one row of ``YuNetNet.detect`` (columns 4..13), in frame pixels."""
     p = [(float(row[4 + 2 * i]) * sx, float(row[5 + 2 * i]) * sy) for i in range(5)]
     return p[0], p[1], p[2], p[3], p[4]
 
