@@ -7,8 +7,8 @@ Why not the cascade's own rolling scan (``detect.finder = "cascade"``, ``schedul
 frame into tiles and size bands that took turns, so a still face waited for a motion-gated tile, a
 small one for a coarse step between sizes, and a face in a busy room for its turn. On four public
 multi-person clips it kept 87-92% of the cascade's YuNet-confirmed boxes. YuNet sees the whole frame
-at once, every face size, for 6-10 ms at 640x480 (4-5 ms since it runs on onnxruntime, ``yunet_net.py``): with it, 94-99% of the same boxes, at half the
-detect CPU a frame (BENCHMARKS.md).
+at once, every face size, for 4-5 ms at 640x480 (on onnxruntime, ``yunet_net.py``; 6-10 ms with
+OpenCV's DNN): with it, 94-99% of the same boxes, at half the detect CPU a frame (BENCHMARKS.md).
 
 Between two YuNet runs, its faces the cascade has not confirmed yet (too small for ``min_size`` so
 far, turned away, blurred) are *watched*: searched again every ``detect.track_redetect_s``, as a
