@@ -164,7 +164,7 @@ class DetectConfig:
     cut_fraction: float = 0.5
     motion_fraction: float = 0.01  # a tile with less than this fraction of changed pixels is not rescanned
     track_margin: float = 0.35  # re-detect a track within its box grown by this fraction of its size per side
-    track_redetect_s: float = 0.06  # re-detect a track this often (0: every frame); it coasts in between
+    track_redetect_s: float = 0.06  # re-detect a track this often (found at its last try: 1.5x); it coasts between
     max_tracks: int = 16  # tracks re-detected per frame at most (the rest coast)
     track_min_iou: float = 0.2  # overlap a detection needs with a track's prediction to continue it
     track_hold_s: float = 0.3  # a track missed by the detector keeps its predicted box this long

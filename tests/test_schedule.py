@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import cv2
 import numpy as np
 import pytest
@@ -9,7 +11,10 @@ import pytest
 from emopipe.config import FINDERS, DetectConfig
 from emopipe.messages import Box, Frame
 from services.detect import finder as finder_mod
+from services.detect import schedule
 from services.detect.main import Detect
+from services.detect.shrink import Shrunk
+from services.detect.tracker import Rect, Track
 
 FPS = 30.0
 
@@ -164,3 +169,40 @@ def test_yunet_is_not_run_where_no_face_of_min_size_fits_in_the_frame(
     detect = Detect(DetectConfig(), 48)  # 40 px fits: YuNet looks, on the first frame at once
     detect(Frame("cam0", 0, 0.0, carphone_frames[0]))
     assert len(calls) == 1
+
+
+def redetection_frames(frames: list[np.ndarray], monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The frames on which the track of ``frames``' face was re-detected (tried around)."""
+    tried: list[int] = []
+    around = schedule.CameraDetector._redetect_tracks
+
+    def spy(self: schedule.CameraDetector, copy: Shrunk, ts: float, tracks: list[tuple[Track, Rect]]) -> list[Box]:
+        found = around(self, copy, ts, tracks)
+        tried.extend(round(ts * FPS) for track, _ in tracks if track.tried == ts)
+        return found
+
+    with monkeypatch.context() as patch:
+        patch.setattr(schedule.CameraDetector, "_redetect_tracks", spy)
+        detect = Detect(DetectConfig(), 48)
+        for seq, image in enumerate(frames):
+            detect(Frame("cam0", seq, seq / FPS, image))
+    return tried
+
+
+def test_a_track_found_at_each_try_is_tried_less_often_and_one_missed_at_the_configured_pace(
+    carphone_frames: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A face that stays for 1 s, then leaves: while the cascade finds it, its track is re-detected
+    every 0.09 s (track_redetect_s 0.06 x STEADY_SLOWDOWN 1.5: every third frame at 30 FPS); once
+    it is missed, every 0.06 s (every second frame) until the track is given up."""
+    plain, _ = backgrounds()
+    face = scene(carphone_frames[30], plain, 300, 100)
+    frames = [face] * 30 + [plain] * 10
+    tried = redetection_frames(frames, monkeypatch)
+    gaps = [b - a for a, b in itertools.pairwise(tried)]
+    staying = [g for a, g in zip(tried, gaps, strict=False) if a < 30]
+    leaving = [g for a, g in zip(tried, gaps, strict=False) if a >= 30]
+    assert len(staying) >= 8 and set(staying) == {3}, tried
+    assert leaving and set(leaving) == {2}, tried
+    monkeypatch.setattr(schedule, "STEADY_SLOWDOWN", 1.0)  # every track at track_redetect_s
+    assert {b - a for a, b in itertools.pairwise(redetection_frames(frames, monkeypatch))} == {2}

@@ -30,6 +30,7 @@ class Track:
     hits: int = 1
     detected: bool = True  # found by the detector in the latest frame (not coasted)
     tried: float = float("-inf")  # capture time of the last re-detection around the track
+    found: bool = False  # that re-detection found the face
 
     def predict(self, ts: float, coast_s: float = float("inf")) -> Rect:
         """The box at ``ts``, moved by the velocity for at most ``coast_s`` since last seen."""
