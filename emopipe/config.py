@@ -101,6 +101,7 @@ class BusConfig:
     eos_repeat_s: float = 1.0  # capture repeats end-of-stream this often (live, a full queue may drop it)
     max_message_mb: int = 64  # a received message part over this is refused before decoding (the peer is cut off)
     frames_jpeg_quality: int = 0  # 1..100: frames travel JPEG-compressed at this quality (links between hosts); 0: raw
+    shared_memory: bool = True  # frames to a detect worker on capture's host go in shared memory (emopipe/shm.py)
 
 
 @dataclass(frozen=True)

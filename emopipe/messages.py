@@ -46,7 +46,9 @@ Kind-specific header keys and payloads:
 
     frame    payload: the image, shape [H, W, 3], uint8, BGR; or, with codec: "jpeg" and
              image: [H, W, 3], the image JPEG-compressed, shape [bytes], uint8
-             (``bus.frames_jpeg_quality``: for links between hosts)
+             (``bus.frames_jpeg_quality``: for links between hosts); or, with codec: "shm",
+             image: [H, W, 3], segment: str, offset: int, no payload: the image is in capture's
+             shared memory (``emopipe/shm.py``: to a detect worker on capture's host)
     faces    boxes: [[x, y, w, h], ...] in frame pixels, one per face;
              tracks: [int] the face's track id (stable while it stays in view), one per box;
              payload: the face crops, shape [N, S, S], uint8 grey (N = len(boxes), S = the model's input_size)
@@ -70,6 +72,8 @@ from typing import Any
 import cv2
 import msgpack
 import numpy as np
+
+from emopipe import shm
 
 SCHEMA_VERSION = 2
 KINDS = ("frame", "faces", "results", "eos")
@@ -183,9 +187,10 @@ def check_camera_id(camera: str) -> None:
 # ---------------------------------------------------------------- encoding
 
 
-def encode(msg: Message, sent: float, jpeg_quality: int = 0) -> list[Any]:
+def encode(msg: Message, sent: float, jpeg_quality: int = 0, shared: tuple[str, int] | None = None) -> list[Any]:
     """Return ``[topic, header, payload]``; the payload is the array's own buffer (a frame,
-    with ``jpeg_quality`` 1..100: its JPEG bytes). Results with a frame: the six parts of
+    with ``jpeg_quality`` 1..100: its JPEG bytes; with ``shared``, the segment and offset of its
+    copy in shared memory, ``emopipe/shm.py``: no payload). Results with a frame: the six parts of
     ``with_frame``, the frame encoded with ``jpeg_quality``."""
     if isinstance(msg, Results) and msg.frame is not None:
         return with_frame(encode(replace(msg, frame=None), sent), encode(msg.frame, sent, jpeg_quality))
@@ -203,7 +208,12 @@ def encode(msg: Message, sent: float, jpeg_quality: int = 0) -> list[Any]:
     else:
         header["wall"] = msg.wall or msg.ts
     payload = _payload_and_fields(msg, header)
-    if jpeg_quality and isinstance(msg, Frame):
+    if shared is not None and isinstance(msg, Frame):
+        header["codec"] = "shm"
+        header["segment"], header["offset"] = shared
+        header["image"] = list(msg.image.shape)
+        payload = np.zeros((0,), np.uint8)
+    elif jpeg_quality and isinstance(msg, Frame):
         ok, jpeg = cv2.imencode(".jpg", msg.image, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
         if not ok:
             raise ValueError(f"camera {msg.camera} frame {msg.seq}: OpenCV could not JPEG-encode it")
@@ -402,6 +412,8 @@ def _decode_frame(common: dict[str, Any], header: dict[str, Any], array: np.ndar
     codec = header.get("codec", "raw")
     if codec == "jpeg":
         array = _decode_jpeg(header, array)
+    elif codec == "shm":
+        array = _map_shared(header, array)
     elif codec != "raw":
         raise MessageError("malformed", f"unknown frame codec {codec!r}")
     if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
@@ -409,9 +421,8 @@ def _decode_frame(common: dict[str, Any], header: dict[str, Any], array: np.ndar
     return Frame(image=array, **common)
 
 
-def _decode_jpeg(header: dict[str, Any], data: np.ndarray) -> np.ndarray:
-    """The image of a JPEG frame, checked against the header's ``image`` shape before and after
-    decoding (so a JPEG that claims a huge image is refused before its pixels are allocated)."""
+def _image_shape(header: dict[str, Any]) -> tuple[int, int, int]:
+    """A JPEG's or shared frame's [H, W, 3] (header ``image``), before its pixels are touched."""
     shape = header.get("image")
     if (
         not isinstance(shape, list)
@@ -420,7 +431,24 @@ def _decode_jpeg(header: dict[str, Any], data: np.ndarray) -> np.ndarray:
         or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
         or math.prod(shape) > MAX_PAYLOAD_BYTES
     ):
-        raise MessageError("malformed", f"bad JPEG frame shape {shape!r}")
+        raise MessageError("malformed", f"bad frame shape {shape!r}")
+    return shape[0], shape[1], shape[2]
+
+
+def _map_shared(header: dict[str, Any], payload: np.ndarray) -> np.ndarray:
+    """The frame in capture's shared memory (read-only), where the header says it is."""
+    if payload.size:
+        raise MessageError("malformed", "a shared-memory frame carries no payload")
+    try:
+        return shm.frame_view(_field(header, "segment", str), _count(header, "offset"), _image_shape(header))
+    except shm.MappingError as exc:
+        raise MessageError("malformed", str(exc)) from exc
+
+
+def _decode_jpeg(header: dict[str, Any], data: np.ndarray) -> np.ndarray:
+    """The image of a JPEG frame, checked against the header's ``image`` shape before and after
+    decoding (so a JPEG that claims a huge image is refused before its pixels are allocated)."""
+    shape = list(_image_shape(header))
     if data.ndim != 1 or jpeg_size(data) != (shape[1], shape[0]):
         raise MessageError("malformed", f"the JPEG is not a {shape[1]}x{shape[0]} image")
     image = cv2.imdecode(data, cv2.IMREAD_COLOR)

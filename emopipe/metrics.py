@@ -47,6 +47,7 @@ class Metrics:
     predictions: Counter  # {camera, emotion}
     camera_up: Gauge  # {camera}
     camera_reconnects: Counter  # {camera}
+    frames_shared: Counter  # {camera}: capture only
     subscriptions_refused: Counter  # {stage}
     model_info: Info | None  # classify only: the other stages serve no model
 
@@ -106,6 +107,12 @@ def create(
             ["camera"],
             registry=registry,
         ),
+        frames_shared=Counter(
+            "emopipe_frames_shared_total",
+            "Frames capture put in shared memory for a detect worker on its host (not sent through the socket).",
+            ["camera"],
+            registry=registry,
+        ),
         subscriptions_refused=Counter(
             "emopipe_subscriptions_refused_total",
             "Subscriptions a stage's publisher refused: no pipeline topic, or over the limit.",
@@ -133,6 +140,7 @@ def _initialise(m: Metrics, stage: str, cameras: Sequence[str], emotions: Sequen
         if stage == "capture":
             m.camera_up.labels(camera=camera).set(0)
             m.camera_reconnects.labels(camera=camera)
+            m.frames_shared.labels(camera=camera)
         if stage == "detect":
             m.faces_detected.labels(camera=camera)
         if stage == "sink":

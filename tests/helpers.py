@@ -135,9 +135,17 @@ class WorkerHub:
 class HandWorker:
     """A pool's worker driven by hand: it takes what it is handed and answers (or not) when told."""
 
-    def __init__(self, ctx: zmq.Context, endpoint: str, pool: str = "detect", prefixes: list[bytes] | None = None):
-        self.conn = Connection(ctx, endpoint, pool, prefixes or [b"frame."])
+    def __init__(
+        self,
+        ctx: zmq.Context,
+        endpoint: str,
+        pool: str = "detect",
+        prefixes: list[bytes] | None = None,
+        shared: str = "",
+    ):
+        self.conn = Connection(ctx, endpoint, pool, prefixes or [b"frame."], shared=shared)
         self.got: list[tuple[str, int]] = []
+        self.messages: list[messages.Message] = []  # as decoded
         self._origin: dict[str, int] = {}
 
     def take(self, timeout_ms: int = 50) -> list[tuple[str, int]]:
@@ -145,6 +153,7 @@ class HandWorker:
         new = []
         for origin, parts in self.conn.receive(timeout_ms, 1000):
             msg = messages.decode(parts)
+            self.messages.append(msg)
             self._origin[msg.camera] = origin
             new.append((msg.camera, msg.seq))
         self.got.extend(new)

@@ -32,6 +32,7 @@ class Work:
     camera: str
     seq: int
     parts: Sequence[Any]  # the encoded message handed out
+    local: Sequence[Any] | None = None  # ... to a worker that maps the broker's shared memory, if other
     member: bytes | None = None
     sent: float = 0.0
     attempts: int = 0  # times handed out
@@ -72,7 +73,10 @@ class Broker:
         *,
         keys: Keys | None = None,
         refused: CounterChild | None = None,
+        shared_host: str = "",
     ) -> None:
+        """``shared_host``: this host's shared memory (``emopipe.shm.host_id``): a worker that joins
+        with the same is handed a unit's ``local`` form (a frame in shared memory)."""
         if not stage.pooled or stage.takes is None:
             raise ValueError(f"stage {stage.name!r} is not a pool")
         self.stage = stage
@@ -82,7 +86,7 @@ class Broker:
         self.lossless = lossless
         self.window = protocol.LOSSLESS_WINDOW if lossless else stage.live_window
         self.endpoint = endpoint
-        self.members = Members(stage.name, self.kind)
+        self.members = Members(stage.name, self.kind, shared_host)
         link = stage.takes.name
         self.sock = bus.bind_router(ctx, endpoint, protocol.WORKER_HWM, protocol.MAX_ANSWER_BYTES, keys, link)
         self._refused_metric = refused
@@ -102,13 +106,19 @@ class Broker:
 
     # ------------------------------------------------------------ the hub's calls
 
-    def submit(self, camera: str, seq: int, parts: Sequence[Any]) -> None:
+    def submit(self, camera: str, seq: int, parts: Sequence[Any], local: Sequence[Any] | None = None) -> None:
+        """A unit: its encoded message, and ``local``, the message for a worker that maps the broker's
+        shared memory (a frame there; None: ``parts`` for every worker)."""
         queue = self.waiting.setdefault(camera, deque())
         if not self.lossless:
             while queue:
                 self.given_up.append(Given(queue.popleft(), "stale"))
-        queue.append(Work(camera, seq, parts))
+        queue.append(Work(camera, seq, parts, local))
         self._dispatch()
+
+    def shares_memory(self, camera: str) -> bool:
+        """Whether a live worker for ``camera`` maps the broker's shared memory."""
+        return any(self.members.shared(m) for m in self.workers(camera))
 
     def workers(self, camera: str | None = None) -> list[bytes]:
         """The live workers (that take ``camera``, if given)."""
@@ -299,7 +309,8 @@ class Broker:
             if member is None:
                 return False
             work = queue[0]
-            sent = self._send(member, [protocol.WORK, *work.parts])
+            parts = work.local if work.local is not None and self.members.shared(member) else work.parts
+            sent = self._send(member, [protocol.WORK, *parts])
             if sent is None:  # gone: its work goes back in the queue
                 self._lost(member)
                 live = [m for m in live if m != member]

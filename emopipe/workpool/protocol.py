@@ -15,7 +15,10 @@ worker's identity in front). Worker to broker:
     JOIN       pool, prefix, ...     joins the pool named ``pool`` ([a-z]{1,16}) for the units
                                      whose topic starts with a prefix: the kind (``frame.``, every
                                      camera) or the kind and a camera (``frame.cam0.``). Sent at
-                                     start and again when the broker asks (REJOIN).
+                                     start and again when the broker asks (REJOIN). A worker that
+                                     can map shared memory ends it with ``shm:HOST``
+                                     (``emopipe.shm.host_id``): if HOST is the broker's, its
+                                     frames come in the broker's shared memory (codec "shm").
     HEARTBEAT                        every HEARTBEAT_S, whatever the worker is doing (its handlers
                                      run on other threads).
     ANSWER     topic, header, payload   the answer to one unit: an ``emopipe.messages`` message of
@@ -76,6 +79,10 @@ WORK = b"WORK"
 REJOIN = b"REJOIN"
 #: a pool's name in JOIN and READY
 POOL_NAME = re.compile(rb"[a-z]{1,16}")
+#: a JOIN item that is not a prefix: the worker's shared memory (``emopipe.shm.host_id``), at most
+#: MAX_SHARED bytes
+SHARED = b"shm:"
+MAX_SHARED = 200
 
 # ---------------------------------------------------------------- timing
 

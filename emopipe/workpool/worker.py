@@ -21,7 +21,7 @@ from typing import Any
 
 import zmq
 
-from emopipe import bus, curve, messages, service, topology
+from emopipe import bus, curve, messages, service, shm, topology
 from emopipe.bus import decode_one
 from emopipe.config import Config
 from emopipe.curve import Keys
@@ -53,9 +53,13 @@ class Connection:
         max_message_mb: int = 64,
         keys: Keys | None = None,
         link: str = "",
+        shared: str = "",
     ) -> None:
+        """``shared``: this host's shared memory (``emopipe.shm.host_id``), said in JOIN: a broker on
+        the same host hands frames there (""; never)."""
         self.pool = pool
         self.prefixes = list(prefixes)
+        self.shared = [protocol.SHARED + shared.encode()] if shared else []
         self.addresses = bus.addresses(endpoint)
         hwm = protocol.WORKER_HWM
         self.sockets = bus.connect_dealers(ctx, self.addresses, hwm, hwm, max_message_mb, keys, link)
@@ -70,7 +74,7 @@ class Connection:
             self._join(origin)
 
     def _join(self, origin: int) -> None:
-        self._try_send(origin, [protocol.JOIN, self.pool.encode(), *self.prefixes])
+        self._try_send(origin, [protocol.JOIN, self.pool.encode(), *self.prefixes, *self.shared])
 
     def _try_send(self, origin: int, parts: Sequence[Any]) -> None:
         """A command that may wait to be sent (queued until connected) or, with a full queue, go."""
@@ -257,11 +261,12 @@ def serve(stage: str, cfg: Config, handle: Handler, metrics: Metrics, stop: thre
     assert row.takes is not None and row.pooled, f"{stage} is not a pool"
     endpoint = getattr(cfg.endpoints, row.takes.name)
     prefixes = bus.topics_for([row.takes.kind], getattr(cfg, stage).cameras)
+    shared = shm.host_id() if cfg.bus.shared_memory and row.takes.kind == "frame" else ""
     ctx = zmq.Context()
     try:
         with service.starting(stage):
             keys = curve.load(cfg.curve.keys)
-            conn = Connection(ctx, endpoint, stage, prefixes, cfg.bus.max_message_mb, keys, row.takes.name)
+            conn = Connection(ctx, endpoint, stage, prefixes, cfg.bus.max_message_mb, keys, row.takes.name, shared)
         log.info("%s: a worker of the %s pool at %s", stage, stage, endpoint)
         try:
             run(stage, conn, messages.TYPES[row.takes.kind], handle, metrics, stop, threads, cfg.lossless)

@@ -18,6 +18,10 @@ what it keeps is bounded by the window that bounds the frames on their way
 (``max_open`` a camera, ``room``); live, by the pools' timeouts and newest-wins. A camera's
 track ids are the hub's own (a camera that moves to another detect worker starts new
 tracks there; ids never repeat).
+
+A detect worker on capture's host (its shared memory is capture's: ``emopipe/shm.py``) is handed
+a frame as a reference to its copy in the camera's ``FrameRing``, not its pixels. The slot is the
+ring's again once detect has answered the frame or it was given up.
 """
 
 from __future__ import annotations
@@ -30,12 +34,15 @@ from typing import Any
 from emopipe import messages
 from emopipe.bus import Publisher
 from emopipe.config import Config
-from emopipe.messages import EndOfStream, Faces
+from emopipe.messages import EndOfStream, Faces, Frame
 from emopipe.metrics import Metrics
+from emopipe.shm import FrameRing
 from emopipe.workpool import protocol
 from emopipe.workpool.broker import Answer, Broker, Given
 
 log = logging.getLogger("emopipe.capture")
+#: live: a camera's slots in shared memory (``bus.shared_memory``)
+LIVE_SLOTS = 8
 #: track ids kept per camera and worker, and workers per camera (old tracks have ended)
 MAX_TRACK_IDS = 256
 MAX_WORKER_MAPS = 4
@@ -60,16 +67,73 @@ class Hub:
         self.last_track: Counter[str] = Counter()
         #: the encoded frames of open seqs whose camera's pixels the sink wants, sent with their results
         self.pixels: dict[str, dict[int, list[object]]] = {}
+        #: frames in shared memory for detect workers on this host (``bus.shared_memory``)
+        self.shared_memory = cfg.bus.shared_memory
+        #: a camera's frames from publication to detect's answer, at most (more go through the socket):
+        #: lossless, what may be open; live, the one in flight and the one waiting, with room to spare
+        #: (slots are reused oldest first: a frame given up still has a few frames' time to be read)
+        self.ring_slots = self.max_open + 2 if self.lossless else LIVE_SLOTS
+        self.rings: dict[str, FrameRing | None] = {}  # None: no room in /dev/shm for the camera's
+        self.in_ring: dict[tuple[str, int], tuple[FrameRing, int]] = {}  # (camera, seq) -> its slot
+        self.shared: Counter[str] = Counter()  # frames put in shared memory, by camera
 
     def room(self, camera: str) -> bool:
         """Whether to take the camera's next frame now (lossless: not too many on their way)."""
         return not self.lossless or len(self.open.get(camera, ())) < self.max_open
 
-    def frame(self, camera: str, seq: int, parts: list[object]) -> None:
+    def frame(self, frame: Frame, sent: float) -> None:
+        camera, seq = frame.camera, frame.seq
+        parts = messages.encode(frame, sent, jpeg_quality=self.jpeg_quality)
         self.open.setdefault(camera, deque()).append(seq)
         if self.wants_pixels(camera):
             self.pixels.setdefault(camera, {})[seq] = parts
-        self.pools[0].submit(camera, seq, parts)
+        self.pools[0].submit(camera, seq, parts, self._shared(frame, sent))
+
+    def _shared(self, frame: Frame, sent: float) -> list[object] | None:
+        """The frame in its camera's ring, encoded as a reference for a worker on this host; None
+        if no such worker takes the camera, or the ring has no room (the frame's bytes go)."""
+        if not self.shared_memory or not self.pools[0].shares_memory(frame.camera):
+            return None
+        ring = self._ring(frame.camera, frame.image.shape)
+        offset = ring.put(frame.image) if ring is not None else None
+        if ring is None or offset is None:
+            return None
+        self.in_ring[(frame.camera, frame.seq)] = ring, offset
+        self.shared[frame.camera] += 1
+        self.metrics.frames_shared.labels(camera=frame.camera).inc()
+        return messages.encode(frame, sent, shared=(ring.name, offset))
+
+    def _ring(self, camera: str, shape: tuple[int, ...]) -> FrameRing | None:
+        """The camera's ring for frames of ``shape``: made at its first frame, made again for a new
+        frame size once the old ring's slots are all back."""
+        ring = self.rings.get(camera)
+        if camera in self.rings and ring is None:
+            return None  # no room in /dev/shm: said once
+        if ring is not None and ring.shape != shape and len(ring.free) == ring.slots:
+            ring.close()
+            ring = None
+        if ring is None:
+            ring = self.rings[camera] = FrameRing.create(shape, self.ring_slots)
+            if ring is None:
+                log.warning("camera %s: no room in /dev/shm for its frames: they go through the socket", camera)
+        return ring
+
+    def _release_slot(self, camera: str, seq: int) -> None:
+        found = self.in_ring.pop((camera, seq), None)
+        if found is not None:
+            ring, offset = found
+            ring.give_back(offset)
+
+    def close(self) -> None:
+        """The rings' shared memory goes (capture is stopping)."""
+        if self.shared:
+            each = ", ".join(f"{camera} {count}" for camera, count in sorted(self.shared.items()))
+            log.info("frames put in shared memory for detect workers on this host: %s", each)
+        for ring in self.rings.values():
+            if ring is not None:
+                ring.close()
+        self.rings.clear()
+        self.in_ring.clear()
 
     def wants_pixels(self, camera: str) -> bool:
         """Whether a sink subscribed to the camera's frames on the results link (it shows or records them)."""
@@ -87,6 +151,8 @@ class Hub:
                 if not self._expected(pool, answer):
                     continue
                 msg = answer.msg
+                if pool is self.pools[0]:
+                    self._release_slot(msg.camera, msg.seq)
                 if after is None:  # the last pool's answers are the results
                     self.answered.setdefault(msg.camera, {})[msg.seq] = answer.parts
                 else:
@@ -119,6 +185,7 @@ class Hub:
         return False
 
     def _give_up(self, given: Given) -> None:
+        self._release_slot(given.work.camera, given.work.seq)
         self.gone.setdefault(given.work.camera, set()).add(given.work.seq)
         self.pixels.get(given.work.camera, {}).pop(given.work.seq, None)
         self.metrics.frames_dropped.labels(stage="capture", reason=given.reason).inc()

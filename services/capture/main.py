@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import zmq
 from prometheus_client import CollectorRegistry
 
-from emopipe import curve, messages, service, topology
+from emopipe import curve, messages, service, shm, topology
 from emopipe import metrics as metrics_mod
 from emopipe.bus import Publisher, SubscriberTimeoutError
 from emopipe.config import Config, resolve_path
@@ -62,10 +62,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 auth = keys.authenticator(ctx)
                 log.info("CURVE on every link; clients: the public keys in %s", keys.directory)
             refused = metrics.subscriptions_refused.labels(stage="capture")
+            host = shm.host_id() if cfg.bus.shared_memory else ""
             for stage in topology.pools():
                 assert stage.takes is not None
                 endpoint = getattr(cfg.endpoints, stage.takes.name)
-                sockets.append(Broker(ctx, endpoint, stage, cfg.lossless, keys=keys, refused=refused))
+                shared = host if stage.takes.kind == "frame" else ""  # frames only: detect's
+                sockets.append(
+                    Broker(ctx, endpoint, stage, cfg.lossless, keys=keys, refused=refused, shared_host=shared)
+                )
                 log.info("%s workers on %s", stage.name, endpoint)
             results = publish_results(ctx, cfg, stop, metrics, keys)
             sockets.append(results)
@@ -73,7 +77,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "cameras %s (%s): the sink on %s", cfg.cameras, "lossless" if cfg.lossless else "live", results.endpoint
         )
         pools = [s for s in sockets if isinstance(s, Broker)]
-        return run(cfg, Hub(pools, results, cfg, metrics), stop, metrics)
+        hub = Hub(pools, results, cfg, metrics)
+        try:
+            return run(cfg, hub, stop, metrics)
+        finally:
+            hub.close()
     except SubscriberTimeoutError as exc:
         log.error("%s", exc)
         return 1
@@ -201,8 +209,6 @@ def publish(item: Captured, hub: Hub, metrics: Metrics, max_bytes: int) -> None:
         )
         return
     start = time.perf_counter()
-    frame = Frame(camera=item.camera, seq=item.seq, ts=item.ts, image=item.image, wall=item.wall)
-    parts = messages.encode(frame, sent=time.time(), jpeg_quality=hub.jpeg_quality)
-    hub.frame(item.camera, item.seq, parts)
+    hub.frame(Frame(camera=item.camera, seq=item.seq, ts=item.ts, image=item.image, wall=item.wall), time.time())
     metrics.stage_latency.labels(stage="capture", camera=item.camera).observe(item.read_s + time.perf_counter() - start)
     metrics.frames_processed.labels(stage="capture", camera=item.camera).inc()
