@@ -205,7 +205,7 @@ def test_a_stage_added_to_the_table_gets_every_frame_in_order(
     sink.send_multipart([b"SUBSCRIBE", b"results.", b"eos."])
     hub = Hub(pools, results, Config(), metrics.create(CollectorRegistry(), "capture", ["cam0"]))
     for seq in range(3):
-        hub.frame("cam0", seq, messages.encode(frame("cam0", seq), sent=time.time()))
+        hub.frame(frame("cam0", seq), time.time())
     got: list[Results] = []
 
     def pumped() -> bool:
