@@ -98,8 +98,9 @@ class FrameRing:
         self.free.append(offset // self.slot_bytes)
 
     def close(self) -> None:
-        self.segment.close()
+        """Unlink the segment (workers that map it keep their mapping until they drop it)."""
         self.segment.unlink()
+        self.segment.close()
 
 
 class MappingError(ValueError):

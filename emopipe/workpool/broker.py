@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +32,7 @@ class Work:
     camera: str
     seq: int
     parts: Sequence[Any]  # the encoded message handed out
-    local: Sequence[Any] | None = None  # ... to a worker that maps the broker's shared memory, if other
+    local: Sequence[Any] | None = None  # ... to a worker that maps the broker's shared memory (``share``)
     member: bytes | None = None
     sent: float = 0.0
     attempts: int = 0  # times handed out
@@ -98,6 +98,9 @@ class Broker:
         self.given_up: list[Given] = []
         self.last_given: dict[bytes, float] = {}  # ties go to the worker idle longest
         self.counts: Counter[str] = Counter()  # answers, moved, workers_lost, ignored, malformed
+        #: the unit's message for a worker that maps the broker's shared memory, made when one is to
+        #: get it (None from it, or no ``share``: the unit's ``parts``); set by the hub
+        self.share: Callable[[Work], Sequence[Any] | None] | None = None
         self._checked = 0.0
 
     @property
@@ -106,19 +109,13 @@ class Broker:
 
     # ------------------------------------------------------------ the hub's calls
 
-    def submit(self, camera: str, seq: int, parts: Sequence[Any], local: Sequence[Any] | None = None) -> None:
-        """A unit: its encoded message, and ``local``, the message for a worker that maps the broker's
-        shared memory (a frame there; None: ``parts`` for every worker)."""
+    def submit(self, camera: str, seq: int, parts: Sequence[Any]) -> None:
         queue = self.waiting.setdefault(camera, deque())
         if not self.lossless:
             while queue:
                 self.given_up.append(Given(queue.popleft(), "stale"))
-        queue.append(Work(camera, seq, parts, local))
+        queue.append(Work(camera, seq, parts))
         self._dispatch()
-
-    def shares_memory(self, camera: str) -> bool:
-        """Whether a live worker for ``camera`` maps the broker's shared memory."""
-        return any(self.members.shared(m) for m in self.workers(camera))
 
     def workers(self, camera: str | None = None) -> list[bytes]:
         """The live workers (that take ``camera``, if given)."""
@@ -309,8 +306,7 @@ class Broker:
             if member is None:
                 return False
             work = queue[0]
-            parts = work.local if work.local is not None and self.members.shared(member) else work.parts
-            sent = self._send(member, [protocol.WORK, *parts])
+            sent = self._send(member, [protocol.WORK, *self._parts_for(member, work)])
             if sent is None:  # gone: its work goes back in the queue
                 self._lost(member)
                 live = [m for m in live if m != member]
@@ -324,6 +320,12 @@ class Broker:
             self.inflight.setdefault(member, {})[(work.camera, work.seq)] = work
             return True
         return False
+
+    def _parts_for(self, member: bytes, work: Work) -> Sequence[Any]:
+        """``work``'s message as ``member`` gets it: in shared memory if it maps the broker's."""
+        if self.share is not None and work.local is None and self.members.shared(member):
+            work.local = self.share(work)
+        return work.local if work.local is not None and self.members.shared(member) else work.parts
 
     def _choose(self, camera: str, live: list[bytes]) -> bytes | None:
         if self.sticky:

@@ -20,13 +20,15 @@ track ids are the hub's own (a camera that moves to another detect worker starts
 tracks there; ids never repeat).
 
 A detect worker on capture's host (its shared memory is capture's: ``emopipe/shm.py``) is handed
-a frame as a reference to its copy in the camera's ``FrameRing``, not its pixels. The slot is the
-ring's again once detect has answered the frame or it was given up.
+a frame as a reference to its copy in the camera's ``FrameRing``, not its pixels: the frame is put
+there as the detect pool hands it to such a worker (``Broker.share``), and the slot is the ring's
+again once detect has answered the frame or it was given up.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter, deque
 from collections.abc import Sequence
 from typing import Any
@@ -38,7 +40,7 @@ from emopipe.messages import EndOfStream, Faces, Frame
 from emopipe.metrics import Metrics
 from emopipe.shm import FrameRing
 from emopipe.workpool import protocol
-from emopipe.workpool.broker import Answer, Broker, Given
+from emopipe.workpool.broker import Answer, Broker, Given, Work
 
 log = logging.getLogger("emopipe.capture")
 #: live: a camera's slots in shared memory (``bus.shared_memory``)
@@ -69,12 +71,15 @@ class Hub:
         self.pixels: dict[str, dict[int, list[object]]] = {}
         #: frames in shared memory for detect workers on this host (``bus.shared_memory``)
         self.shared_memory = cfg.bus.shared_memory
-        #: a camera's frames from publication to detect's answer, at most (more go through the socket):
-        #: lossless, what may be open; live, the one in flight and the one waiting, with room to spare
-        #: (slots are reused oldest first: a frame given up still has a few frames' time to be read)
-        self.ring_slots = self.max_open + 2 if self.lossless else LIVE_SLOTS
+        #: a camera's frames handed to detect and not answered yet, at most (more go through the socket):
+        #: lossless, its window; live, one, with room to spare (slots are reused oldest first: a frame
+        #: given up as late still has a few frames' time to be read)
+        self.ring_slots = protocol.LOSSLESS_WINDOW + 2 if self.lossless else LIVE_SLOTS
         self.rings: dict[str, FrameRing | None] = {}  # None: no room in /dev/shm for the camera's
         self.in_ring: dict[tuple[str, int], tuple[FrameRing, int]] = {}  # (camera, seq) -> its slot
+        self.unshared: dict[tuple[str, int], Frame] = {}  # frames not handed to detect yet
+        if self.shared_memory:
+            self.pools[0].share = self._share
         self.shared: Counter[str] = Counter()  # frames put in shared memory, by camera
 
     def room(self, camera: str) -> bool:
@@ -87,12 +92,15 @@ class Hub:
         self.open.setdefault(camera, deque()).append(seq)
         if self.wants_pixels(camera):
             self.pixels.setdefault(camera, {})[seq] = parts
-        self.pools[0].submit(camera, seq, parts, self._shared(frame, sent))
+        if self.shared_memory:
+            self.unshared[(camera, seq)] = frame
+        self.pools[0].submit(camera, seq, parts)
 
-    def _shared(self, frame: Frame, sent: float) -> list[object] | None:
-        """The frame in its camera's ring, encoded as a reference for a worker on this host; None
-        if no such worker takes the camera, or the ring has no room (the frame's bytes go)."""
-        if not self.shared_memory or not self.pools[0].shares_memory(frame.camera):
+    def _share(self, work: Work) -> list[object] | None:
+        """The detect pool's call, as it hands ``work`` to a worker on this host: its frame put in the
+        camera's ring, encoded as a reference; None if the ring has no room (the frame's bytes go)."""
+        frame = self.unshared.pop((work.camera, work.seq), None)
+        if frame is None:
             return None
         ring = self._ring(frame.camera, frame.image.shape)
         offset = ring.put(frame.image) if ring is not None else None
@@ -101,7 +109,7 @@ class Hub:
         self.in_ring[(frame.camera, frame.seq)] = ring, offset
         self.shared[frame.camera] += 1
         self.metrics.frames_shared.labels(camera=frame.camera).inc()
-        return messages.encode(frame, sent, shared=(ring.name, offset))
+        return messages.encode(frame, time.time(), shared=(ring.name, offset))
 
     def _ring(self, camera: str, shape: tuple[int, ...]) -> FrameRing | None:
         """The camera's ring for frames of ``shape``: made at its first frame, made again for a new
@@ -119,6 +127,8 @@ class Hub:
         return ring
 
     def _release_slot(self, camera: str, seq: int) -> None:
+        """Detect is done with the frame (answered, or it was given up)."""
+        self.unshared.pop((camera, seq), None)
         found = self.in_ring.pop((camera, seq), None)
         if found is not None:
             ring, offset = found
@@ -134,6 +144,7 @@ class Hub:
                 ring.close()
         self.rings.clear()
         self.in_ring.clear()
+        self.unshared.clear()
 
     def wants_pixels(self, camera: str) -> bool:
         """Whether a sink subscribed to the camera's frames on the results link (it shows or records them)."""
