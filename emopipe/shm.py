@@ -1,12 +1,12 @@
 """Frames in shared memory, for the detect workers on capture's own host.
 
 A 640x480 frame is 921,600 bytes. Through a socket it is copied by capture's ZeroMQ I/O thread
-into the kernel and by the worker's out of it: 0.9 ms of CPU a frame on the 2-core AMD EPYC,
-a tenth of all the pipeline spends on a frame with eight cameras (BENCHMARKS.md). A worker whose
-``/dev/shm`` is capture's (the same host and mount: ``host_id``; it says its own in JOIN,
-``workpool/protocol.py``) is instead handed a reference: capture copies the frame into a slot of
-its camera's ``FrameRing`` (0.1 ms) and the worker maps the slot (``frame_view``). Workers on
-other hosts, and the sink, still get the frame's bytes.
+into the kernel and by the worker's out of it: 0.9 ms of CPU a frame on the 2-core AMD EPYC, 8% of
+all the pipeline spends on a frame with eight cameras (BENCHMARKS.md). A worker that can map
+capture's segments (the same host, ``/dev/shm`` mount and user: ``host_id``; it says its own in
+JOIN, ``workpool/protocol.py``) is instead handed a reference: capture copies the frame into a
+slot of its camera's ``FrameRing`` (0.07 ms) as it hands the frame out, and the worker maps the
+slot (``frame_view``). Workers elsewhere, and the sink, still get the frame's bytes.
 
 A slot is capture's again once detect has answered its frame or the frame was given up. Slots
 are reused oldest first, so a worker still reading a frame given up as late (live) has the whole
@@ -44,14 +44,15 @@ MAX_MAPPED = 64
 
 
 def host_id(shm_dir: Path = SHM_DIR) -> str:
-    """Who shares this process's shared memory: the machine's boot id and the ``/dev/shm``
-    mount's device and inode (containers with a /dev/shm of their own differ); "" without one."""
+    """Who can map this process's segments: the machine's boot id, the ``/dev/shm`` mount's device
+    and inode (containers with a /dev/shm of their own differ) and the user (segments are mode
+    0600); "" without a /dev/shm."""
     try:
         boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
         stat = shm_dir.stat()
     except OSError:
         return ""
-    return f"{boot}/{stat.st_dev}:{stat.st_ino}"
+    return f"{boot}/{stat.st_dev}:{stat.st_ino}/{os.getuid()}"
 
 
 class FrameRing:
