@@ -20,15 +20,12 @@ track ids are the hub's own (a camera that moves to another detect worker starts
 tracks there; ids never repeat).
 
 A detect worker on capture's host (its shared memory is capture's: ``emopipe/shm.py``) is handed
-a frame as a reference to its copy in the camera's ``FrameRing``, not its pixels: the frame is put
-there as the detect pool hands it to such a worker (``Broker.share``), and the slot is the ring's
-again once detect has answered the frame or it was given up.
+a frame as a reference to its copy in shared memory, not its pixels (``shared.py``).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter, deque
 from collections.abc import Sequence
 from typing import Any
@@ -38,13 +35,11 @@ from emopipe.bus import Publisher
 from emopipe.config import Config
 from emopipe.messages import EndOfStream, Faces, Frame
 from emopipe.metrics import Metrics
-from emopipe.shm import FrameRing
 from emopipe.workpool import protocol
-from emopipe.workpool.broker import Answer, Broker, Given, Work
+from emopipe.workpool.broker import Answer, Broker, Given
+from services.capture.shared import SharedFrames
 
 log = logging.getLogger("emopipe.capture")
-#: live: a camera's slots in shared memory (``bus.shared_memory``)
-LIVE_SLOTS = 8
 #: track ids kept per camera and worker, and workers per camera (old tracks have ended)
 MAX_TRACK_IDS = 256
 MAX_WORKER_MAPS = 4
@@ -70,17 +65,9 @@ class Hub:
         #: the encoded frames of open seqs whose camera's pixels the sink wants, sent with their results
         self.pixels: dict[str, dict[int, list[object]]] = {}
         #: frames in shared memory for detect workers on this host (``bus.shared_memory``)
-        self.shared_memory = cfg.bus.shared_memory
-        #: a camera's frames handed to detect and not answered yet, at most (more go through the socket):
-        #: lossless, its window; live, one, with room to spare (slots are reused oldest first: a frame
-        #: given up as late still has a few frames' time to be read)
-        self.ring_slots = protocol.LOSSLESS_WINDOW + 2 if self.lossless else LIVE_SLOTS
-        self.rings: dict[str, FrameRing | None] = {}  # None: no room in /dev/shm for the camera's
-        self.in_ring: dict[tuple[str, int], tuple[FrameRing, int]] = {}  # (camera, seq) -> its slot
-        self.unshared: dict[tuple[str, int], Frame] = {}  # frames not handed to detect yet
-        if self.shared_memory:
-            self.pools[0].share = self._share
-        self.shared: Counter[str] = Counter()  # frames put in shared memory, by camera
+        self.shared = SharedFrames(self.lossless, metrics) if cfg.bus.shared_memory else None
+        if self.shared is not None:
+            self.pools[0].share = self.shared.share
 
     def room(self, camera: str) -> bool:
         """Whether to take the camera's next frame now (lossless: not too many on their way)."""
@@ -92,59 +79,14 @@ class Hub:
         self.open.setdefault(camera, deque()).append(seq)
         if self.wants_pixels(camera):
             self.pixels.setdefault(camera, {})[seq] = parts
-        if self.shared_memory:
-            self.unshared[(camera, seq)] = frame
+        if self.shared is not None:
+            self.shared.keep(frame)
         self.pools[0].submit(camera, seq, parts)
 
-    def _share(self, work: Work) -> list[object] | None:
-        """The detect pool's call, as it hands ``work`` to a worker on this host: its frame put in the
-        camera's ring, encoded as a reference; None if the ring has no room (the frame's bytes go)."""
-        frame = self.unshared.pop((work.camera, work.seq), None)
-        if frame is None:
-            return None
-        ring = self._ring(frame.camera, frame.image.shape)
-        offset = ring.put(frame.image) if ring is not None else None
-        if ring is None or offset is None:
-            return None
-        self.in_ring[(frame.camera, frame.seq)] = ring, offset
-        self.shared[frame.camera] += 1
-        self.metrics.frames_shared.labels(camera=frame.camera).inc()
-        return messages.encode(frame, time.time(), shared=(ring.name, offset))
-
-    def _ring(self, camera: str, shape: tuple[int, ...]) -> FrameRing | None:
-        """The camera's ring for frames of ``shape``: made at its first frame, made again for a new
-        frame size once the old ring's slots are all back."""
-        ring = self.rings.get(camera)
-        if camera in self.rings and ring is None:
-            return None  # no room in /dev/shm: said once
-        if ring is not None and ring.shape != shape and len(ring.free) == ring.slots:
-            ring.close()
-            ring = None
-        if ring is None:
-            ring = self.rings[camera] = FrameRing.create(shape, self.ring_slots)
-            if ring is None:
-                log.warning("camera %s: no room in /dev/shm for its frames: they go through the socket", camera)
-        return ring
-
-    def _release_slot(self, camera: str, seq: int) -> None:
-        """Detect is done with the frame (answered, or it was given up)."""
-        self.unshared.pop((camera, seq), None)
-        found = self.in_ring.pop((camera, seq), None)
-        if found is not None:
-            ring, offset = found
-            ring.give_back(offset)
-
     def close(self) -> None:
-        """The rings' shared memory goes (capture is stopping)."""
-        if self.shared:
-            each = ", ".join(f"{camera} {count}" for camera, count in sorted(self.shared.items()))
-            log.info("frames put in shared memory for detect workers on this host: %s", each)
-        for ring in self.rings.values():
-            if ring is not None:
-                ring.close()
-        self.rings.clear()
-        self.in_ring.clear()
-        self.unshared.clear()
+        """Capture is stopping: the shared memory goes."""
+        if self.shared is not None:
+            self.shared.close()
 
     def wants_pixels(self, camera: str) -> bool:
         """Whether a sink subscribed to the camera's frames on the results link (it shows or records them)."""
@@ -162,8 +104,8 @@ class Hub:
                 if not self._expected(pool, answer):
                     continue
                 msg = answer.msg
-                if pool is self.pools[0]:
-                    self._release_slot(msg.camera, msg.seq)
+                if pool is self.pools[0] and self.shared is not None:
+                    self.shared.release(msg.camera, msg.seq)
                 if after is None:  # the last pool's answers are the results
                     self.answered.setdefault(msg.camera, {})[msg.seq] = answer.parts
                 else:
@@ -196,7 +138,8 @@ class Hub:
         return False
 
     def _give_up(self, given: Given) -> None:
-        self._release_slot(given.work.camera, given.work.seq)
+        if self.shared is not None:
+            self.shared.release(given.work.camera, given.work.seq)
         self.gone.setdefault(given.work.camera, set()).add(given.work.seq)
         self.pixels.get(given.work.camera, {}).pop(given.work.seq, None)
         self.metrics.frames_dropped.labels(stage="capture", reason=given.reason).inc()
