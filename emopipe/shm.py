@@ -71,7 +71,7 @@ class FrameRing:
     @classmethod
     def create(cls, shape: tuple[int, ...], slots: int, shm_dir: Path = SHM_DIR) -> FrameRing | None:
         """A ring of ``slots`` (fewer if they take over RING_BYTES) for frames of ``shape`` (uint8), or
-        None where /dev/shm lacks the room (said once by the caller): frames then go through the socket."""
+        None, said in the log, where there is no room or no /dev/shm: frames then go through the socket."""
         size = int(np.prod(shape))
         slots = min(slots, RING_BYTES // size) if size else 0
         if slots < 2:
@@ -79,6 +79,7 @@ class FrameRing:
         try:
             stat = os.statvfs(shm_dir)
             if stat.f_bavail * stat.f_frsize < FREE_MARGIN * slots * size:
+                log.warning("no room in %s for frames of %s: they go through the socket", shm_dir, shape)
                 return None
             return cls(shape, slots)
         except OSError as exc:

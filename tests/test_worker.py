@@ -34,7 +34,7 @@ def frame(camera: str, seq: int) -> Frame:
 def drain(lanes: Lanes, timeout: float = 10.0) -> list[Message]:
     out: list[Message] = []
     deadline = time.monotonic() + timeout
-    while (lanes.busy or any(lanes.waiting.values())) and time.monotonic() < deadline:
+    while (lanes.running or any(lanes.waiting.values())) and time.monotonic() < deadline:
         out += lanes.step()
         time.sleep(0.001)
     return out

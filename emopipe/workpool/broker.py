@@ -323,9 +323,11 @@ class Broker:
 
     def _parts_for(self, member: bytes, work: Work) -> Sequence[Any]:
         """``work``'s message as ``member`` gets it: in shared memory if it maps the broker's."""
-        if self.share is not None and work.local is None and self.members.shared(member):
+        if self.share is None or not self.members.shared(member):
+            return work.parts
+        if work.local is None:
             work.local = self.share(work)
-        return work.local if work.local is not None and self.members.shared(member) else work.parts
+        return work.local if work.local is not None else work.parts
 
     def _choose(self, camera: str, live: list[bytes]) -> bytes | None:
         if self.sticky:

@@ -169,10 +169,6 @@ class Lanes:
         self.running: dict[str, Future[Message]] = {}
 
     @property
-    def busy(self) -> bool:
-        return bool(self.running)
-
-    @property
     def room(self) -> int:
         """How many units to read now: what fits under WORKER_WAITING (0: enough waits, the
         loop stops reading, so back-pressure reaches the broker)."""

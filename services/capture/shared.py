@@ -85,7 +85,5 @@ class SharedFrames:
             ring.close()
             ring = None
         if ring is None:
-            ring = self.rings[camera] = FrameRing.create(shape, self.slots)
-            if ring is None:
-                log.warning("camera %s: no room in /dev/shm for its frames: they go through the socket", camera)
+            ring = self.rings[camera] = FrameRing.create(shape, self.slots)  # None: said there, once
         return ring

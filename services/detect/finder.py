@@ -37,9 +37,10 @@ WATCH = 0.5
 TRACKED_IOU = 0.3
 #: YuNet's input is the frame shrunk by a whole number (OpenCV's area resize has a fast path for
 #: it, and YuNet is faster on sides of multiples of 32: at 640x480, shrunk 2 to 320x240 costs 0.3 ms
-#: to resize and 5-11 ms to detect with OpenCV's DNN, shrunk 2.05 to 312x234 3.8 and 7-15 ms): the largest that keeps
-#: a ``min_size`` face at least ``yunet.MIN_FACE_AT_INPUT`` wide, or where that input's longer side would
-#: be over this, the next (1280x720: 427x240, a 48 px face 12 px wide; 1920x1080: 480x270, 72 px: 14)
+#: to resize and 5-11 ms to detect with OpenCV's DNN, shrunk 2.05 to 312x234 3.8 and 7-15 ms): the
+#: largest that keeps a ``min_size`` face at least ``yunet.MIN_FACE_AT_INPUT`` wide, or where that
+#: input's longer side would be over this, the next (1280x720: 427x240, a 48 px face 12 px wide;
+#: 1920x1080: 480x270, 72 px: 14)
 INPUT_SIDE = 400
 
 

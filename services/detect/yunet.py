@@ -4,10 +4,10 @@ of every frame, its boxes mapped to the Haar cascade's framing, face ids from th
 The model ships in this package (``models/``, MIT, provenance and sha256 in ``models/README.md``).
 YuNet finds faces of about 10 to 300 px at its input size, so the frame is shrunk until a face of
 ``detect.min_size`` (full-frame pixels, a Haar-framed side) is ``MIN_FACE_AT_INPUT`` pixels wide:
-at 640x480 and the default 40 px, a 312x234 copy, 4-6 ms a frame on one core (``yunet_net.py``). At that cost it
-runs on every frame, so there is no scan schedule: a face is found on the frame it appears. The
-copy's longer side is also at most ``detect.max_side``, so a 1920x1080 camera costs what a
-1280x720 one does (its faces under about 60 px are then too small for YuNet).
+at 640x480 and the default 40 px, a 312x234 copy, 4-6 ms a frame on one core (``yunet_net.py``).
+At that cost it runs on every frame, so there is no scan schedule: a face is found on the frame it
+appears. The copy's longer side is also at most ``detect.max_side``, so a 1920x1080 camera costs
+what a 1280x720 one does (its faces under about 60 px are then too small for YuNet).
 
 The emotion model learnt from Haar-like framing (a square around brows to chin), while YuNet's
 box is a taller, narrower one; each box is mapped to that framing (``haar_framing``) with the

@@ -56,7 +56,7 @@ class YuNetNet:
             self._decode(stride, padded_w // stride, *(outputs[i + 3 * k][0] for k in range(4)))
             for i, stride in enumerate(STRIDES)
         ]
-        faces = np.concatenate([f for f in found if len(f)] or [np.zeros((0, 15), np.float32)])
+        faces = np.concatenate(found)  # [N, 15]; each stride's rows, none where it found no face
         if not len(faces):
             return None
         boxes = faces[:, :4].astype(np.int32).tolist()  # OpenCV's suppression compares whole-pixel boxes
