@@ -268,6 +268,16 @@ def run_source(
     return {"code": code, "config": config, "text": text, "lines": lines, "log": log.read_text()}
 
 
+def written_so_far(path: Path) -> bytes:
+    """What a running pipeline has written to ``path`` so far; b"" while it is not there. Polled from
+    a test, a file can vanish between a look and a read: the launcher creates each output and removes
+    it again at start to see that it can be written."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return b""
+
+
 def json_and_csv_runs(tmp: Path, model: Path, sources: Sequence[str]) -> dict[str, Path]:
     """The same run twice, writing JSON lines then CSV: ``out.jsonl``, ``tracks.jsonl``,
     ``out.csv``, ``tracks.csv`` in ``tmp``."""

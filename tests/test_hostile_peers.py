@@ -15,7 +15,7 @@ import psutil
 import zmq
 
 from emopipe import bus
-from helpers import fetch, free_port, launch, pipeline_toml, reap, scrape_value, stage_pids, wait_for
+from helpers import fetch, free_port, launch, pipeline_toml, reap, scrape_value, stage_pids, wait_for, written_so_far
 
 SUBSCRIPTIONS = 100_000  # random ones, per publisher
 GARBAGE = 5_000  # messages that are not subscriptions at all, per publisher
@@ -65,7 +65,7 @@ def test_floods_on_every_bound_endpoint_leave_the_live_pipeline_running_flat_and
     proc = launch(config, log, "--source", f"cam0={carphone}", "--loop", "--realtime", "--events", str(events))
 
     def lines_after(since: float) -> int:
-        raw = events.read_bytes() if events.exists() else b""
+        raw = written_so_far(events)
         tail = raw[: raw.rfind(b"\n") + 1].splitlines()[-30:]
         return sum(json.loads(line)["ts"] > since for line in tail)
 

@@ -39,6 +39,7 @@ from helpers import (
     stage_pids,
     start_stage,
     stop,
+    written_so_far,
 )
 
 RUN_TIMEOUT_S = 120
@@ -416,13 +417,13 @@ def test_each_stage_sigkilled_in_turn_results_flow_again_within_5_s_and_the_line
     proc = launch(config, log, "--source", f"cam0={carphone}", "--loop", "--realtime", "--events", str(events))
 
     def lines() -> int:
-        return events.read_bytes().count(b"\n") if events.exists() else 0
+        return written_so_far(events).count(b"\n")
 
     def flowing(since: float, within: float) -> bool:
         """Three lines of frames captured after ``since`` (epoch s) written within ``within`` s."""
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
-            raw = events.read_bytes() if events.exists() else b""
+            raw = written_so_far(events)
             tail = raw[: raw.rfind(b"\n") + 1].splitlines()[-20:]  # whole lines (one may be half written)
             if sum(json.loads(line)["ts"] > since for line in tail) >= 3:
                 return True
